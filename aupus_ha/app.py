@@ -1,0 +1,319 @@
+"""One aupus-ha instance: wires the parts, supervises their tasks, shuts down in order.
+
+Side tasks are named and supervised: if one dies, the instance stops cleanly rather
+than limping on. Shutdown order is fixed: stop intake → final flush → release the lock
+→ close HTTP and the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type
+
+from aupus_ha import __version__, constants
+from aupus_ha.backoff import jittered
+from aupus_ha.buffer import PendingBuffer
+from aupus_ha.config import Settings
+from aupus_ha.db import DatabaseUnavailable, connect, create_pool
+from aupus_ha.decoding import Decoder
+from aupus_ha.election import (
+    Election,
+    Identity,
+    IdentityClash,
+    IdentityLost,
+    PoolerDetected,
+)
+from aupus_ha.flusher import Flusher
+from aupus_ha.ha import HaLoop
+from aupus_ha.ingest import MqttIngest
+from aupus_ha.logs import get_logger
+from aupus_ha.migrate import apply_migrations
+from aupus_ha.queries import Queries
+from aupus_ha.store import KeyConvention, Store, detect_convention
+from aupus_ha.topics import TopicCatalog
+
+log = get_logger(__name__)
+
+FINAL_FLUSH_DEADLINE_S = 10.0
+TASK_CANCEL_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class IntakeStats:
+    messages: int = 0
+    readings: int = 0
+    rejects: int = 0
+    last_message_at: datetime | None = None
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Instance:
+    """Everything one `aupus-ha run` process does."""
+
+    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+        self.settings = settings
+        self.migrate = migrate
+        token = str(uuid.uuid4())
+        self.identity = Identity(
+            instance_id=settings.instance_id,
+            cluster_name=settings.cluster_name,
+            process_token=token,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            mode=settings.mqtt_mode,
+            http_url=f"http://{socket.gethostname()}:{settings.http_port}",
+        )
+        self.started_monotonic = time.monotonic()
+        self.buffer = PendingBuffer(settings.buffer_max_messages)
+        self.decoder = Decoder(max_payload_bytes=settings.max_payload_bytes)
+        self.catalog = TopicCatalog()
+        self.intake = IntakeStats()
+        self.pool: asyncpg.Pool | None = None
+        self.store: Store | None = None
+        self.ha: HaLoop | None = None
+        self.flusher: Flusher | None = None
+        self.mqtt: MqttIngest | None = None
+        self.convention = KeyConvention(False, False, "text")
+        self._queries = Queries()
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._fatal: BaseException | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "signal") -> None:
+        if not self._stop.is_set():
+            log.info("instance.stopping", reason=reason)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        from aupus_ha.http import HttpServer  # late: http imports this module's types
+
+        http = HttpServer(self)
+        await http.start()
+        try:
+            if not await self._prepare():
+                return constants.EXIT_OK  # stopped while waiting for the database
+            self._start_tasks()
+            failed = await self._wait_stop_or_failure()
+            await self._shutdown()
+            if isinstance(self._fatal, IdentityClash | IdentityLost | PoolerDetected):
+                raise self._fatal
+            return constants.EXIT_FAILURE if failed else constants.EXIT_OK
+        finally:
+            await self._cancel_tasks()
+            await http.stop()
+            if self.pool is not None:
+                await self.pool.close()
+
+    async def _prepare(self) -> bool:
+        """Migrate, open the pool, claim the lease row; retry while the DB is away."""
+        log.info(
+            "instance.starting",
+            version=__version__,
+            mode=self.settings.mqtt_mode,
+            cluster=self.settings.cluster_name,
+            pid=os.getpid(),
+        )
+        prepared = await self._until_stopped(self._open_database)
+        if not prepared:
+            return False
+        assert self.pool is not None and self.store is not None
+        self.ha = HaLoop(
+            self.settings,
+            Election(self.settings, self.identity, self._queries),
+            self.stats_for_heartbeat,
+        )
+        self.flusher = Flusher(self.settings, self.buffer, self.store, self.ha)
+        start = asyncio.ensure_future(self.ha.start())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return False
+        stop.cancel()
+        start.result()  # IdentityClash / PoolerDetected propagate to the CLI
+        await self._refresh_topics(log_invalid=True)
+        return True
+
+    async def _until_stopped(self, step: object) -> bool:
+        async def attempt_all() -> None:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(DatabaseUnavailable),
+                wait=jittered(5.0),
+            ):
+                with attempt:
+                    await step()  # type: ignore[operator]
+
+        task = asyncio.ensure_future(attempt_all())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        task.result()
+        return True
+
+    async def _open_database(self) -> None:
+        try:
+            conn = await connect(self.settings, self.identity.app_name, tune=False)
+        except DatabaseUnavailable as exc:
+            log.warning("db.unavailable", during="start", error=str(exc))
+            raise
+        try:
+            if self.migrate:
+                await apply_migrations(conn)
+            self.convention = await detect_convention(conn, Queries()["column_types"])
+        finally:
+            await conn.close()
+        self._queries = Queries(
+            id_type=self.convention.id_type,
+            ts_type="timestamp" if self.convention.legacy_timestamps else "timestamptz",
+        )
+        if self.pool is None:
+            self.pool = await create_pool(self.settings, self.identity.app_name)
+        self.store = Store(
+            self.pool,
+            self._queries,
+            cluster_name=self.settings.cluster_name,
+            instance_id=self.settings.instance_id,
+        )
+
+    def _start_tasks(self) -> None:
+        assert self.ha is not None and self.flusher is not None
+        self._spawn("ha", self.ha.run())
+        self._spawn("topics", self._topics_loop())
+        if self.settings.may_lead:
+            self._spawn("flusher", self.flusher.run())
+        if self.settings.mqtt_enabled:
+            self.mqtt = MqttIngest(self.settings, self.on_message)
+            self.mqtt.set_topics(self.catalog.topics)
+            self._spawn("mqtt", self.mqtt.run())
+
+    def _spawn(self, name: str, coro: object) -> None:
+        self._tasks[name] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+
+    async def _wait_stop_or_failure(self) -> bool:
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait(
+            {stop, *self._tasks.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop.cancel()
+        failed = [t for t in done if t is not stop]
+        for task in failed:
+            exc = task.exception() if not task.cancelled() else None
+            log.error(
+                "instance.task_died", task=task.get_name(), error=repr(exc) if exc else "returned"
+            )
+            if exc is not None:
+                self._fatal = exc
+        return bool(failed)
+
+    async def _shutdown(self) -> None:
+        # 1. stop intake: nothing new is acknowledged from here on
+        if self.mqtt is not None:
+            await self._cancel("mqtt")
+            await self.mqtt.close()
+        # 2. the leader writes what it holds while it still holds the lock
+        await self._cancel("flusher")
+        if self.flusher is not None and self.ha is not None and self.ha.is_leader():
+            await self.flusher.final_flush(FINAL_FLUSH_DEADLINE_S)
+        # 3. release the lock: the standby takes over at once
+        if self.ha is not None:
+            self.ha.stop()
+            await self._cancel("ha")
+            await self.ha.release()
+        log.info("instance.stopped", pending=len(self.buffer))
+
+    async def _cancel(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=TASK_CANCEL_TIMEOUT_S)
+
+    async def _cancel_tasks(self) -> None:
+        for name in list(self._tasks):
+            await self._cancel(name)
+
+    # --- intake ----------------------------------------------------------------------------
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """Decode and buffer one message; returns once it is safe to PUBACK."""
+        received = datetime.now(UTC)
+        decoded = self.decoder.decode(topic, payload, self.catalog.equipment_for(topic), received)
+        stats = self.intake
+        stats.messages += 1
+        stats.readings += len(decoded.readings)
+        stats.rejects += len(decoded.rejects)
+        stats.last_message_at = received
+        for reject in decoded.rejects:
+            code = reject.reason.split(":", 1)[0]
+            stats.by_reason[code] = stats.by_reason.get(code, 0) + 1
+        if not self.settings.may_lead:
+            return  # development mode shows data but never writes: nothing to keep
+        if self.convention.legacy_timestamps or self.convention.legacy_fim:
+            decoded.readings = [self.convention.apply(r) for r in decoded.readings]
+        await self.buffer.wait_for_space()
+        self.buffer.add(decoded, time.monotonic())
+        if self.flusher is not None and self.buffer.readings_pending >= self.settings.batch_max:
+            self.flusher.nudge()
+
+    # --- topics ------------------------------------------------------------------------------
+
+    async def _topics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(constants.TOPIC_REFRESH_S)
+            try:
+                await self._refresh_topics(log_invalid=False)
+            except DatabaseUnavailable as exc:
+                log.debug("topics.refresh_failed", error=str(exc))
+
+    async def _refresh_topics(self, *, log_invalid: bool) -> None:
+        assert self.store is not None
+        catalog = TopicCatalog.build(await self.store.enabled_equipment())
+        previous_invalid = {(i.equipamento_id, i.topic) for i in self.catalog.invalid}
+        for bad in catalog.invalid:
+            if log_invalid or (bad.equipamento_id, bad.topic) not in previous_invalid:
+                log.warning(
+                    "topics.invalid",
+                    equipamento_id=bad.equipamento_id,
+                    topic=bad.topic,
+                    problem=bad.problem,
+                )
+        self.catalog = catalog
+        if self.mqtt is not None:
+            self.mqtt.set_topics(catalog.topics)
+            await self.mqtt.sync_subscriptions()
+
+    # --- views -------------------------------------------------------------------------------
+
+    def stats_for_heartbeat(self) -> dict[str, object]:
+        """What each instance publishes in its lease row (shown by /health/cluster)."""
+        flush = self.flusher.stats if self.flusher else None
+        return {
+            "pending": len(self.buffer),
+            "messages": self.intake.messages,
+            "rejects": self.intake.rejects,
+            "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
+            "rows_written": flush.rows if flush else 0,
+        }

@@ -1,0 +1,311 @@
+"""Settings: read once from the environment (and an optional `.env`), validated at start.
+
+A wrong value raises `ConfigError` naming the variable and what it accepts; the CLI turns
+that into one line on stderr and exit code 2. Secrets are kept in `Secret` so that no
+`repr`, log line or HTTP body can print them by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from aupus_ha import constants
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the variable."""
+
+
+class Secret:
+    """A string that never shows itself in `repr`/`str`; `.reveal()` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: Secret
+
+    def display(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of one instance. Defaults follow ARCHITECTURE.md."""
+
+    database_url: Secret
+    mqtt: MqttEndpoint | None
+    instance_id: str
+    cluster_name: str = "aupus"
+    mqtt_mode: str = constants.MODE_PRODUCTION
+    mqtt_tls_ca: str | None = None
+    mqtt_tls_insecure: bool = False
+    http_host: str = "0.0.0.0"  # noqa: S104 - a health endpoint must be reachable by the LB
+    http_port: int = 3000
+    lease_ttl_s: float = 5.0
+    heartbeat_s: float = 1.0
+    renew_deadline_s: float = 3.5
+    flush_interval_s: float = 1.0
+    batch_max: int = 5000
+    buffer_max_messages: int = 200_000
+    max_payload_bytes: int = 256 * 1024
+    mqtt_receive_maximum: int = 2000
+    spool_dir: Path = field(default_factory=lambda: Path("./spool"))
+    log_format: str = "json"
+    log_level: str = "info"
+    admin_token: Secret = field(default_factory=lambda: Secret(""))
+    alert_webhook_url: Secret = field(default_factory=lambda: Secret(""))
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_pass: Secret = field(default_factory=lambda: Secret(""))
+    alert_email_to: str | None = None
+    db_connect_timeout_s: float = 5.0
+
+    @property
+    def may_lead(self) -> bool:
+        return self.mqtt_mode == constants.MODE_PRODUCTION
+
+    @property
+    def mqtt_enabled(self) -> bool:
+        return self.mqtt_mode != constants.MODE_DISABLED and self.mqtt is not None
+
+    def safe_summary(self) -> dict[str, object]:
+        """What may be logged at start: every value, secrets masked."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = "***" if value else ""
+            elif isinstance(value, MqttEndpoint):
+                value = value.display()
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        out["database_url"] = mask_url(self.database_url.reveal())
+        return out
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def mask_url(url: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return url.replace(parts.netloc, f"{userinfo}:***@{netloc[1]}", 1)
+
+
+# --- parsing helpers: each names the variable in its error -------------------------
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (accepts true/false, 1/0, yes/no)")
+
+
+def _parse_number(name: str, raw: str, kind: Callable[[str], T], low: float, high: float) -> T:
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        label = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {label} (accepts {low}..{high})") from None
+    if not low <= value <= high:  # type: ignore[operator]
+        raise ConfigError(f"{name}={raw!r} is out of range (accepts {low}..{high})")
+    return value
+
+
+def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} is invalid (accepts {' | '.join(choices)})")
+    return value
+
+
+def _parse_identifier(name: str, raw: str) -> str:
+    value = raw.strip()
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
+    if not value or len(value) > 128 or not set(value) <= allowed:
+        raise ConfigError(
+            f"{name}={raw!r} is invalid (accepts 1-128 characters: letters, digits, - _ . : @)"
+        )
+    return value
+
+
+def _parse_database_url(raw: str) -> Secret:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in {"postgres", "postgresql"} or not (parts.hostname or "host=" in value):
+        raise ConfigError(
+            "DATABASE_URL is invalid (accepts postgresql://user:password@host:port/database)"
+        )
+    return Secret(value)
+
+
+def _parse_mqtt_url(raw: str, tls_flag: bool) -> MqttEndpoint:
+    parts = urlsplit(raw.strip())
+    schemes = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(
+            f"MQTT_URL={mask_url(raw)!r} is invalid (accepts mqtt://host:port or mqtts://...)"
+        )
+    tls = schemes[parts.scheme] or tls_flag
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError("MQTT_URL has an invalid port (accepts 1..65535)") from None
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=Secret(unquote(parts.password) if parts.password else ""),
+    )
+
+
+def _mqtt_endpoint(env: Mapping[str, str]) -> MqttEndpoint | None:
+    tls = _parse_bool("MQTT_TLS", env.get("MQTT_TLS", "false"))
+    if env.get("MQTT_URL", "").strip():
+        return _parse_mqtt_url(env["MQTT_URL"], tls)
+    host = env.get("MQTT_HOST", "").strip()
+    if not host:
+        return None
+    port = _parse_number(
+        "MQTT_PORT", env.get("MQTT_PORT", "8883" if tls else "1883"), int, 1, 65535
+    )
+    user = env.get("MQTT_USERNAME") or None
+    return MqttEndpoint(host, port, tls, user, Secret(env.get("MQTT_PASSWORD", "")))
+
+
+def load_dotenv_file(path: Path) -> dict[str, str]:
+    """Values from a `.env` file; the process environment wins over them."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build `Settings` from `env` (default: `.env` overlaid by `os.environ`)."""
+    if env is None:
+        merged = load_dotenv_file(dotenv) if dotenv else {}
+        merged.update(os.environ)
+        env = merged
+    return _settings_from(env)
+
+
+def _settings_from(env: Mapping[str, str]) -> Settings:
+    def get(name: str, default: str) -> str:
+        value = env.get(name)
+        return default if value is None or value.strip() == "" else value
+
+    if not env.get("DATABASE_URL", "").strip():
+        raise ConfigError(
+            "DATABASE_URL is required (accepts postgresql://user:password@host:port/db)"
+        )
+    mode = _parse_choice("MQTT_MODE", get("MQTT_MODE", "production"), constants.MQTT_MODES)
+    mqtt = _mqtt_endpoint(env)
+    if mqtt is None and mode != constants.MODE_DISABLED:
+        raise ConfigError("MQTT_URL (or MQTT_HOST) is required unless MQTT_MODE=disabled")
+    num = _parse_number
+    lease_ttl = num("LEASE_TTL_S", get("LEASE_TTL_S", "5"), float, 0.5, 300)
+    heartbeat = num("HEARTBEAT_S", get("HEARTBEAT_S", "1"), float, 0.05, 60)
+    if heartbeat * 2 > lease_ttl:
+        raise ConfigError(
+            f"HEARTBEAT_S={heartbeat} must be at most half of LEASE_TTL_S={lease_ttl}"
+        )
+    renew_default = f"{lease_ttl * 0.7:g}"
+    renew = num("RENEW_DEADLINE_S", get("RENEW_DEADLINE_S", renew_default), float, 0.1, 300)
+    if not heartbeat < renew < lease_ttl:
+        raise ConfigError(
+            f"RENEW_DEADLINE_S={renew} must be above HEARTBEAT_S={heartbeat} "
+            f"and below LEASE_TTL_S={lease_ttl}"
+        )
+    return Settings(
+        database_url=_parse_database_url(env["DATABASE_URL"]),
+        mqtt=mqtt,
+        instance_id=_parse_identifier("INSTANCE_ID", get("INSTANCE_ID", socket.gethostname())),
+        cluster_name=_parse_identifier("CLUSTER_NAME", get("CLUSTER_NAME", "aupus")),
+        mqtt_mode=mode,
+        mqtt_tls_ca=env.get("MQTT_TLS_CA") or None,
+        mqtt_tls_insecure=_parse_bool("MQTT_TLS_INSECURE", get("MQTT_TLS_INSECURE", "false")),
+        http_host=get("HTTP_HOST", "0.0.0.0"),  # noqa: S104
+        http_port=num("HTTP_PORT", get("HTTP_PORT", "3000"), int, 0, 65535),
+        lease_ttl_s=lease_ttl,
+        heartbeat_s=heartbeat,
+        renew_deadline_s=renew,
+        flush_interval_s=num("FLUSH_INTERVAL_S", get("FLUSH_INTERVAL_S", "1"), float, 0.01, 300),
+        batch_max=num("BATCH_MAX", get("BATCH_MAX", "5000"), int, 1, 1_000_000),
+        buffer_max_messages=num(
+            "BUFFER_MAX_MESSAGES", get("BUFFER_MAX_MESSAGES", "200000"), int, 100, 100_000_000
+        ),
+        max_payload_bytes=num(
+            "MAX_PAYLOAD_BYTES", get("MAX_PAYLOAD_BYTES", str(256 * 1024)), int, 64, 268_435_455
+        ),
+        mqtt_receive_maximum=num(
+            "MQTT_RECEIVE_MAXIMUM", get("MQTT_RECEIVE_MAXIMUM", "2000"), int, 1, 65535
+        ),
+        spool_dir=Path(get("SPOOL_DIR", "./spool")),
+        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT", "json"), ("json", "console")),
+        log_level=_parse_choice(
+            "LOG_LEVEL", get("LOG_LEVEL", "info"), ("debug", "info", "warning", "error")
+        ),
+        admin_token=Secret(env.get("ADMIN_TOKEN", "")),
+        alert_webhook_url=Secret(env.get("ALERT_WEBHOOK_URL", "")),
+        smtp_host=env.get("SMTP_HOST") or None,
+        smtp_port=num("SMTP_PORT", get("SMTP_PORT", "587"), int, 1, 65535),
+        smtp_user=env.get("SMTP_USER") or None,
+        smtp_pass=Secret(env.get("SMTP_PASS", "")),
+        alert_email_to=env.get("ALERT_EMAIL_TO") or None,
+        db_connect_timeout_s=num(
+            "DB_CONNECT_TIMEOUT_S", get("DB_CONNECT_TIMEOUT_S", "5"), float, 0.5, 120
+        ),
+    )

@@ -1,0 +1,363 @@
+"""One MQTT message → readings (one per equipment on the topic) or one reject.
+
+`Decoder.decode` runs per message on the intake hot path and never raises. Its
+checks, in order, each ending the message as a single `Reject` whose reason is
+`"<code>: <short detail>"` (the code is one of the `REASON_*` constants):
+
+1. size above `max_payload_bytes`: `payload_too_large` (the reject keeps the first
+   `max_payload_bytes` bytes but the hash of the whole payload, so its key is the
+   message's and `ingest_rejects` never holds more than the limit per row);
+2. no equipment owns the topic: `unknown_topic`;
+3. not UTF-8: `not_utf8`; not JSON: `invalid_json`; JSON but not an object:
+   `not_an_object`;
+4. the first family whose `matches` accepts the object decodes it for each
+   equipment; a `DecodeError` or `TimestampError` for any of them rejects the whole
+   message (no readings at all); any other exception is a bug and becomes a
+   `decoder_error` reject instead of stopping the intake.
+
+Families (`default_families`, tried in this order):
+
+* `M160SummaryFamily` — `Resumo` present, or top-level `Va`/`consumo_phf` (the
+  unwrapped form). `dados` is the summary flattened: the envelope's fields with the
+  `Resumo` fields over them (so the unwrapped form stores the same JSON as the
+  wrapped one), and `timestamp` is set to the value the row's time came from.
+  `energia_total`/`total_leituras` that are present but not numbers (or a count
+  outside 0..2^31−1, the column is `integer`) reject the message with
+  `invalid_summary`; absent or null, the columns are NULL. A value counts as present
+  for the quality rule when it is a JSON number (0 included): no voltage
+  (`Va Vb Vc`) → `ruim`; at least one voltage, one current (`Ia Ib Ic`) and one
+  active power (`Pa Pb Pc Pt`) → `bom`; otherwise `parcial`. Its time is
+  `Resumo.timestamp`, else the envelope's `timestamp`.
+* `GenericFamily` — the fallback for any other object, stored whole (re-encoded by
+  orjson: whitespace dropped, a duplicated key keeps its last value). Its time is
+  `timestamp`.
+
+A timestamp may be in any form `parse_timestamp` accepts; absent or null, the arrival
+time (`received_at`, aware UTC) is used and the row is `matchable=False`. The type's
+`mqtt_schema` is not applied here.
+
+`dados` must be storable as `jsonb`: nesting deeper than orjson encodes (254) or a
+string holding `\\u0000` (jsonb refuses it) is rejected as `unstorable_json`, so one
+message can never fail a whole flush batch.
+
+A stateful family (the per-minute inverter aggregation) fits the same protocol: its
+`decode` may return no reading for a message and the finished minute later; if it
+also has `flush(now)` (`FlushingFamily`), `Decoder.flush` collects what is due.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Final, Protocol, TypeGuard, runtime_checkable
+
+import orjson
+
+from aupus_ha import constants, timestamps
+from aupus_ha.readings import Decoded, Equipment, Reading, Reject
+from aupus_ha.timestamps import TimestampError, parse_timestamp
+
+REASON_TOO_LARGE: Final = "payload_too_large"
+REASON_UNKNOWN_TOPIC: Final = "unknown_topic"
+REASON_NOT_UTF8: Final = "not_utf8"
+REASON_INVALID_JSON: Final = "invalid_json"
+REASON_NOT_OBJECT: Final = "not_an_object"
+REASON_NO_FAMILY: Final = "no_family"  # only with a family list lacking a fallback
+REASON_INVALID_SUMMARY: Final = "invalid_summary"
+REASON_UNSTORABLE: Final = "unstorable_json"
+REASON_DECODER_ERROR: Final = "decoder_error"
+REASON_TIMESTAMP_UNPARSEABLE: Final = timestamps.REASON_UNPARSEABLE
+REASON_TIMESTAMP_OUT_OF_RANGE: Final = timestamps.REASON_OUT_OF_RANGE
+REASON_TIMESTAMP_WRONG_TYPE: Final = timestamps.REASON_WRONG_TYPE
+
+MAX_DETAIL_CHARS: Final = 160
+M160_WINDOW_S: Final = 30  # one summary covers 30 s: power = energy / (30/3600) h
+
+_INT32_MAX: Final = 2**31 - 1  # num_leituras is an `integer` column
+_VOLTAGES: Final = ("Va", "Vb", "Vc")
+_CURRENTS: Final = ("Ia", "Ib", "Ic")
+_ACTIVE_POWERS: Final = ("Pa", "Pb", "Pc", "Pt")
+_ABSENT: Final = object()
+_JSON_KINDS: Final[dict[type, str]] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+class DecodeError(ValueError):
+    """Content a family cannot turn into a reading; `reason` is a `REASON_*` code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Family(Protocol):
+    """One payload shape. `decode` raises `DecodeError`/`TimestampError` for bad content."""
+
+    name: str
+
+    def matches(self, obj: dict[str, object]) -> bool: ...
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]: ...
+
+
+@runtime_checkable
+class FlushingFamily(Family, Protocol):
+    """A stateful family that can also release readings on a timer (e.g. a closed minute)."""
+
+    def flush(self, now: datetime) -> list[Reading]: ...
+
+
+def encode_dados(obj: Mapping[str, object]) -> bytes:
+    """`obj` as the `dados` jsonb bytes; `DecodeError` when jsonb could not store it."""
+    try:
+        dados = orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:  # nesting deeper than orjson encodes
+        raise DecodeError(REASON_UNSTORABLE, str(exc)) from None
+    # Cheap byte search first; the walk only confirms the rare hit (an escaped "\u0000").
+    if b"\\u0000" in dados and _has_nul(obj):
+        raise DecodeError(REASON_UNSTORABLE, "a string holds \\u0000, which jsonb refuses")
+    return dados
+
+
+def reading_time(raw: object, received_at: datetime) -> tuple[datetime, bool]:
+    """(timestamp_dados, matchable): the payload's time, or the arrival time if absent."""
+    if raw is None:
+        return received_at, False
+    return parse_timestamp(raw, now=received_at), True
+
+
+class GenericFamily:
+    """Any JSON object, stored as sent; the fallback family."""
+
+    name = "generic"
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return True
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        timestamp, matchable = reading_time(obj.get("timestamp"), received_at)
+        return [
+            Reading(
+                equipamento_id=equipment.id,
+                timestamp_dados=timestamp,
+                dados=encode_dados(obj),
+                qualidade=constants.QUALITY_GOOD,
+                fonte=constants.SOURCE_MQTT,
+                matchable=matchable,
+            )
+        ]
+
+
+class M160SummaryFamily:
+    """The M-160 multimeter's 30-second summary, wrapped in `Resumo` or unwrapped."""
+
+    name = "m160_summary"
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return "Resumo" in obj or "Va" in obj or "consumo_phf" in obj
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        summary, raw_time = _flatten_summary(obj)
+        timestamp, matchable = reading_time(raw_time, received_at)
+        energia = _optional_number(summary, "energia_total")
+        return [
+            Reading(
+                equipamento_id=equipment.id,
+                timestamp_dados=timestamp,
+                dados=encode_dados(summary),
+                qualidade=_summary_quality(summary),
+                fonte=constants.SOURCE_MQTT,
+                energia_kwh=energia,
+                potencia_ativa_kw=None if energia is None else energia / (M160_WINDOW_S / 3600),
+                num_leituras=_optional_count(summary, "total_leituras"),
+                matchable=matchable,
+            )
+        ]
+
+
+def default_families() -> list[Family]:
+    """Fresh instances (stateful families must not share state between decoders)."""
+    return [M160SummaryFamily(), GenericFamily()]
+
+
+class Decoder:
+    """Turns (topic, payload) into a `Decoded`; see the module docstring for the rules."""
+
+    __slots__ = ("_flushing", "families", "max_payload_bytes")
+
+    def __init__(self, *, max_payload_bytes: int, families: Sequence[Family] | None = None) -> None:
+        if max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be positive")
+        self.max_payload_bytes = max_payload_bytes
+        self.families: tuple[Family, ...] = tuple(
+            default_families() if families is None else families
+        )
+        self._flushing = tuple(f for f in self.families if isinstance(f, FlushingFamily))
+
+    def decode(
+        self,
+        topic: str,
+        payload: bytes,
+        equipment: Sequence[Equipment],
+        received_at: datetime,
+    ) -> Decoded:
+        """Readings for every equipment on `topic`, or one reject. Never raises."""
+        try:
+            return self._decode(topic, payload, equipment, received_at)
+        except Exception as exc:  # a bug in a family must not stop the intake
+            detail = f"{type(exc).__name__}: {exc}"
+            return _reject(topic, payload, received_at, REASON_DECODER_ERROR, detail)
+
+    def flush(self, now: datetime) -> Decoded:
+        """Readings that stateful families release on time alone (none for stateless ones)."""
+        return Decoded([r for family in self._flushing for r in family.flush(now)])
+
+    def _decode(
+        self,
+        topic: str,
+        payload: bytes,
+        equipment: Sequence[Equipment],
+        received_at: datetime,
+    ) -> Decoded:
+        if len(payload) > self.max_payload_bytes:
+            return _too_large(topic, payload, received_at, self.max_payload_bytes)
+        if not equipment:
+            detail = "no enabled equipment has this topic"
+            return _reject(topic, payload, received_at, REASON_UNKNOWN_TOPIC, detail)
+        try:
+            obj = _load_object(payload)
+            family = self._family_for(obj)
+            if len(equipment) == 1:
+                readings = family.decode(obj, equipment[0], received_at)
+            else:
+                readings = [r for e in equipment for r in family.decode(obj, e, received_at)]
+        except (DecodeError, TimestampError) as exc:
+            return _reject(topic, payload, received_at, exc.reason, exc.message)
+        return Decoded(readings)
+
+    def _family_for(self, obj: dict[str, object]) -> Family:
+        for family in self.families:
+            if family.matches(obj):
+                return family
+        raise DecodeError(REASON_NO_FAMILY, "no family matches the object")
+
+
+def _load_object(payload: bytes) -> dict[str, object]:
+    try:
+        obj = orjson.loads(payload)  # validates UTF-8 itself: no decode() on the hot path
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(*_json_failure(payload, exc)) from None
+    if type(obj) is not dict:
+        kind = _JSON_KINDS.get(type(obj), "unknown")
+        raise DecodeError(REASON_NOT_OBJECT, f"top-level JSON is {kind}")
+    return obj
+
+
+def _flatten_summary(obj: dict[str, object]) -> tuple[dict[str, object], object]:
+    """(summary fields, raw timestamp): `Resumo` over the envelope, or `obj` unwrapped."""
+    resumo = obj.get("Resumo", _ABSENT)
+    if resumo is _ABSENT:
+        return obj, obj.get("timestamp")
+    if not isinstance(resumo, dict):
+        kind = _JSON_KINDS.get(type(resumo), "unknown")
+        raise DecodeError(REASON_INVALID_SUMMARY, f"Resumo is {kind}, not an object")
+    raw_time = resumo.get("timestamp")
+    if raw_time is None:
+        raw_time = obj.get("timestamp")
+    summary = obj.copy()
+    del summary["Resumo"]
+    summary.update(resumo)
+    if raw_time is not None:
+        summary["timestamp"] = raw_time  # the stored JSON shows the time the row has
+    return summary, raw_time
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    # type(), not isinstance: JSON true/false must not count as 1/0.
+    return type(value) is float or type(value) is int
+
+
+def _has_any(summary: dict[str, object], keys: tuple[str, ...]) -> bool:
+    for key in keys:  # a plain loop: any() over a generator costs 3x here
+        value = summary.get(key)
+        if type(value) is float or type(value) is int:
+            return True
+    return False
+
+
+def _summary_quality(summary: dict[str, object]) -> str:
+    if not _has_any(summary, _VOLTAGES):
+        return constants.QUALITY_BAD
+    if _has_any(summary, _CURRENTS) and _has_any(summary, _ACTIVE_POWERS):
+        return constants.QUALITY_GOOD
+    return constants.QUALITY_PARTIAL
+
+
+def _optional_number(summary: dict[str, object], key: str) -> float | None:
+    value = summary.get(key)
+    if value is None:
+        return None
+    if not _is_number(value):
+        kind = _JSON_KINDS.get(type(value), "unknown")
+        raise DecodeError(REASON_INVALID_SUMMARY, f"{key} is {kind}, not a number")
+    return float(value)
+
+
+def _optional_count(summary: dict[str, object], key: str) -> int | None:
+    number = _optional_number(summary, key)
+    if number is None:
+        return None
+    if not (number.is_integer() and 0 <= number <= _INT32_MAX):
+        raise DecodeError(REASON_INVALID_SUMMARY, f"{key} is not a count: {number!r}")
+    return int(number)
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _json_failure(payload: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str]:
+    # Only on the error path: tell bad encoding apart from bad syntax.
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return REASON_NOT_UTF8, str(err)
+    return REASON_INVALID_JSON, str(exc)
+
+
+def _too_large(topic: str, payload: bytes, received_at: datetime, limit: int) -> Decoded:
+    digest = hashlib.sha256(payload).hexdigest()  # the whole message's identity
+    reason = _reason(REASON_TOO_LARGE, f"{len(payload)} bytes > limit {limit}")
+    return Decoded(rejects=[Reject(topic, payload[:limit], reason, received_at, digest)])
+
+
+def _reject(topic: str, payload: bytes, received_at: datetime, code: str, detail: str) -> Decoded:
+    return Decoded(rejects=[Reject(topic, payload, _reason(code, detail), received_at)])
+
+
+def _reason(code: str, detail: str) -> str:
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[: MAX_DETAIL_CHARS - 1] + "…"
+    # The reason goes into a text column, which cannot hold NUL.
+    return f"{code}: {detail}".replace("\x00", "\\x00")

@@ -1,0 +1,305 @@
+"""The HA loop: a small state machine that drives `Election`.
+
+    STANDBY --lock free--> LEADER --renew lost / deadline passed / fenced--> STANDBY
+    OBSERVER (MQTT_MODE=development) and DISABLED only heartbeat; they never lead.
+
+"Am I leader" is a lease with an expiry (`lease_deadline`, monotonic): it is extended
+by every successful renewal and simply runs out if the loop stalls, so the writer stops
+on its own even when this loop cannot run. Every transition is one log event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type
+
+from aupus_ha import constants
+from aupus_ha.backoff import jittered
+from aupus_ha.config import Settings
+from aupus_ha.db import DatabaseUnavailable
+from aupus_ha.election import Election, IdentityLost, RenewOutcome, Term
+from aupus_ha.logs import get_logger
+
+log = get_logger(__name__)
+
+StatsProvider = Callable[[], dict[str, object]]
+
+
+@dataclass(slots=True)
+class LeaderInfo:
+    """Who leads, as last seen by this instance (for /health/leader)."""
+
+    leader_id: str | None = None
+    epoch: int | None = None
+    leader_since: datetime | None = None
+    last_flush_at: datetime | None = None
+
+
+class HaLoop:
+    """Runs the election for one process and tells the writer when it may write."""
+
+    def __init__(self, settings: Settings, election: Election, stats: StatsProvider) -> None:
+        self._settings = settings
+        self._election = election
+        self._stats = stats
+        self.role = self._initial_role()
+        self.term: Term | None = None
+        self.lease_deadline = 0.0
+        self.db_ok = False
+        self.last_tick = 0.0
+        self.promoted = asyncio.Event()  # wakes the writer at once on promotion
+        self._stop = asyncio.Event()
+        self._step_down_until = 0.0
+        self._last_heartbeat = 0.0
+        self._reset_connection = False
+        self.leader_info = LeaderInfo()
+
+    def _initial_role(self) -> str:
+        if self._settings.mqtt_mode == constants.MODE_DISABLED:
+            return constants.ROLE_DISABLED
+        if self._settings.mqtt_mode == constants.MODE_DEVELOPMENT:
+            return constants.ROLE_OBSERVER
+        return constants.ROLE_STANDBY
+
+    # --- what the rest of the process asks ------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """True only while our lease is valid: it expires by itself if renewals stop."""
+        return self.role == constants.ROLE_LEADER and time.monotonic() < self.lease_deadline
+
+    @property
+    def epoch(self) -> int | None:
+        return self.term.epoch if self.term and self.role == constants.ROLE_LEADER else None
+
+    def fenced(self, mine: int, current: int | None) -> None:
+        """The writer's flush found another epoch: stop leading now."""
+        if self.term is None or self.term.epoch != mine:
+            return
+        log.error(
+            "leader.fenced",
+            epoch=mine,
+            current_epoch=current,
+            previous_leader=self.term.previous_leader,
+        )
+        self._demote()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and claim the lease row, retrying while the database is unreachable.
+
+        IdentityClash and PoolerDetected are not retried: they are configuration errors.
+        """
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            wait=jittered(5.0),
+            reraise=True,
+        ):
+            with attempt:
+                if self._stop.is_set():
+                    return
+                try:
+                    await self._election.open()
+                    await self._election.register(self.role)
+                except DatabaseUnavailable as exc:
+                    self.db_ok = False
+                    log.warning("db.unavailable", during="start", error=str(exc))
+                    raise
+        self.db_ok = True
+        self._last_heartbeat = time.monotonic()
+
+    async def run(self) -> None:
+        """The loop; returns when `stop()` is called."""
+        while not self._stop.is_set():
+            self.last_tick = time.monotonic()
+            try:
+                await self._tick()
+                self.db_ok = True
+            except DatabaseUnavailable as exc:
+                await self._on_unavailable(exc)
+            await self._sleep(self._interval())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def release(self) -> None:
+        """Graceful end: release the lock and mark our row stopped (best effort)."""
+        epoch = self.term.epoch if self.role == constants.ROLE_LEADER and self.term else None
+        final_role = constants.ROLE_STOPPED
+        try:
+            if self._election.connected:
+                await self._election.release(epoch, final_role, stopping=True)
+                if epoch is not None:
+                    log.info("leader.released", epoch=epoch, reason="shutdown")
+        except DatabaseUnavailable as exc:
+            log.warning("leader.release_failed", epoch=epoch, error=str(exc))
+        finally:
+            self.role = final_role
+            self.lease_deadline = 0.0
+            await self._election.close()
+
+    async def step_down(self) -> bool:
+        """Hand leadership over on demand; we stay a standby and wait before re-trying."""
+        if self.role != constants.ROLE_LEADER or self.term is None:
+            return False
+        epoch = self.term.epoch
+        self._demote()
+        self._step_down_until = time.monotonic() + self._settings.lease_ttl_s
+        await self._election.release(epoch, constants.ROLE_STANDBY, stopping=False)
+        log.info("leader.released", epoch=epoch, reason="step_down")
+        return True
+
+    # --- the state machine ----------------------------------------------------------------
+
+    def _interval(self) -> float:
+        if self.role == constants.ROLE_STANDBY:
+            return min(constants.ACQUIRE_POLL_S, self._settings.heartbeat_s)
+        return self._settings.heartbeat_s
+
+    async def _tick(self) -> None:
+        if not self._election.connected:
+            if self.role == constants.ROLE_LEADER:
+                self._lose("connection_lost")  # the lock died with the session
+            await self._reconnect()
+        if self.role == constants.ROLE_LEADER:
+            await self._lead()
+        elif self.role == constants.ROLE_STANDBY:
+            await self._stand_by()
+        else:
+            await self._heartbeat_if_due()
+
+    async def _lead(self) -> None:
+        assert self.term is not None
+        remaining = self.lease_deadline - time.monotonic()
+        if remaining <= 0:
+            return self._lose("renew_deadline")
+        sent = time.monotonic()
+        try:
+            outcome = await self._election.renew(
+                self.term.epoch, self._stats(), timeout=min(remaining, constants.DB_CALL_TIMEOUT_S)
+            )
+        except DatabaseUnavailable:
+            if not self._election.connected:
+                self._lose("connection_lost")  # the lock died with the session
+                return
+            if time.monotonic() >= self.lease_deadline:
+                self._lose("renew_deadline")
+                return
+            raise
+        if outcome is RenewOutcome.HELD:
+            self.lease_deadline = sent + self._settings.renew_deadline_s
+        else:
+            self._lose(outcome.value)
+
+    async def _stand_by(self) -> None:
+        await self._heartbeat_if_due(evict=True)
+        if time.monotonic() < self._step_down_until:
+            return
+        term = await self._election.try_acquire()
+        if term is not None:
+            self._promote(term)
+
+    async def _heartbeat_if_due(self, *, evict: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self._settings.heartbeat_s:
+            return
+        try:
+            await self._election.heartbeat(self.role, self._stats())
+        except IdentityLost:
+            log.error("instance.identity_lost", instance_id=self._settings.instance_id)
+            raise
+        self._last_heartbeat = now
+        self._observe(await self._election.leadership())
+        if evict:
+            eviction = await self._election.evict_silent_leader()
+            if eviction is not None:
+                log.warning(
+                    "leader.evicted",
+                    previous_leader=eviction.instance_id,
+                    heartbeat_age_s=round(eviction.heartbeat_age_s or 0, 3),
+                    sessions_terminated=eviction.terminated,
+                )
+
+    def _observe(self, row: dict[str, object] | None) -> None:
+        if row is None:
+            self.leader_info = LeaderInfo()
+            return
+        active = row["released_at"] is None and row["leader_instance_id"] is not None
+        self.leader_info = LeaderInfo(
+            leader_id=str(row["leader_instance_id"]) if active else None,
+            epoch=int(row["epoch"]),  # type: ignore[call-overload]
+            leader_since=row["acquired_at"] if active else None,  # type: ignore[arg-type]
+            last_flush_at=row["last_flush_at"],  # type: ignore[arg-type]
+        )
+
+    def _promote(self, term: Term) -> None:
+        self.term = term
+        self.role = constants.ROLE_LEADER
+        self.lease_deadline = time.monotonic() + self._settings.renew_deadline_s
+        self.promoted.set()
+        self.leader_info = LeaderInfo(self._settings.instance_id, term.epoch, term.acquired_at)
+        log.info(
+            "leader.acquired",
+            epoch=term.epoch,
+            previous_leader=term.previous_leader,
+            gap_ms=term.gap_ms,
+            reason=term.reason,
+        )
+
+    def _lose(self, reason: str) -> None:
+        assert self.term is not None
+        log.error(
+            "leader.lost",
+            epoch=self.term.epoch,
+            reason=reason,
+            previous_leader=self.term.previous_leader,
+        )
+        self._demote()
+        # Close the lock connection: if the server still holds our lock, this frees it.
+        self._reset_connection = True
+
+    def _demote(self) -> None:
+        self.role = constants.ROLE_STANDBY
+        self.lease_deadline = 0.0
+        self.promoted.clear()
+
+    async def _on_unavailable(self, exc: DatabaseUnavailable) -> None:
+        if self.db_ok:
+            log.warning("db.unavailable", role=self.role, error=str(exc))
+        self.db_ok = False
+        if self.role == constants.ROLE_LEADER and time.monotonic() >= self.lease_deadline:
+            self._lose("renew_deadline")
+        if not self._election.connected:
+            return
+        if self.role != constants.ROLE_LEADER:
+            # A broken session is reopened on the next tick.
+            await self._election.close()
+
+    async def _reconnect(self) -> None:
+        await self._election.open()
+        await self._election.register(self.role)
+        self._last_heartbeat = time.monotonic()
+        log.info("db.reconnected", role=self.role)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._reset_connection:
+            self._reset_connection = False
+            await self._election.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "is_leader": self.is_leader(),
+            "epoch": self.epoch,
+            "leader_since": self.term.acquired_at if self.term and self.is_leader() else None,
+            "db_ok": self.db_ok,
+        }

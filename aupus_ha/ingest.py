@@ -1,0 +1,214 @@
+"""MQTT intake with gmqtt: QoS 1, a persistent session per instance, owned reconnects.
+
+Three gmqtt traps are handled here on purpose:
+- it PUBACKs before `on_message` runs unless `optimistic_acknowledgement=False`: we turn
+  that off, so the broker only forgets a message once it is in our buffer;
+- it does not resubscribe when the broker answers without a session
+  (`session_present` false): we subscribe on every connect;
+- under MQTT 5 a session only outlives a disconnect with `session_expiry_interval` > 0.
+gmqtt's own reconnect loop fires unowned tasks at a fixed delay; we disarm it and
+reconnect from one supervised task with jittered exponential backoff (tenacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gmqtt
+from tenacity import AsyncRetrying, retry_if_exception_type
+
+from aupus_ha import constants
+from aupus_ha.backoff import jittered
+from aupus_ha.config import Settings
+from aupus_ha.logs import get_logger
+
+log = get_logger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+PUBACK_SUCCESS = 0
+PUBACK_UNSPECIFIED_ERROR = 0x80
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached or refused the connection."""
+
+
+@dataclass(slots=True)
+class MqttStats:
+    messages: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    handler_errors: int = 0
+    connected_since: float | None = None
+    subscribed: set[str] = field(default_factory=set)
+
+
+def client_id_for(instance_id: str, cluster_name: str) -> str:
+    # Stable across restarts, so the broker keeps this instance's session and queue.
+    return f"aupus-ha-{cluster_name}-{instance_id}"[:128]
+
+
+class MqttIngest:
+    """Keeps one MQTT connection up and the subscriptions equal to the wanted topics."""
+
+    def __init__(self, settings: Settings, on_message: MessageHandler) -> None:
+        assert settings.mqtt is not None
+        self._settings = settings
+        self._endpoint = settings.mqtt
+        self._on_message = on_message
+        self._wanted: set[str] = set()
+        self._client: gmqtt.Client | None = None
+        self._lost = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self.stats = MqttStats()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self.stats.connected_since is not None
+
+    # --- supervised connection loop -----------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._connect_with_backoff()
+                await self._lost.wait()
+                await self._drop_client()
+        finally:
+            await self._drop_client()
+
+    async def _connect_with_backoff(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(BrokerUnavailable),
+            wait=jittered(10.0),
+        ):
+            with attempt:
+                await self._connect_once()
+
+    async def _connect_once(self) -> None:
+        self._lost.clear()
+        client = self._new_client()
+        ep = self._endpoint
+        try:
+            await asyncio.wait_for(
+                client.connect(ep.host, ep.port, ssl=self._ssl_context(), keepalive=30),
+                timeout=constants.MQTT_CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
+            _disarm_reconnect(client)
+            await _quiet_disconnect(client)
+            log.warning("mqtt.connect_failed", broker=ep.display(), error=type(exc).__name__)
+            raise BrokerUnavailable(str(exc)) from exc
+        self._client = client
+        self.stats.connects += 1
+        self.stats.connected_since = time.monotonic()
+        self.stats.subscribed.clear()
+        await self.sync_subscriptions()
+        log.info(
+            "mqtt.connected",
+            broker=ep.display(),
+            client_id=client._client_id,
+            topics=len(self.stats.subscribed),
+        )
+
+    def _new_client(self) -> gmqtt.Client:
+        client = gmqtt.Client(
+            client_id_for(self._settings.instance_id, self._settings.cluster_name),
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            session_expiry_interval=constants.MQTT_SESSION_EXPIRY_S,
+            receive_maximum=self._settings.mqtt_receive_maximum,
+        )
+        if self._endpoint.username:
+            client.set_auth_credentials(
+                self._endpoint.username, self._endpoint.password.reveal() or None
+            )
+        client.on_message = self._handle
+        client.on_disconnect = self._disconnected
+        return client
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if not self._endpoint.tls:
+            return False
+        context = ssl.create_default_context(cafile=self._settings.mqtt_tls_ca)
+        if self._settings.mqtt_tls_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _disconnected(self, client: gmqtt.Client, packet: Any, exc: Any = None) -> None:
+        if client is not self._client:
+            return
+        _disarm_reconnect(client)
+        self.stats.disconnects += 1
+        self.stats.connected_since = None
+        log.warning("mqtt.disconnected", broker=self._endpoint.display())
+        self._lost.set()
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        self.stats.connected_since = None
+        if client is not None:
+            _disarm_reconnect(client)
+            await _quiet_disconnect(client)
+
+    async def close(self) -> None:
+        await self._drop_client()
+
+    # --- messages ----------------------------------------------------------------------
+
+    async def _handle(
+        self, client: gmqtt.Client, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        """Runs before the PUBACK: returning means the message is safely ours."""
+        self.stats.messages += 1
+        try:
+            await self._on_message(topic, payload)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("mqtt.handler_failed", topic=topic)
+            # No PUBACK success: the broker redelivers after a reconnect.
+            return PUBACK_UNSPECIFIED_ERROR
+        return PUBACK_SUCCESS
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def set_topics(self, topics: Iterable[str]) -> None:
+        self._wanted = set(topics)
+
+    async def sync_subscriptions(self) -> None:
+        """Subscribe to new topics and unsubscribe from removed ones."""
+        async with self._sync_lock:
+            client = self._client
+            if client is None:
+                return
+            current = self.stats.subscribed
+            add = sorted(self._wanted - current)
+            remove = sorted(current - self._wanted)
+            if add:
+                client.subscribe([gmqtt.Subscription(t, qos=1) for t in add])
+                current.update(add)
+            if remove:
+                client.unsubscribe(remove)
+                current.difference_update(remove)
+            if add or remove:
+                log.info(
+                    "mqtt.subscriptions", added=len(add), removed=len(remove), total=len(current)
+                )
+
+
+def _disarm_reconnect(client: gmqtt.Client) -> None:
+    # gmqtt schedules its own reconnect from the disconnect handler; an inactive client
+    # skips it (see gmqtt Client._allow_reconnect). Our supervisor reconnects instead.
+    client._is_active = False
+
+
+async def _quiet_disconnect(client: gmqtt.Client) -> None:
+    with contextlib.suppress(Exception):  # the connection is gone either way
+        await asyncio.wait_for(client.disconnect(), timeout=2.0)

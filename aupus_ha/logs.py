@@ -1,0 +1,91 @@
+"""structlog set-up: one JSON object per line, every line naming its instance.
+
+A last processor replaces any configured secret that slipped into an event (a DSN in an
+exception text, say) with `***`, so secrets cannot reach the logs even by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class SecretScrubber:
+    """structlog processor: masks the given secret strings anywhere in an event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Very short strings would mask half of every line; they are not real secrets.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, "***")
+            return value
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        return value
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not self._secrets:
+            return event
+        for key, value in event.items():
+            event[key] = self._scrub(value)
+        return event
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(
+    *,
+    instance_id: str,
+    log_format: str = "json",
+    level: str = "info",
+    secrets: Iterable[str] = (),
+) -> None:
+    """Configure structlog for the whole process (call once, at start)."""
+    renderer: Any
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            SecretScrubber(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(instance_id=instance_id)
+    # gmqtt and asyncpg log through stdlib logging: keep their warnings, drop chatter.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,94 @@
+"""A QoS 1 publisher that knows what the broker acknowledged.
+
+Used by `aupus-ha simulate`, the demo, the benchmark and the tests: every published
+message is counted only once the broker has PUBACKed it, so "published" in a report
+means "the broker has it".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import gmqtt
+
+from aupus_ha.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class PublishReport:
+    sent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+class Publisher:
+    """A gmqtt client that can wait until all its QoS 1 messages are acknowledged."""
+
+    def __init__(self, url: str, *, client_id: str | None = None) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 1883
+        self._username = parts.username
+        self._password = parts.password
+        self._client = gmqtt.Client(client_id or f"aupus-pub-{uuid.uuid4().hex[:10]}")
+
+    async def __aenter__(self) -> Publisher:
+        if self._username:
+            self._client.set_auth_credentials(self._username, self._password)
+        await asyncio.wait_for(self._client.connect(self._host, self._port), timeout=10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.wait_for(self._client.disconnect(), timeout=5)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1)
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._client._persistent_storage.get_all())
+
+    async def wait_acknowledged(self, timeout: float = 30.0, *, max_pending: int = 0) -> None:
+        """Wait until at most `max_pending` messages await their PUBACK."""
+        deadline = time.monotonic() + timeout
+        while self.unacknowledged > max_pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.unacknowledged} messages not acknowledged in time")
+            await asyncio.sleep(0.005)
+
+
+async def publish_paced(
+    publisher: Publisher,
+    messages: list[tuple[str, bytes]],
+    *,
+    rate: float,
+    on_sent: Callable[[int], None] | None = None,
+    window: int = 500,
+) -> PublishReport:
+    """Publish at about `rate` messages/s, at most `window` unacknowledged at a time."""
+    report = PublishReport()
+    started = time.monotonic()
+    for index, (topic, payload) in enumerate(messages):
+        due = started + index / rate if rate > 0 else 0.0
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if publisher.unacknowledged >= window:
+            await publisher.wait_acknowledged(max_pending=window // 2)
+        publisher.publish(topic, payload)
+        report.sent += 1
+        if on_sent is not None:
+            on_sent(report.sent)
+    await publisher.wait_acknowledged()
+    report.seconds = time.monotonic() - started
+    return report

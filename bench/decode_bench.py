@@ -1,0 +1,74 @@
+"""Micro-benchmark of `Decoder.decode`: microseconds per message, per payload family.
+
+Usage: python bench/decode_bench.py [--n 50000] [--repeat 5]
+
+Each case decodes the same payload `n` times, `repeat` times over, and reports the best
+and the median run (best is the least disturbed by the machine; median shows spread).
+No timing is asserted: this is for comparing changes on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from aupus_ha.decoding import Decoder
+from aupus_ha.readings import Decoded, Equipment
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+TOPIC = "aupus/bench/meter"
+EQUIPMENT = [Equipment("bench-1", TOPIC)]
+# Fixed, after every fixture's time, so results do not depend on the clock.
+RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+
+def cases() -> dict[str, bytes]:
+    """Name → payload, one per family plus typical bad input."""
+    m160 = (FIXTURES / "m160_resumo.json").read_bytes()
+    return {
+        "generic": (FIXTURES / "generic_reading.json").read_bytes(),
+        "m160 wrapped": m160,
+        "m160 unwrapped": orjson.dumps(orjson.loads(m160)["Resumo"]),
+        "inverter (as generic)": (FIXTURES / "inverter_reading.json").read_bytes(),
+        "bad: not json": b"not json at all",
+        "bad: timestamp": b'{"timestamp": "31/02/2026 25:61:00", "power": 1}',
+    }
+
+
+def time_case(decoder: Decoder, payload: bytes, n: int) -> float:
+    """Seconds for `n` decodes of `payload`."""
+    decode = decoder.decode
+    start = time.perf_counter()
+    for _ in range(n):
+        decode(TOPIC, payload, EQUIPMENT, RECEIVED)
+    return time.perf_counter() - start
+
+
+def describe(decoded: Decoded) -> str:
+    if decoded.rejects:
+        return "reject " + decoded.rejects[0].reason.split(":", 1)[0]
+    return f"{len(decoded.readings)} reading(s), {decoded.readings[0].qualidade}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=50_000, help="decodes per run")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per case")
+    args = parser.parse_args()
+    decoder = Decoder(max_payload_bytes=256 * 1024)
+    print(f"{'case':<24}{'bytes':>7}{'best µs':>10}{'median µs':>11}  outcome")
+    for name, payload in cases().items():
+        outcome = describe(decoder.decode(TOPIC, payload, EQUIPMENT, RECEIVED))
+        time_case(decoder, payload, min(args.n, 1000))  # warm up
+        runs = [time_case(decoder, payload, args.n) / args.n * 1e6 for _ in range(args.repeat)]
+        best, median = min(runs), statistics.median(runs)
+        print(f"{name:<24}{len(payload):>7}{best:>10.2f}{median:>11.2f}  {outcome}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Bootstrap and run: `./run.sh demo` (the failover demo) or `./run.sh test` (lint, types,
+# tests). Creates .venv with the project and its test/demo extras, and installs the Debian
+# `mosquitto` broker when it is missing (apt-get as root, or through sudo).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+VENV=".venv"
+
+ensure_venv() {
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  if [[ ! -f "$stamp" ]]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$stamp"
+  fi
+}
+
+ensure_mosquitto() {
+  if command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; then
+    return
+  fi
+  local sudo=""
+  if [[ "$(id -u)" != "0" ]]; then sudo="sudo"; fi
+  echo "installing the Debian mosquitto package (MQTT broker for tests and demo)..." >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+  # The package starts a system broker on :1883; the tests and demo start their own.
+  $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  demo)
+    ensure_venv
+    ensure_mosquitto
+    exec "$VENV/bin/aupus-ha" demo "$@"
+    ;;
+  test)
+    ensure_venv
+    ensure_mosquitto
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+    exec "$VENV/bin/pytest" "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh demo|test [args...]" >&2
+    exit 2
+    ;;
+esac

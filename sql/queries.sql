@@ -1,0 +1,234 @@
+-- Named queries, loaded once by aupus_ha/queries.py and used by name.
+-- Format: a line "-- name: <name>", comment lines saying what it does and the order of
+-- its $n parameters, then the SQL up to the next "-- name:".
+-- {id_type} and {ts_type} are filled once at start from a fixed whitelist with the
+-- column types of equipamentos_dados (text/bpchar, timestamptz/timestamp); every value
+-- is a $n parameter.
+
+-- name: backend_identity
+-- The lock connection's backend: pid and start time (together they name a session).
+SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
+
+-- name: instance_for_update
+-- $1 instance_id. The current lease row of this INSTANCE_ID, locked, with liveness.
+SELECT i.process_token,
+       i.stopped_at IS NOT NULL AS stopped,
+       extract(epoch FROM now() - i.heartbeat_at)::float8 AS heartbeat_age_s,
+       EXISTS (
+           SELECT 1 FROM pg_stat_activity a
+           WHERE a.pid = i.backend_pid AND a.backend_start = i.backend_started_at
+       ) AS backend_alive,
+       i.host, i.pid
+FROM ha_instances i
+WHERE i.instance_id = $1
+FOR UPDATE;
+
+-- name: upsert_instance
+-- $1 instance_id, $2 cluster_name, $3 process_token, $4 host, $5 pid, $6 version,
+-- $7 mode, $8 role, $9 http_url. Claims the lease row for this process.
+INSERT INTO ha_instances AS i (
+    instance_id, cluster_name, process_token, host, pid, version, mode, role, http_url,
+    started_at, heartbeat_at, backend_pid, backend_started_at, leader_epoch, stopped_at
+)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now(), a.pid, a.backend_start, NULL, NULL
+FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()
+ON CONFLICT (instance_id) DO UPDATE SET
+    cluster_name = excluded.cluster_name, process_token = excluded.process_token,
+    host = excluded.host, pid = excluded.pid, version = excluded.version,
+    mode = excluded.mode, role = excluded.role, http_url = excluded.http_url,
+    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+    backend_pid = excluded.backend_pid, backend_started_at = excluded.backend_started_at,
+    leader_epoch = NULL, stopped_at = NULL;
+
+-- name: standby_heartbeat
+-- $1 instance_id, $2 process_token, $3 role, $4 stats (jsonb).
+-- Zero rows means another process has taken this lease row over.
+UPDATE ha_instances
+SET heartbeat_at = now(), role = $3, stats = $4, leader_epoch = NULL
+WHERE instance_id = $1 AND process_token = $2
+RETURNING 1;
+
+-- name: leader_renew
+-- $1 instance_id, $2 process_token, $3 epoch, $4 stats (jsonb), $5 cluster_name,
+-- $6 lock key 1, $7 lock key 2. One round trip: renews the lease (scoped to process and
+-- epoch) and reports whether the epoch is still ours and our backend still holds the lock.
+WITH renewed AS (
+    UPDATE ha_instances
+    SET heartbeat_at = now(), role = 'leader', stats = $4
+    WHERE instance_id = $1 AND process_token = $2 AND leader_epoch = $3
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM renewed) = 1 AS renewed,
+       (SELECT epoch FROM ha_leadership WHERE cluster_name = $5) AS epoch,
+       EXISTS (
+           SELECT 1 FROM pg_locks
+           WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+             AND classid = $6::int4::oid AND objid = $7::int4::oid AND objsubid = 2
+       ) AS lock_held;
+
+-- name: try_lock
+-- $1 lock key 1, $2 lock key 2. Session-level: held until released or the session ends.
+SELECT pg_try_advisory_lock($1::int4, $2::int4);
+
+-- name: unlock
+-- $1 lock key 1, $2 lock key 2.
+SELECT pg_advisory_unlock($1::int4, $2::int4);
+
+-- name: ensure_leadership_row
+-- $1 cluster_name.
+INSERT INTO ha_leadership (cluster_name) VALUES ($1) ON CONFLICT (cluster_name) DO NOTHING;
+
+-- name: leadership_for_update
+-- $1 cluster_name. The previous leader and how its term ended, locked for the bump.
+SELECT l.epoch, l.leader_instance_id, l.released_at, l.ended_reason,
+       i.heartbeat_at AS leader_heartbeat_at
+FROM ha_leadership l
+LEFT JOIN ha_instances i ON i.instance_id = l.leader_instance_id
+WHERE l.cluster_name = $1
+FOR UPDATE OF l;
+
+-- name: bump_epoch
+-- $1 cluster_name, $2 instance_id, $3 process_token. The new term; returns its epoch.
+UPDATE ha_leadership
+SET epoch = epoch + 1, leader_instance_id = $2, leader_token = $3, acquired_at = now(),
+    released_at = NULL, ended_reason = NULL
+WHERE cluster_name = $1
+RETURNING epoch, acquired_at;
+
+-- name: mark_instance_leader
+-- $1 instance_id, $2 process_token, $3 epoch. Zero rows: our lease row was taken over.
+UPDATE ha_instances SET role = 'leader', leader_epoch = $3, heartbeat_at = now()
+WHERE instance_id = $1 AND process_token = $2
+RETURNING 1;
+
+-- name: record_handover
+-- $1 cluster_name, $2 epoch, $3 from_instance_id, $4 to_instance_id, $5 reason, $6 gap_ms.
+INSERT INTO ha_handovers (cluster_name, epoch, from_instance_id, to_instance_id, reason, gap_ms)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: release_leadership
+-- $1 cluster_name, $2 epoch, $3 process_token. Ends our term if it is still ours.
+UPDATE ha_leadership SET released_at = now(), ended_reason = 'released'
+WHERE cluster_name = $1 AND epoch = $2 AND leader_token = $3
+RETURNING 1;
+
+-- name: mark_instance_stopped
+-- $1 instance_id, $2 process_token, $3 role.
+UPDATE ha_instances
+SET role = $3, leader_epoch = NULL, stopped_at = now(), heartbeat_at = now()
+WHERE instance_id = $1 AND process_token = $2;
+
+-- name: lock_holder
+-- $1 lock key 1, $2 lock key 2, $3 cluster_name. Who holds the cluster lock now, and the
+-- lease row (if any) of that backend, with its heartbeat age measured on the DB clock.
+SELECT l.pid AS holder_pid,
+       i.instance_id, i.process_token,
+       extract(epoch FROM now() - i.heartbeat_at)::float8 AS heartbeat_age_s,
+       a.application_name
+FROM pg_locks l
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+LEFT JOIN ha_instances i
+       ON i.backend_pid = l.pid AND i.backend_started_at = a.backend_start
+      AND i.cluster_name = $3
+WHERE l.locktype = 'advisory' AND l.granted
+  AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid AND l.objsubid = 2;
+
+-- name: terminate_process_backends
+-- $1 application_name of the silent process. Ends every session of that process: the
+-- lock connection (releasing the lock) and any pooled connection inside a flush.
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS terminated
+FROM pg_stat_activity
+WHERE application_name = $1 AND pid <> pg_backend_pid();
+
+-- name: mark_evicted
+-- $1 cluster_name, $2 instance_id of the evicted leader.
+UPDATE ha_leadership SET ended_reason = 'evicted'
+WHERE cluster_name = $1 AND leader_instance_id = $2 AND released_at IS NULL;
+
+-- name: fence_check
+-- $1 cluster_name. First statement of every flush transaction: the shared row lock
+-- keeps the epoch from moving until this transaction ends.
+SELECT epoch FROM ha_leadership WHERE cluster_name = $1 FOR SHARE;
+
+-- name: create_staging
+-- Per connection, once: the COPY target, with the exact column types of the table.
+CREATE TEMP TABLE IF NOT EXISTS aupus_staging ON COMMIT DELETE ROWS AS
+SELECT equipamento_id, timestamp_dados, dados, fonte, qualidade, energia_kwh,
+       potencia_ativa_kw, num_leituras, timestamp_fim
+FROM equipamentos_dados WITH NO DATA;
+
+-- name: insert_from_staging
+-- $1 epoch. Duplicates (already written by a previous leader) are skipped, never errors.
+WITH inserted AS (
+    INSERT INTO equipamentos_dados (
+        equipamento_id, timestamp_dados, dados, fonte, qualidade, energia_kwh,
+        potencia_ativa_kw, num_leituras, timestamp_fim, ha_epoch
+    )
+    SELECT equipamento_id, timestamp_dados, dados, fonte, qualidade, energia_kwh,
+           potencia_ativa_kw, num_leituras, timestamp_fim, $1
+    FROM aupus_staging
+    ON CONFLICT (equipamento_id, timestamp_dados) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM inserted;
+
+-- name: insert_reject
+-- $1 topic, $2 payload, $3 payload_sha256, $4 reason, $5 received_at, $6 instance_id,
+-- $7 epoch.
+INSERT INTO ingest_rejects (topic, payload, payload_sha256, reason, received_at, instance_id, ha_epoch)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (topic, payload_sha256) DO NOTHING;
+
+-- name: record_flush
+-- $1 cluster_name. The leader's progress, visible to every instance.
+UPDATE ha_leadership SET last_flush_at = now(), flush_seq = flush_seq + 1
+WHERE cluster_name = $1;
+
+-- name: probe_readings
+-- $1 equipamento ids, $2 timestamps (parallel arrays). Which of a standby's buffered
+-- readings are already committed: returns their 1-based positions. Index-backed by the
+-- natural key.
+SELECT k.pos
+FROM unnest($1::{id_type}[], $2::{ts_type}[]) WITH ORDINALITY AS k(equipamento_id, ts, pos)
+JOIN equipamentos_dados d
+  ON d.equipamento_id = k.equipamento_id AND d.timestamp_dados = k.ts;
+
+-- name: probe_rejects
+-- $1 topics, $2 payload hashes (parallel arrays). Same as probe_readings for rejects.
+SELECT k.pos
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(topic, sha, pos)
+JOIN ingest_rejects r ON r.topic = k.topic AND r.payload_sha256 = k.sha;
+
+-- name: enabled_equipment
+-- Equipment whose topics this cluster subscribes to.
+SELECT e.id::text AS id, e.topico_mqtt AS topic, t.codigo AS type_code,
+       t.mqtt_schema::text AS mqtt_schema
+FROM equipamentos e
+LEFT JOIN tipos_equipamentos t ON t.id = e.tipo_equipamento_id
+WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
+ORDER BY e.id;
+
+-- name: column_types
+-- The types of the key columns of equipamentos_dados (fresh vs legacy convention).
+SELECT column_name, data_type
+FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'equipamentos_dados'
+  AND column_name IN ('equipamento_id', 'timestamp_dados');
+
+-- name: leadership
+-- $1 cluster_name.
+SELECT epoch, leader_instance_id, acquired_at, released_at, ended_reason, last_flush_at,
+       flush_seq
+FROM ha_leadership WHERE cluster_name = $1;
+
+-- name: cluster_instances
+-- $1 cluster_name.
+SELECT instance_id, host, pid, version, mode, role, http_url, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
+       leader_epoch, stopped_at, stats::text AS stats
+FROM ha_instances WHERE cluster_name = $1 ORDER BY instance_id;
+
+-- name: recent_handovers
+-- $1 cluster_name, $2 limit.
+SELECT epoch, from_instance_id, to_instance_id, reason, gap_ms, at
+FROM ha_handovers WHERE cluster_name = $1 ORDER BY at DESC, id DESC LIMIT $2;

@@ -1,0 +1,39 @@
+"""Fixtures for tests that run real `aupus-ha run` processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aupus_ha.localcluster import FAST_TIMINGS, InstanceProcess
+
+ClusterFactory = Callable[..., InstanceProcess]
+
+
+@pytest.fixture
+def base_env(database_url: str, mosquitto: object) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "MQTT_URL": mosquitto.url,  # type: ignore[attr-defined]
+        "CLUSTER_NAME": "test",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "info",
+        **FAST_TIMINGS,
+    }
+
+
+@pytest.fixture
+def spawn(base_env: dict[str, str], tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Start instances by name; every one still running is killed after the test."""
+    started: list[InstanceProcess] = []
+
+    def factory(name: str, *args: str, **env: str) -> InstanceProcess:
+        inst = InstanceProcess(name, {**base_env, **env}, tmp_path)
+        started.append(inst)
+        return inst.start(*args)
+
+    yield factory
+    for inst in started:
+        inst.stop_now()

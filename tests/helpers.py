@@ -1,0 +1,50 @@
+"""Polling helpers for tests: wait for a condition with a deadline, never a blind sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.05, message: str = ""
+) -> T:
+    """Call `predicate` every `interval` s until it returns something truthy, and return it.
+
+    Raises AssertionError(message) when `timeout` seconds pass first. The predicate is
+    always evaluated at least once, and once more at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(min(interval, remaining))
+
+
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[T] | T],
+    timeout: float,
+    interval: float = 0.05,
+    message: str = "",
+) -> T:
+    """Async wait_for: `predicate` may be a coroutine function or a plain callable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        await asyncio.sleep(min(interval, remaining))

@@ -1,0 +1,217 @@
+"""Election and store against a real PostgreSQL, in-process (no MQTT).
+
+These pin the database-side guarantees: one lock holder, epochs that only grow, the
+fence that refuses a stale leader's flush, eviction of a silent leader, identity.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from aupus_ha.config import Settings, load_settings
+from aupus_ha.db import create_pool
+from aupus_ha.election import (
+    Election,
+    Identity,
+    IdentityClash,
+    RenewOutcome,
+)
+from aupus_ha.ha import HaLoop
+from aupus_ha.migrate import apply_migrations
+from aupus_ha.queries import Queries
+from aupus_ha.readings import Reading, Reject
+from aupus_ha.store import Fenced, Store
+
+T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
+
+
+def _settings(dsn: str, name: str) -> Settings:
+    return load_settings(
+        {
+            "DATABASE_URL": dsn,
+            "MQTT_MODE": "disabled",
+            "INSTANCE_ID": name,
+            "LEASE_TTL_S": "2",
+            "HEARTBEAT_S": "0.2",
+            "RENEW_DEADLINE_S": "1.4",
+        }
+    )
+
+
+def _identity(s: Settings, mode: str = "production") -> Identity:
+    return Identity(s.instance_id, s.cluster_name, str(uuid.uuid4()), "testhost", 1, "t", mode)
+
+
+@pytest.fixture
+async def migrated(database_url: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    await apply_migrations(conn)
+    await conn.execute(
+        "INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado) "
+        "VALUES ('e1', 'e1', 't/e1', true)"
+    )
+    await conn.close()
+    return database_url
+
+
+@pytest.fixture
+async def elections(migrated: str) -> AsyncIterator[list[Election]]:
+    made: list[Election] = []
+    for name in ("a", "b"):
+        s = _settings(migrated, name)
+        e = Election(s, _identity(s), Queries())
+        await e.open()
+        await e.register("standby")
+        made.append(e)
+    yield made
+    for e in made:
+        await e.close()
+
+
+@pytest.fixture
+async def store(migrated: str) -> AsyncIterator[Store]:
+    s = _settings(migrated, "writer")
+    pool = await create_pool(s, "aupus-ha/test-store")
+    yield Store(pool, Queries(), cluster_name=s.cluster_name, instance_id="writer")
+    await pool.close()
+
+
+def _reading(i: int, dados: bytes = b'{"power": 1}') -> Reading:
+    return Reading("e1", T0 + timedelta(seconds=i), dados)
+
+
+async def test_only_one_holder_and_epochs_grow(elections: list[Election]) -> None:
+    """The lock has one holder; each new term bumps the epoch and records a handover."""
+    a, b = elections
+    term = await a.try_acquire()
+    assert term is not None and term.epoch == 1 and term.reason == "initial"
+    assert await b.try_acquire() is None
+    assert await a.renew(1, {}, timeout=2) is RenewOutcome.HELD
+    await a.release(1, "stopped", stopping=True)
+    term_b = await b.try_acquire()
+    assert term_b is not None and term_b.epoch == 2
+    assert term_b.previous_leader == "a" and term_b.reason == "released"
+    assert term_b.gap_ms is not None and term_b.gap_ms < 5000
+
+
+async def test_renew_reports_lost_as_a_value(elections: list[Election]) -> None:
+    """A leader whose epoch moved on learns it from renew(), not from an exception."""
+    a, b = elections
+    assert await a.try_acquire() is not None
+    await a.close()  # the session ends: the lock is freed
+    term_b = await b.try_acquire()
+    assert term_b is not None and term_b.reason == "lost"
+    await a.open()
+    await a.register("standby")
+    assert await a.renew(1, {}, timeout=2) is RenewOutcome.EPOCH_MOVED
+
+
+async def test_silent_leader_is_evicted(elections: list[Election], migrated: str) -> None:
+    """A lock holder whose heartbeat is older than LEASE_TTL_S has its sessions ended."""
+    a, b = elections
+    assert await a.try_acquire() is not None
+    assert await b.evict_silent_leader() is None  # fresh heartbeat: left alone
+    conn = await asyncpg.connect(migrated)
+    await conn.execute(
+        "UPDATE ha_instances SET heartbeat_at = now() - interval '10 s' WHERE instance_id = 'a'"
+    )
+    await conn.close()
+    eviction = await b.evict_silent_leader()
+    assert eviction is not None and eviction.instance_id == "a" and eviction.terminated >= 1
+    term = await b.try_acquire()
+    assert term is not None and term.reason == "evicted" and term.epoch == 2
+
+
+async def test_stale_epoch_flush_is_fenced(store: Store, elections: list[Election]) -> None:
+    """A flush under an old epoch raises Fenced and commits nothing."""
+    a, b = elections
+    assert await a.try_acquire() is not None
+    result = await store.flush([_reading(1)], [], epoch=1)
+    assert result.rows == 1
+    await a.release(1, "standby", stopping=False)
+    assert await b.try_acquire() is not None
+    with pytest.raises(Fenced) as fenced:
+        await store.flush([_reading(2)], [], epoch=1)
+    assert fenced.value.current == 2
+    assert await store.committed_readings([_reading(1), _reading(2)]) == [_reading(1).key]
+
+
+async def test_duplicates_are_skipped_not_errors(store: Store, elections: list[Election]) -> None:
+    """Writing the same readings twice stores them once and counts duplicates."""
+    assert await elections[0].try_acquire() is not None
+    batch = [_reading(i) for i in range(5)]
+    first = await store.flush(batch, [], epoch=1)
+    second = await store.flush([*batch, _reading(5)], [], epoch=1)
+    assert (first.rows, first.duplicates) == (5, 0)
+    assert (second.rows, second.duplicates) == (1, 5)
+
+
+async def test_poison_row_is_isolated_into_rejects(
+    store: Store, elections: list[Election], migrated: str
+) -> None:
+    """A row PostgreSQL refuses (NUL in jsonb) becomes a reject; its batch-mates are stored."""
+    assert await elections[0].try_acquire() is not None
+    poison = _reading(3, dados=b'{"x": "\\u0000"}')
+    batch = [_reading(i) for i in range(3)] + [poison] + [_reading(i) for i in range(4, 8)]
+    rej = Reject("t/e1", b"not json", "invalid_json: x", T0)
+    result = await store.flush(batch, [rej], epoch=1)
+    assert (result.rows, result.refused, result.rejects) == (7, 1, 2)
+    conn = await asyncpg.connect(migrated)
+    reasons = [r["reason"] for r in await conn.fetch("SELECT reason FROM ingest_rejects")]
+    await conn.close()
+    assert sorted(r.split(":")[0] for r in reasons) == ["invalid_json", "store_refused"]
+
+
+async def test_identity_clash_with_a_live_process(migrated: str) -> None:
+    """A second process registering a live INSTANCE_ID is refused with a clear message."""
+    s = _settings(migrated, "same")
+    first = Election(s, _identity(s), Queries())
+    await first.open()
+    await first.register("standby")
+    second = Election(s, _identity(s), Queries())
+    await second.open()
+    with pytest.raises(IdentityClash, match="already in use"):
+        await second.register("standby")
+    await first.close()  # the first process dies: its row is taken over at once
+    await second.register("standby")
+    await second.close()
+
+
+async def test_ha_loop_logs_leader_events(migrated: str) -> None:
+    """The HA loop emits leader.acquired with epoch/previous_leader/gap_ms and
+    leader.released on a graceful end."""
+    s = _settings(migrated, "loop").with_overrides(mqtt_mode="production")
+    loop = HaLoop(s, Election(s, _identity(s), Queries()), dict)
+    with capture_logs() as logs:
+        await loop.start()
+        await loop._tick()
+        assert loop.is_leader() and loop.epoch == 1
+        await loop.release()
+    acquired = [e for e in logs if e["event"] == "leader.acquired"]
+    assert acquired == [
+        {
+            "event": "leader.acquired",
+            "epoch": 1,
+            "previous_leader": None,
+            "gap_ms": None,
+            "reason": "initial",
+            "log_level": "info",
+        }
+    ]
+    assert any(e["event"] == "leader.released" and e["epoch"] == 1 for e in logs)
+
+
+async def test_stats_reach_the_cluster_view(store: Store, elections: list[Election]) -> None:
+    """Heartbeat stats are visible to every instance through the cluster view."""
+    await elections[0].heartbeat("standby", {"pending": 42})
+    view = await store.cluster_view()
+    instances = {i["instance_id"]: i for i in view["instances"]}  # type: ignore[union-attr]
+    assert instances["a"]["stats"] == {"pending": 42}
+    assert orjson.dumps(view)

@@ -1,0 +1,95 @@
+"""Configuration: defaults, legacy names, validation with clear messages, masked secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from aupus_ha.config import ConfigError, Secret, load_settings, mask_url
+
+BASE = {"DATABASE_URL": "postgresql://app:s3cretpw@db:5432/aupus", "MQTT_URL": "mqtt://broker:1883"}
+
+
+def test_defaults_follow_the_contract() -> None:
+    """Defaults: HTTP 3000, lease 5 s, heartbeat 1 s, flush 1 s, production, cluster aupus."""
+    s = load_settings({**BASE, "INSTANCE_ID": "a"})
+    assert (s.http_port, s.lease_ttl_s, s.heartbeat_s, s.flush_interval_s) == (3000, 5.0, 1.0, 1.0)
+    assert s.mqtt_mode == "production" and s.cluster_name == "aupus" and s.may_lead
+    assert s.heartbeat_s < s.renew_deadline_s < s.lease_ttl_s
+
+
+def test_instance_id_defaults_to_host_name() -> None:
+    """INSTANCE_ID is optional: every host can share one configuration."""
+    import socket
+
+    assert load_settings(dict(BASE)).instance_id == socket.gethostname()
+
+
+def test_legacy_mqtt_variables() -> None:
+    """MQTT_HOST/PORT/USERNAME/PASSWORD (the legacy names) build the same endpoint."""
+    env = {
+        "DATABASE_URL": BASE["DATABASE_URL"],
+        "MQTT_HOST": "b",
+        "MQTT_PORT": "8883",
+        "MQTT_USERNAME": "u",
+        "MQTT_PASSWORD": "pw-secret",
+        "MQTT_TLS": "true",
+    }
+    mqtt = load_settings(env).mqtt
+    assert mqtt is not None
+    assert (mqtt.host, mqtt.port, mqtt.tls, mqtt.username) == ("b", 8883, True, "u")
+    assert mqtt.password.reveal() == "pw-secret"
+    assert "pw-secret" not in mqtt.display()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HTTP_PORT", "abc"),
+        ("HTTP_PORT", "70000"),
+        ("LEASE_TTL_S", "-1"),
+        ("HEARTBEAT_S", "4"),
+        ("RENEW_DEADLINE_S", "9"),
+        ("MQTT_MODE", "staging"),
+        ("LOG_FORMAT", "xml"),
+        ("BATCH_MAX", "0"),
+        ("MQTT_TLS", "maybe"),
+        ("INSTANCE_ID", "has space"),
+        ("DATABASE_URL", "mysql://x"),
+        ("MQTT_URL", "http://broker"),
+        ("FLUSH_INTERVAL_S", "soon"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    """Every bad value raises ConfigError whose message names the variable."""
+    with pytest.raises(ConfigError) as err:
+        load_settings({**BASE, name: value})
+    assert name in str(err.value)
+
+
+def test_mqtt_required_unless_disabled() -> None:
+    """Without a broker only MQTT_MODE=disabled is allowed."""
+    with pytest.raises(ConfigError, match="MQTT_URL"):
+        load_settings({"DATABASE_URL": BASE["DATABASE_URL"]})
+    s = load_settings({"DATABASE_URL": BASE["DATABASE_URL"], "MQTT_MODE": "disabled"})
+    assert not s.mqtt_enabled
+
+
+def test_secrets_never_in_repr_or_summary() -> None:
+    """repr(settings) and the start-up summary mask every secret."""
+    env = {
+        **BASE,
+        "MQTT_URL": "mqtt://user:mqttpass123@broker",
+        "ADMIN_TOKEN": "tok-abcdef",
+        "SMTP_PASS": "smtp-pass-1",
+    }
+    s = load_settings(env)
+    text = repr(s) + repr(s.safe_summary())
+    for secret in ("s3cretpw", "mqttpass123", "tok-abcdef", "smtp-pass-1"):
+        assert secret not in text
+    assert repr(Secret("x")) == "Secret('***')"
+
+
+def test_mask_url() -> None:
+    """A DSN keeps its user and host but not its password."""
+    assert mask_url("postgresql://u:p4ss@h:5/d") == "postgresql://u:***@h:5/d"
+    assert mask_url("postgresql://h/d") == "postgresql://h/d"

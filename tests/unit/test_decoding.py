@@ -1,0 +1,566 @@
+"""The decoder: fixture rows, rejects for bad input, families, and never raising."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aupus_ha.decoding import (
+    MAX_DETAIL_CHARS,
+    REASON_DECODER_ERROR,
+    REASON_INVALID_JSON,
+    REASON_INVALID_SUMMARY,
+    REASON_NO_FAMILY,
+    REASON_NOT_OBJECT,
+    REASON_NOT_UTF8,
+    REASON_TIMESTAMP_OUT_OF_RANGE,
+    REASON_TIMESTAMP_UNPARSEABLE,
+    REASON_TIMESTAMP_WRONG_TYPE,
+    REASON_TOO_LARGE,
+    REASON_UNKNOWN_TOPIC,
+    REASON_UNSTORABLE,
+    DecodeError,
+    Decoder,
+    GenericFamily,
+    M160SummaryFamily,
+)
+from aupus_ha.readings import Decoded, Equipment, Reading
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TOPIC = "aupus/site1/meter1"
+EQUIPMENT = [Equipment("eq-1", TOPIC)]
+RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+LIMIT = 64 * 1024
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def decode(
+    payload: bytes | dict[str, object],
+    equipment: list[Equipment] | None = None,
+    decoder: Decoder | None = None,
+) -> Decoded:
+    raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    decoder = decoder or Decoder(max_payload_bytes=LIMIT)
+    return decoder.decode(TOPIC, raw, EQUIPMENT if equipment is None else equipment, RECEIVED)
+
+
+def only_reading(payload: bytes | dict[str, object]) -> Reading:
+    decoded = decode(payload)
+    assert decoded.rejects == []
+    assert len(decoded.readings) == 1
+    return decoded.readings[0]
+
+
+def reject_code(
+    payload: bytes | dict[str, object],
+    equipment: list[Equipment] | None = None,
+    decoder: Decoder | None = None,
+) -> str:
+    decoded = decode(payload, equipment, decoder)
+    assert decoded.readings == []
+    assert len(decoded.rejects) == 1
+    reason = decoded.rejects[0].reason
+    code, sep, detail = reason.partition(": ")
+    assert sep and detail, reason
+    return code
+
+
+def resumo() -> dict[str, object]:
+    summary = orjson.loads(fixture("m160_resumo.json"))["Resumo"]
+    assert isinstance(summary, dict)
+    return summary
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+def test_generic_fixture_row() -> None:
+    """generic_reading.json → one good, matchable row at 2026-11-28T21:01:00Z."""
+    payload = fixture("generic_reading.json")
+    assert only_reading(payload) == Reading(
+        equipamento_id="eq-1",
+        timestamp_dados=datetime(2026, 11, 28, 21, 1, tzinfo=UTC),
+        dados=orjson.dumps(orjson.loads(payload)),
+        qualidade="bom",
+        fonte="MQTT",
+        energia_kwh=None,
+        potencia_ativa_kw=None,
+        num_leituras=None,
+        timestamp_fim=None,
+        matchable=True,
+    )
+
+
+def test_m160_fixture_row() -> None:
+    """m160_resumo.json → the summary's Brasília time in UTC, energy, power and count."""
+    reading = only_reading(fixture("m160_resumo.json"))
+    assert reading.equipamento_id == "eq-1"
+    assert reading.timestamp_dados == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
+    assert reading.energia_kwh == 0.0618
+    assert reading.potencia_ativa_kw == pytest.approx(7.416)
+    assert reading.num_leituras == 30
+    assert reading.qualidade == "bom"
+    assert reading.fonte == "MQTT"
+    assert reading.matchable is True
+    assert reading.timestamp_fim is None
+
+
+def test_m160_dados_is_the_flattened_summary() -> None:
+    """The stored JSON is the summary's fields; its timestamp is the one the row uses."""
+    reading = only_reading(fixture("m160_resumo.json"))
+    stored = orjson.loads(reading.dados)
+    assert stored == resumo()
+    assert stored["timestamp"] == "28/11/2026 21:00:30"
+    assert "Resumo" not in stored
+
+
+def test_inverter_fixture_decodes_as_generic_for_now() -> None:
+    """inverter_reading.json has no family yet: the generic family stores it (epoch seconds)."""
+    payload = fixture("inverter_reading.json")
+    reading = only_reading(payload)
+    assert reading.timestamp_dados == datetime(2025, 11, 29, 0, 1, tzinfo=UTC)  # 1764374460
+    assert reading.dados == orjson.dumps(orjson.loads(payload))
+    assert reading.qualidade == "bom"
+    assert (reading.energia_kwh, reading.potencia_ativa_kw, reading.num_leituras) == (
+        None,
+        None,
+        None,
+    )
+
+
+def bad_lines() -> list[bytes]:
+    lines = fixture("bad_inputs.txt").splitlines()
+    return [
+        re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), line)
+        for line in lines
+        if line.strip() and not line.startswith(b"#")
+    ]
+
+
+def test_bad_inputs_fixture_is_read() -> None:
+    """The bad-input list has its seven payloads, the escaped one as raw bytes."""
+    lines = bad_lines()
+    assert len(lines) == 7
+    assert b"\xff\xfe\x00garbage" in lines
+
+
+@pytest.mark.parametrize("payload", bad_lines())
+def test_every_bad_input_is_one_reject(payload: bytes) -> None:
+    """Each bad payload becomes exactly one reject with a non-empty reason and no reading."""
+    decoded = decode(payload)
+    assert decoded.readings == []
+    assert len(decoded.rejects) == 1
+    reject = decoded.rejects[0]
+    assert reject.reason.strip()
+    assert reject.payload == payload
+    assert reject.topic == TOPIC
+    assert reject.received_at == RECEIVED
+    assert reject.key == (TOPIC, hashlib.sha256(payload).hexdigest())
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"not json at all", REASON_INVALID_JSON),
+        (b'{"timestamp": "31/02/2026 25:61:00", "power": 1}', REASON_TIMESTAMP_UNPARSEABLE),
+        (b'{"timestamp": 99999999999999, "power": 1}', REASON_TIMESTAMP_OUT_OF_RANGE),
+        (b'{"timestamp": -5, "power": 1}', REASON_TIMESTAMP_OUT_OF_RANGE),
+        (b"[1, 2, 3]", REASON_NOT_OBJECT),
+        (b'{"Resumo": "should be an object"}', REASON_INVALID_SUMMARY),
+        (b"\xff\xfe\x00garbage", REASON_NOT_UTF8),
+    ],
+)
+def test_bad_input_reason_codes(payload: bytes, code: str) -> None:
+    """Each bad-input line is rejected for its own reason code."""
+    assert reject_code(payload) == code
+
+
+# --- the checks before the family ------------------------------------------------------------
+
+
+def test_payload_over_the_limit() -> None:
+    """Over the limit: rejected unread, stored truncated, keyed by the whole payload's hash."""
+    decoder = Decoder(max_payload_bytes=100)
+    payload = b'{"power": 1, "pad": "' + b"x" * 200 + b'"}'
+    decoded = decoder.decode(TOPIC, payload, EQUIPMENT, RECEIVED)
+    assert decoded.readings == []
+    [reject] = decoded.rejects
+    assert reject.reason.startswith(f"{REASON_TOO_LARGE}: ")
+    assert reject.payload == payload[:100]
+    assert reject.payload_sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_payload_at_the_limit_is_decoded() -> None:
+    """A payload of exactly max_payload_bytes is still decoded."""
+    payload = b'{"power": 1}'
+    decoded = Decoder(max_payload_bytes=len(payload)).decode(TOPIC, payload, EQUIPMENT, RECEIVED)
+    assert len(decoded.readings) == 1
+
+
+def test_size_is_checked_before_the_topic() -> None:
+    """An oversized message on an unknown topic is rejected for its size."""
+    decoder = Decoder(max_payload_bytes=4)
+    assert reject_code(b'{"a": 1}', equipment=[], decoder=decoder) == REASON_TOO_LARGE
+
+
+def test_unknown_topic() -> None:
+    """A valid message on a topic no equipment owns is rejected, not stored."""
+    assert reject_code(fixture("generic_reading.json"), equipment=[]) == REASON_UNKNOWN_TOPIC
+
+
+def test_limit_must_be_positive() -> None:
+    """A decoder without a usable size limit is a configuration error."""
+    with pytest.raises(ValueError, match="positive"):
+        Decoder(max_payload_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"", REASON_INVALID_JSON),
+        (b"\xef\xbb\xbf{}", REASON_INVALID_JSON),  # BOM: valid UTF-8, not JSON for orjson
+        (b'{"a": "\\ud800"}', REASON_INVALID_JSON),  # lone surrogate escape
+        (b'{"a": 1e400}', REASON_INVALID_JSON),
+        (b'{"a": NaN}', REASON_INVALID_JSON),
+        (b'{"a": "caf\xe9"}', REASON_NOT_UTF8),  # latin-1 inside otherwise valid JSON
+        (b'"just a string"', REASON_NOT_OBJECT),
+        (b"null", REASON_NOT_OBJECT),
+        (b"42", REASON_NOT_OBJECT),
+    ],
+)
+def test_encoding_and_shape_rejects(payload: bytes, code: str) -> None:
+    """Encoding, syntax and top-level shape each have their own reason."""
+    assert reject_code(payload) == code
+
+
+def test_not_object_detail_names_the_json_kind() -> None:
+    """The not_an_object detail says what the top level was."""
+    [reject] = decode(b"[1, 2, 3]").rejects
+    assert reject.reason == "not_an_object: top-level JSON is an array"
+
+
+# --- several equipment -----------------------------------------------------------------------
+
+
+def test_equipment_sharing_a_topic_each_get_a_reading() -> None:
+    """A message on a shared topic is one reading per equipment, same time and data."""
+    equipment = [Equipment(f"eq-{i}", TOPIC) for i in range(3)]
+    decoded = decode(fixture("m160_resumo.json"), equipment)
+    assert decoded.rejects == []
+    assert [r.equipamento_id for r in decoded.readings] == ["eq-0", "eq-1", "eq-2"]
+    assert len({(r.timestamp_dados, r.dados, r.energia_kwh) for r in decoded.readings}) == 1
+
+
+def test_bad_message_on_shared_topic_is_one_reject() -> None:
+    """A bad message is rejected once for the topic, not once per equipment."""
+    equipment = [Equipment(f"eq-{i}", TOPIC) for i in range(3)]
+    decoded = decode(b'{"timestamp": -5}', equipment)
+    assert decoded.readings == []
+    assert len(decoded.rejects) == 1
+
+
+# --- generic family --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [{"power": 1.5}, {"power": 1.5, "timestamp": None}])
+def test_generic_without_timestamp_uses_arrival_unmatchable(payload: dict[str, object]) -> None:
+    """No (or null) timestamp: arrival time, and the row cannot be matched across instances."""
+    reading = only_reading(payload)
+    assert reading.timestamp_dados == RECEIVED
+    assert reading.matchable is False
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [
+        (1795910430, datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)),
+        (1795910430123, datetime(2026, 11, 29, 0, 0, 30, 123000, tzinfo=UTC)),
+        ("28/11/2026 21:00:30.5", datetime(2026, 11, 29, 0, 0, 30, 500000, tzinfo=UTC)),
+        ("2026-11-28T21:00:30", datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)),
+    ],
+)
+def test_generic_timestamp_forms(timestamp: object, expected: datetime) -> None:
+    """The generic family takes any timestamp form, at full precision."""
+    assert only_reading({"timestamp": timestamp, "power": 1}).timestamp_dados == expected
+
+
+@pytest.mark.parametrize("timestamp", [True, [1], {"s": 1}])
+def test_generic_timestamp_of_wrong_type(timestamp: object) -> None:
+    """A boolean or container timestamp rejects the message."""
+    assert reject_code({"timestamp": timestamp}) == REASON_TIMESTAMP_WRONG_TYPE
+
+
+def test_generic_keeps_nested_values() -> None:
+    """The generic family stores whatever object it got, nested parts included."""
+    payload = {"timestamp": 1795910430, "a": {"b": [1, "x", None]}, "s": "ção"}
+    assert orjson.loads(only_reading(payload).dados) == payload
+
+
+# --- storability -----------------------------------------------------------------------------
+
+
+def test_nul_in_a_string_is_unstorable() -> None:
+    """jsonb refuses \\u0000: such a message is rejected instead of failing a flush batch."""
+    assert reject_code(b'{"power": 1, "tag": "a\\u0000b"}') == REASON_UNSTORABLE
+    assert reject_code(b'{"power": 1, "a\\u0000": 1}') == REASON_UNSTORABLE
+
+
+def test_escaped_backslash_u0000_text_is_fine() -> None:
+    """The literal text \\u0000 (an escaped backslash) is storable and stored."""
+    reading = only_reading(b'{"power": 1, "tag": "\\\\u0000"}')
+    assert orjson.loads(reading.dados) == {"power": 1, "tag": "\\u0000"}
+
+
+def test_deep_nesting() -> None:
+    """Nesting orjson reads but cannot write is unstorable; deeper still is invalid JSON."""
+    assert reject_code(b'{"a":' * 300 + b"1" + b"}" * 300) == REASON_UNSTORABLE
+    assert reject_code(b'{"a":' * 1100 + b"1" + b"}" * 1100) == REASON_INVALID_JSON
+
+
+def test_reason_detail_is_bounded_and_has_no_nul() -> None:
+    """A huge or binary offending value never makes a huge reason or one holding NUL."""
+    for bad in ("x" * 10_000, "28/11/2026\x0021:00:30"):
+        [reject] = decode({"timestamp": bad}).rejects
+        assert len(reject.reason) <= len(REASON_TIMESTAMP_UNPARSEABLE) + 2 + MAX_DETAIL_CHARS
+        assert "\x00" not in reject.reason
+
+
+# --- M-160 summary ---------------------------------------------------------------------------
+
+
+def test_unwrapped_m160_decodes_like_wrapped() -> None:
+    """The same summary at the top level gives exactly the wrapped form's row."""
+    wrapped = only_reading(fixture("m160_resumo.json"))
+    unwrapped = only_reading(resumo())
+    assert unwrapped == wrapped
+
+
+@pytest.mark.parametrize("key", ["Resumo", "Va", "consumo_phf"])
+def test_m160_is_recognised_by_its_keys(key: str) -> None:
+    """`Resumo`, or an unwrapped `Va`/`consumo_phf`, selects the M-160 family."""
+    obj: dict[str, object] = {key: {} if key == "Resumo" else 1.0}
+    assert M160SummaryFamily().matches(obj)
+    assert not M160SummaryFamily().matches({"power": 1})
+
+
+@pytest.mark.parametrize("value", ["text", None, [1], 3, True])
+def test_resumo_that_is_not_an_object(value: object) -> None:
+    """A `Resumo` that is not an object (null included) rejects the message."""
+    assert reject_code({"Resumo": value, "timestamp": 1795910430}) == REASON_INVALID_SUMMARY
+
+
+def test_m160_timestamp_falls_back_to_envelope() -> None:
+    """Without Resumo.timestamp, the envelope's timestamp dates the row (and the JSON)."""
+    summary = resumo()
+    del summary["timestamp"]
+    reading = only_reading({"timestamp": 1795910430000, "Resumo": summary})
+    assert reading.timestamp_dados == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
+    assert orjson.loads(reading.dados)["timestamp"] == 1795910430000
+
+
+def test_m160_null_resumo_timestamp_falls_back_too() -> None:
+    """A null Resumo.timestamp counts as absent."""
+    reading = only_reading({"timestamp": 1795910430, "Resumo": {"timestamp": None, "Va": 1.0}})
+    assert reading.timestamp_dados == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
+    assert reading.matchable is True
+
+
+def test_m160_without_any_timestamp_uses_arrival() -> None:
+    """No timestamp anywhere: arrival time, unmatchable."""
+    reading = only_reading({"Resumo": {"Va": 220.0}})
+    assert (reading.timestamp_dados, reading.matchable) == (RECEIVED, False)
+
+
+def test_m160_envelope_fields_are_kept() -> None:
+    """Envelope fields besides Resumo stay in the stored JSON, under the summary's own."""
+    reading = only_reading({"device": "m1", "Va": 0, "Resumo": {"Va": 220.0}})
+    assert orjson.loads(reading.dados) == {"device": "m1", "Va": 220.0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "quality"),
+    [
+        ({}, "ruim"),
+        ({"Ia": 1.0, "Pa": 1.0}, "ruim"),
+        ({"Va": True, "Ia": 1.0, "Pa": 1.0}, "ruim"),  # a boolean is not a voltage
+        ({"Va": "220", "Ia": 1.0, "Pa": 1.0}, "ruim"),  # nor is text
+        ({"Va": 220.0}, "parcial"),
+        ({"Va": 220.0, "Ia": 1.0}, "parcial"),
+        ({"Va": 220.0, "Pt": 1.0}, "parcial"),
+        ({"Vb": 0, "Ic": 0, "Pt": 0}, "bom"),  # a measured zero is a value
+        ({"Va": 220.0, "Ia": 1.0, "Pa": 1.0}, "bom"),
+    ],
+)
+def test_m160_quality(fields: dict[str, object], quality: str) -> None:
+    """No voltage → ruim; voltage, current and active power → bom; otherwise parcial."""
+    assert only_reading({"Resumo": fields}).qualidade == quality
+
+
+def test_m160_without_energy_or_count() -> None:
+    """Absent energia_total/total_leituras leave the columns NULL."""
+    reading = only_reading({"Resumo": {"Va": 220.0, "energia_total": None}})
+    assert (reading.energia_kwh, reading.potencia_ativa_kw, reading.num_leituras) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_m160_integral_float_count() -> None:
+    """total_leituras sent as 30.0 is the count 30; an int energy is a float kWh."""
+    reading = only_reading({"Resumo": {"Va": 1.0, "total_leituras": 30.0, "energia_total": 1}})
+    assert reading.num_leituras == 30
+    assert reading.energia_kwh == 1.0
+    assert reading.potencia_ativa_kw == 120.0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"energia_total": "0.06"},
+        {"energia_total": True},
+        {"energia_total": [0.06]},
+        {"total_leituras": 2.5},
+        {"total_leituras": -1},
+        {"total_leituras": 2**31},
+        {"total_leituras": "30"},
+    ],
+)
+def test_m160_malformed_energy_or_count(fields: dict[str, object]) -> None:
+    """Energy or count present but not a usable number rejects the summary."""
+    assert reject_code({"Resumo": {"Va": 220.0, **fields}}) == REASON_INVALID_SUMMARY
+
+
+# --- the family seam -------------------------------------------------------------------------
+
+
+class BrokenFamily:
+    """A family with a bug: decode raises something unexpected."""
+
+    name = "broken"
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return True
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        raise RuntimeError("boom")
+
+
+class MinuteFamily:
+    """A stand-in stateful family: holds readings until flushed."""
+
+    name = "minute"
+
+    def __init__(self) -> None:
+        self.held: list[Reading] = []
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return "minute" in obj
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        if obj["minute"] == "bad":
+            raise DecodeError("invalid_minute", "bad minute")
+        self.held.append(Reading(equipment.id, received_at, b"{}"))
+        return []
+
+    def flush(self, now: datetime) -> list[Reading]:
+        held, self.held = self.held, []
+        return held
+
+
+def test_a_family_bug_becomes_a_reject() -> None:
+    """An unexpected exception in a family is a decoder_error reject, never raised."""
+    decoder = Decoder(max_payload_bytes=LIMIT, families=[BrokenFamily()])
+    assert reject_code(b"{}", decoder=decoder) == REASON_DECODER_ERROR
+
+
+def test_no_matching_family() -> None:
+    """With a family list lacking a fallback, an unmatched object is rejected."""
+    decoder = Decoder(max_payload_bytes=LIMIT, families=[MinuteFamily()])
+    assert reject_code(b'{"power": 1}', decoder=decoder) == REASON_NO_FAMILY
+
+
+def test_stateful_family_slots_in() -> None:
+    """A family may hold a message's reading and release it on flush; its errors reject."""
+    minute = MinuteFamily()
+    decoder = Decoder(max_payload_bytes=LIMIT, families=[minute, GenericFamily()])
+    held = decode(b'{"minute": 1}', decoder=decoder)
+    assert held.readings == [] and held.rejects == []
+    assert len(decode(b'{"power": 1}', decoder=decoder).readings) == 1  # fallback still works
+    assert reject_code(b'{"minute": "bad"}', decoder=decoder) == "invalid_minute"
+    assert [r.equipamento_id for r in decoder.flush(RECEIVED).readings] == ["eq-1"]
+    assert decoder.flush(RECEIVED).readings == []
+
+
+def test_default_decoders_do_not_share_families() -> None:
+    """Each decoder gets its own family instances (state must not leak between them)."""
+    first = Decoder(max_payload_bytes=LIMIT)
+    second = Decoder(max_payload_bytes=LIMIT)
+    assert [f.name for f in first.families] == ["m160_summary", "generic"]
+    assert all(a is not b for a, b in zip(first.families, second.families, strict=True))
+    assert first.flush(RECEIVED).readings == []
+
+
+# --- properties ------------------------------------------------------------------------------
+
+
+def check_outcome(decoded: Decoded, equipment: list[Equipment]) -> None:
+    if decoded.rejects:
+        assert decoded.readings == []
+        assert len(decoded.rejects) == 1
+        assert ": " in decoded.rejects[0].reason
+        assert "\x00" not in decoded.rejects[0].reason
+    else:
+        assert [r.equipamento_id for r in decoded.readings] == [e.id for e in equipment]
+
+
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=2))
+def test_arbitrary_bytes_never_raise(payload: bytes, n_equipment: int) -> None:
+    """Any bytes at all decode to readings or to exactly one reject."""
+    equipment = [Equipment(f"eq-{i}", TOPIC) for i in range(n_equipment)]
+    decoded = Decoder(max_payload_bytes=200).decode(TOPIC, payload, equipment, RECEIVED)
+    check_outcome(decoded, equipment)
+
+
+keys = st.sampled_from(
+    ["timestamp", "Resumo", "Va", "Ia", "Pt", "consumo_phf", "energia_total", "total_leituras"]
+) | st.text(max_size=8)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+    | st.sampled_from(["28/11/2026 21:00:30", "2026-11-28T21:00:30Z", "31/02/2026 25:61:00"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=6),
+    max_leaves=20,
+)
+
+
+@given(json_values, st.integers(min_value=1, max_value=2))
+def test_arbitrary_json_never_raises(value: object, n_equipment: int) -> None:
+    """Any JSON document, of any family's shape, decodes to readings or one reject."""
+    equipment = [Equipment(f"eq-{i}", TOPIC) for i in range(n_equipment)]
+    decoded = decode(orjson.dumps(value), equipment)
+    check_outcome(decoded, equipment)
+    for reading in decoded.readings:
+        assert reading.qualidade in ("bom", "parcial", "ruim")
+        assert reading.timestamp_dados.tzinfo is not None
+        assert isinstance(orjson.loads(reading.dados), dict)
