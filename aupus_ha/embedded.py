@@ -46,7 +46,7 @@ PG_SYSTEM_USER = "embedded_postgres"
 
 _POLL_S = 0.02
 _LOG_TAIL_CHARS = 4000
-_PORT_RETRIES = 5
+_START_ATTEMPTS = 5
 
 
 class ServerStartError(RuntimeError):
@@ -426,23 +426,22 @@ class EmbeddedPostgres(_ServerProcess):
         if self.is_running:
             return
         self._check_usable()
-        self._prepare_dirs()
-        if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb(timeout)
-        for attempt in range(_PORT_RETRIES):
+        for attempt in range(_START_ATTEMPTS):
+            self._prepare_dirs()
             try:
+                if not (self.data_dir / "PG_VERSION").exists():
+                    self._initdb(timeout)
                 self._spawn_and_wait(timeout)
             except ServerStartError as err:
-                # Someone took the auto-picked port between free_port() and our bind.
-                retry = (
-                    self._auto_port
-                    and not self._ever_started
-                    and "already in use" in str(err)
-                    and attempt + 1 < _PORT_RETRIES
-                )
-                if not retry:
+                if attempt + 1 == _START_ATTEMPTS:
                     raise
-                self._port = free_port()
+                if self._auto_port and not self._ever_started and "already in use" in str(err):
+                    # Someone took the auto-picked port between free_port() and our bind.
+                    self._port = free_port()
+                elif not (os.geteuid() == 0 and "Permission denied" in str(err)):
+                    raise
+                # else: as root, something re-tightened a parent directory under us (each
+                # pytest session chmods /tmp/pytest-of-root to 0700): prepare and retry.
             else:
                 self._ever_started = True
                 return
@@ -742,7 +741,7 @@ class EmbeddedMosquitto(_ServerProcess):
         if self.is_running:
             return
         self._check_usable()
-        for attempt in range(_PORT_RETRIES):
+        for attempt in range(_START_ATTEMPTS):
             try:
                 self._spawn_and_wait(timeout)
             except ServerStartError as err:
@@ -750,7 +749,7 @@ class EmbeddedMosquitto(_ServerProcess):
                     self._auto_port
                     and not self._ever_started
                     and "already in use" in str(err)
-                    and attempt + 1 < _PORT_RETRIES
+                    and attempt + 1 < _START_ATTEMPTS
                 )
                 if not retry:
                     raise

@@ -58,7 +58,6 @@ class HaLoop:
         self._stop = asyncio.Event()
         self._step_down_until = 0.0
         self._last_heartbeat = 0.0
-        self._reset_connection = False
         self.leader_info = LeaderInfo()
 
     def _initial_role(self) -> str:
@@ -166,7 +165,7 @@ class HaLoop:
     async def _tick(self) -> None:
         if not self._election.connected:
             if self.role == constants.ROLE_LEADER:
-                self._lose("connection_lost")  # the lock died with the session
+                await self._lose("connection_lost")  # the lock died with the session
             await self._reconnect()
         if self.role == constants.ROLE_LEADER:
             await self._lead()
@@ -179,7 +178,8 @@ class HaLoop:
         assert self.term is not None
         remaining = self.lease_deadline - time.monotonic()
         if remaining <= 0:
-            return self._lose("renew_deadline")
+            await self._lose("renew_deadline")
+            return
         sent = time.monotonic()
         try:
             outcome = await self._election.renew(
@@ -187,16 +187,16 @@ class HaLoop:
             )
         except DatabaseUnavailable:
             if not self._election.connected:
-                self._lose("connection_lost")  # the lock died with the session
+                await self._lose("connection_lost")  # the lock died with the session
                 return
             if time.monotonic() >= self.lease_deadline:
-                self._lose("renew_deadline")
+                await self._lose("renew_deadline")
                 return
             raise
         if outcome is RenewOutcome.HELD:
             self.lease_deadline = sent + self._settings.renew_deadline_s
         else:
-            self._lose(outcome.value)
+            await self._lose(outcome.value)
 
     async def _stand_by(self) -> None:
         await self._heartbeat_if_due(evict=True)
@@ -253,7 +253,7 @@ class HaLoop:
             reason=term.reason,
         )
 
-    def _lose(self, reason: str) -> None:
+    async def _lose(self, reason: str) -> None:
         assert self.term is not None
         log.error(
             "leader.lost",
@@ -262,8 +262,9 @@ class HaLoop:
             previous_leader=self.term.previous_leader,
         )
         self._demote()
-        # Close the lock connection: if the server still holds our lock, this frees it.
-        self._reset_connection = True
+        # Close the lock connection now: if the server still holds our lock, this frees
+        # it; the next tick opens a fresh session as a standby.
+        await self._election.close()
 
     def _demote(self) -> None:
         self.role = constants.ROLE_STANDBY
@@ -275,7 +276,7 @@ class HaLoop:
             log.warning("db.unavailable", role=self.role, error=str(exc))
         self.db_ok = False
         if self.role == constants.ROLE_LEADER and time.monotonic() >= self.lease_deadline:
-            self._lose("renew_deadline")
+            await self._lose("renew_deadline")
         if not self._election.connected:
             return
         if self.role != constants.ROLE_LEADER:
@@ -283,15 +284,29 @@ class HaLoop:
             await self._election.close()
 
     async def _reconnect(self) -> None:
-        await self._election.open()
-        await self._election.register(self.role)
+        """Reopen the lock connection, backing off while the database is away."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            wait=jittered(5.0),
+            reraise=True,
+        ):
+            with attempt:
+                if self._stop.is_set():
+                    raise DatabaseUnavailable("stopping")
+                try:
+                    await self._election.open()
+                    await self._election.register(self.role)
+                except DatabaseUnavailable as exc:
+                    if self.db_ok:
+                        log.warning("db.unavailable", role=self.role, error=str(exc))
+                    self.db_ok = False
+                    self.last_tick = time.monotonic()
+                    raise
         self._last_heartbeat = time.monotonic()
+        self.db_ok = True
         log.info("db.reconnected", role=self.role)
 
     async def _sleep(self, seconds: float) -> None:
-        if self._reset_connection:
-            self._reset_connection = False
-            await self._election.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 

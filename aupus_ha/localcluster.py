@@ -217,10 +217,12 @@ async def publish(
     messages: list[tuple[str, bytes, str, datetime]],
     rate: float,
     on_sent: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
+    """Publish (topic, payload) of `messages`; returns how many were acknowledged."""
     async with Publisher(url) as pub:
         report = await publish_paced(
-            pub, [(t, p) for t, p, _, _ in messages], rate=rate, on_sent=on_sent
+            pub, [(t, p) for t, p, _, _ in messages], rate=rate, on_sent=on_sent, stop=stop
         )
     return report.sent
 

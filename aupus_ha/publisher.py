@@ -74,11 +74,18 @@ async def publish_paced(
     rate: float,
     on_sent: Callable[[int], None] | None = None,
     window: int = 500,
+    stop: asyncio.Event | None = None,
 ) -> PublishReport:
-    """Publish at about `rate` messages/s, at most `window` unacknowledged at a time."""
+    """Publish at about `rate` messages/s, at most `window` unacknowledged at a time.
+
+    Stops early when `stop` is set; `report.sent` then says how many went out (and were
+    acknowledged: it waits for every PUBACK before returning).
+    """
     report = PublishReport()
     started = time.monotonic()
     for index, (topic, payload) in enumerate(messages):
+        if stop is not None and stop.is_set():
+            break
         due = started + index / rate if rate > 0 else 0.0
         delay = due - time.monotonic()
         if delay > 0:

@@ -177,6 +177,17 @@ async def test_paused_leader_is_evicted_and_fenced(
     assert len(keys) == len(set(keys)) == len(messages)
     assert [i.name for i in await leaders([leader, standby])] == ["node-b"]
 
+    # The resumed process is a sound standby: when node-b dies it leads, and keeps leading.
+    standby.signal(signal.SIGKILL)
+    await _failover_seconds(leader, time.monotonic())
+    _, body = await leader.get("/health/leader")
+    assert body is not None
+    epoch = body["epoch"]
+    for _ in range(20):
+        status, body = await leader.get("/health/leader")
+        assert status == 200 and body is not None and body["epoch"] == epoch
+        await asyncio.sleep(0.1)
+
 
 async def test_simultaneous_boot_on_empty_database(
     spawn: ClusterFactory, database_url: str

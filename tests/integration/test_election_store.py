@@ -6,8 +6,10 @@ fence that refuses a stale leader's flush, eviction of a silent leader, identity
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -215,3 +217,36 @@ async def test_stats_reach_the_cluster_view(store: Store, elections: list[Electi
     instances = {i["instance_id"]: i for i in view["instances"]}  # type: ignore[union-attr]
     assert instances["a"]["stats"] == {"pending": 42}
     assert orjson.dumps(view)
+
+
+async def test_leader_that_lost_its_session_wins_again_and_stays(migrated: str) -> None:
+    """A leader whose lock session is killed re-acquires and then holds steady (regression:
+    it once closed its own fresh lock session right after winning, and flapped)."""
+    s = _settings(migrated, "solo").with_overrides(mqtt_mode="production")
+    loop = HaLoop(s, Election(s, _identity(s), Queries()), dict)
+    await loop.start()
+    runner = asyncio.create_task(loop.run())
+    try:
+        await _until(lambda: loop.epoch == 1)
+        conn = await asyncpg.connect(migrated)
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'aupus-ha/solo/%'"
+        )
+        await conn.close()
+        await _until(lambda: loop.is_leader() and (loop.epoch or 0) >= 2)
+        epoch = loop.epoch
+        for _ in range(15):
+            await asyncio.sleep(0.1)
+            assert loop.is_leader() and loop.epoch == epoch
+    finally:
+        loop.stop()
+        await runner
+        await loop.release()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

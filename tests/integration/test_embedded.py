@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,18 +45,19 @@ def _gone(proc: psutil.Process) -> bool:
 
 
 @pytest.fixture
-def own_pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def own_pg() -> Iterator[EmbeddedPostgres]:
     """A private server for tests that restart, kill or pause it, on a caller-chosen data
-    directory (the demo's way); removed afterwards, since pytest keeps tmp_path around."""
-    data_dir = tmp_path / "pgdata"
-    server = EmbeddedPostgres(data_dir)
+    directory (the demo's way). Not under tmp_path: as root, every pytest session start
+    chmods /tmp/pytest-of-root back to 0700, locking the postgres user out mid-initdb."""
+    workdir = Path(tempfile.mkdtemp(prefix="aupus-test-pg-"))
+    server = EmbeddedPostgres(workdir / "pgdata")
     try:
         server.start()
         yield server
     finally:
         server.cleanup()
-        assert data_dir.exists()  # a caller-given data directory is not ours to delete
-        shutil.rmtree(data_dir)
+        assert (workdir / "pgdata").exists()  # a caller-given data directory is kept
+        shutil.rmtree(workdir)
 
 
 async def _scalar(dsn: str, sql: str) -> object:
