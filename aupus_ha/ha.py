@@ -11,7 +11,6 @@ on its own even when this loop cannot run. Every transition is one log event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,6 +201,7 @@ class HaLoop:
         await self._heartbeat_if_due(evict=True)
         if time.monotonic() < self._step_down_until:
             return
+        self._election.released.clear()  # cleared before trying: a later NOTIFY wakes us
         term = await self._election.try_acquire()
         if term is not None:
             self._promote(term)
@@ -307,8 +307,16 @@ class HaLoop:
         log.info("db.reconnected", role=self.role)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        """Wait for the next tick, a stop, or (standby) a leader announcing its release."""
+        released = self._election.released
+        waiters = {asyncio.ensure_future(self._stop.wait())}
+        if self.role == constants.ROLE_STANDBY:
+            waiters.add(asyncio.ensure_future(released.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -12,12 +12,13 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import pytest
 
 from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from tests.helpers import BrokerFactory
 
 T = TypeVar("T")
 
@@ -88,17 +89,6 @@ def mosquitto() -> Iterator[EmbeddedMosquitto]:
         yield broker
     finally:
         broker.cleanup()
-
-
-class BrokerFactory(Protocol):
-    def __call__(
-        self,
-        *,
-        port: int | None = None,
-        persistence_dir: Path | None = None,
-        extra_config: str = "",
-        start: bool = True,
-    ) -> EmbeddedMosquitto: ...
 
 
 @pytest.fixture

@@ -6,7 +6,11 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from aupus_ha.embedded import EmbeddedMosquitto
 
 T = TypeVar("T")
 
@@ -48,3 +52,16 @@ async def async_wait_for(
         if remaining <= 0:
             raise AssertionError(message or f"condition not met within {timeout}s")
         await asyncio.sleep(min(interval, remaining))
+
+
+class BrokerFactory(Protocol):
+    """Type of the make_broker fixture."""
+
+    def __call__(
+        self,
+        *,
+        port: int | None = None,
+        persistence_dir: Path | None = None,
+        extra_config: str = "",
+        start: bool = True,
+    ) -> EmbeddedMosquitto: ...

@@ -16,8 +16,7 @@ import psutil
 import pytest
 
 from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
-from tests.conftest import BrokerFactory
-from tests.helpers import async_wait_for, wait_for
+from tests.helpers import BrokerFactory, async_wait_for, wait_for
 
 
 def _refuses_connections(port: int) -> bool:
