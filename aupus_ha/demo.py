@@ -98,8 +98,13 @@ async def _scenario(
     timeline.say(
         f"publishing {total} readings from {len(equipment)} devices at {options.rate:.0f}/s (QoS 1)"
     )
-    publisher = asyncio.create_task(publish(broker_url, messages, rate=options.rate))
-    watcher = asyncio.create_task(_watch(timeline, dsn, nodes))
+    published_so_far = [0]
+
+    def count(n: int) -> None:
+        published_so_far[0] = n
+
+    publisher = asyncio.create_task(publish(broker_url, messages, rate=options.rate, on_sent=count))
+    watcher = asyncio.create_task(_watch(timeline, dsn, nodes, published_so_far))
     await asyncio.sleep(options.duration_s / 3)
     victim = (await leaders(nodes))[0]
     standby = next(n for n in nodes if n is not victim)
@@ -111,7 +116,14 @@ async def _scenario(
     timeline.say(f"{standby.name} leads after {failover_ms:.0f} ms")
     await asyncio.sleep(options.duration_s / 3)
     victim.start()
-    timeline.say(f"restarted {victim.name}: it rejoins as standby")
+    timeline.say(f"restarted {victim.name}")
+
+    async def rejoined() -> bool:
+        status, _ = await victim.get("/health/standby")
+        return status == 200
+
+    await wait_until(rejoined, 30, f"{victim.name} did not rejoin")
+    timeline.say(f"{victim.name} is back as a healthy standby (/health/standby = 200)")
     published = await publisher
     expected = {(e, ts) for _, _, e, ts in messages}
 
@@ -143,19 +155,20 @@ async def _scenario(
     return 0 if lost == 0 and duplicated == 0 else 1
 
 
-async def _watch(timeline: Timeline, dsn: str, nodes: list[InstanceProcess]) -> None:
-    last = ""
+async def _watch(
+    timeline: Timeline, dsn: str, nodes: list[InstanceProcess], published: list[int]
+) -> None:
+    """One compact status line a second: who leads, epoch, published vs stored."""
     while True:
         found = await leaders(nodes)
         rows = (await fetch(dsn, "SELECT count(*) AS n FROM equipamentos_dados"))[0]["n"]
         epoch = await fetch(dsn, "SELECT epoch FROM ha_leadership")
         name = found[0].name if found else "none"
-        state = f"leader={name} epoch={epoch[0]['epoch'] if epoch else '-'}"
-        if state != last:
-            timeline.say(state)
-            last = state
-        print(f"\r  stored rows: {rows}", end="", file=sys.stderr, flush=True)
-        await asyncio.sleep(0.5)
+        timeline.say(
+            f"leader={name:8s} epoch={epoch[0]['epoch'] if epoch else '-'}  "
+            f"published={published[0]:6d}  stored={rows:6d}"
+        )
+        await asyncio.sleep(1.0)
 
 
 def main(options: DemoOptions) -> int:

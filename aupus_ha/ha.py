@@ -95,23 +95,7 @@ class HaLoop:
 
         IdentityClash and PoolerDetected are not retried: they are configuration errors.
         """
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(DatabaseUnavailable),
-            wait=jittered(5.0),
-            reraise=True,
-        ):
-            with attempt:
-                if self._stop.is_set():
-                    return
-                try:
-                    await self._election.open()
-                    await self._election.register(self.role)
-                except DatabaseUnavailable as exc:
-                    self.db_ok = False
-                    log.warning("db.unavailable", during="start", error=str(exc))
-                    raise
-        self.db_ok = True
-        self._last_heartbeat = time.monotonic()
+        await self._connect(during="start")
 
     async def run(self) -> None:
         """The loop; returns when `stop()` is called."""
@@ -165,7 +149,7 @@ class HaLoop:
         if not self._election.connected:
             if self.role == constants.ROLE_LEADER:
                 await self._lose("connection_lost")  # the lock died with the session
-            await self._reconnect()
+            await self._connect(during="tick")
         if self.role == constants.ROLE_LEADER:
             await self._lead()
         elif self.role == constants.ROLE_STANDBY:
@@ -283,8 +267,9 @@ class HaLoop:
             # A broken session is reopened on the next tick.
             await self._election.close()
 
-    async def _reconnect(self) -> None:
-        """Reopen the lock connection, backing off while the database is away."""
+    async def _connect(self, *, during: str) -> None:
+        """(Re)open the lock connection and claim our row, backing off while the database
+        is away; gives up quietly when the loop is stopped."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(DatabaseUnavailable),
             wait=jittered(5.0),
@@ -292,19 +277,20 @@ class HaLoop:
         ):
             with attempt:
                 if self._stop.is_set():
-                    raise DatabaseUnavailable("stopping")
+                    return
                 try:
                     await self._election.open()
                     await self._election.register(self.role)
                 except DatabaseUnavailable as exc:
-                    if self.db_ok:
-                        log.warning("db.unavailable", role=self.role, error=str(exc))
+                    if self.db_ok or during == "start":
+                        log.warning("db.unavailable", during=during, role=self.role, error=str(exc))
                     self.db_ok = False
                     self.last_tick = time.monotonic()
                     raise
         self._last_heartbeat = time.monotonic()
+        if during != "start" and not self.db_ok:
+            log.info("db.reconnected", role=self.role)
         self.db_ok = True
-        log.info("db.reconnected", role=self.role)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for the next tick, a stop, or (standby) a leader announcing its release."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from aupus_ha.localcluster import wait_until
 
 if TYPE_CHECKING:
     from aupus_ha.embedded import EmbeddedMosquitto
@@ -41,17 +41,10 @@ async def async_wait_for(
     message: str = "",
 ) -> T:
     """Async wait_for: `predicate` may be a coroutine function or a plain callable."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(message or f"condition not met within {timeout}s")
-        await asyncio.sleep(min(interval, remaining))
+    result: T = await wait_until(
+        predicate, timeout, message or f"condition not met within {timeout}s", interval
+    )
+    return result
 
 
 class BrokerFactory(Protocol):

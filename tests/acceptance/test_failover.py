@@ -134,7 +134,7 @@ async def test_sigterm_hands_over_without_gap(
     handover = (
         await fetch(database_url, "SELECT reason, gap_ms FROM ha_handovers WHERE epoch = 2")
     )[0]
-    assert handover["reason"] == "released" and handover["gap_ms"] < 2000
+    assert handover["reason"] == "released" and handover["gap_ms"] < 1000
     role = (
         await fetch(database_url, "SELECT role FROM ha_instances WHERE instance_id = 'node-a'")
     )[0]["role"]
