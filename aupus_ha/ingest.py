@@ -66,6 +66,9 @@ class MqttIngest:
         self._client: gmqtt.Client | None = None
         self._lost = asyncio.Event()
         self._sync_lock = asyncio.Lock()
+        # SUBSCRIBE packets awaiting their SUBACK, by packet id: a topic only counts as
+        # subscribed (and is reported so) once the broker has granted it.
+        self._pending_subscribe: dict[int, list[str]] = {}
         self.stats = MqttStats()
 
     @property
@@ -109,6 +112,7 @@ class MqttIngest:
         self.stats.connects += 1
         self.stats.connected_since = time.monotonic()
         self.stats.subscribed.clear()
+        self._pending_subscribe.clear()
         await self.sync_subscriptions()
         log.info(
             "mqtt.connected",
@@ -131,6 +135,7 @@ class MqttIngest:
             )
         client.on_message = self._handle
         client.on_disconnect = self._disconnected
+        client.on_subscribe = self._subscribed
         return client
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
@@ -189,11 +194,12 @@ class MqttIngest:
             if client is None:
                 return
             current = self.stats.subscribed
-            add = sorted(self._wanted - current)
+            requested = current.union(*self._pending_subscribe.values())
+            add = sorted(self._wanted - requested)
             remove = sorted(current - self._wanted)
             if add:
-                client.subscribe([gmqtt.Subscription(t, qos=1) for t in add])
-                current.update(add)
+                mid = client.subscribe([gmqtt.Subscription(t, qos=1) for t in add])
+                self._pending_subscribe[mid] = add
             if remove:
                 client.unsubscribe(remove)
                 current.difference_update(remove)
@@ -201,6 +207,19 @@ class MqttIngest:
                 log.info(
                     "mqtt.subscriptions", added=len(add), removed=len(remove), total=len(current)
                 )
+
+    def _subscribed(
+        self, client: gmqtt.Client, mid: int, granted: tuple[int, ...], properties: Any
+    ) -> None:
+        topics = self._pending_subscribe.pop(mid, [])
+        if client is not self._client:
+            return
+        refused = [t for t, qos in zip(topics, granted, strict=False) if qos >= 0x80]
+        self.stats.subscribed.update(
+            t for t, qos in zip(topics, granted, strict=False) if qos < 0x80 and t in self._wanted
+        )
+        if refused:
+            log.error("mqtt.subscribe_refused", topics=refused[:20], count=len(refused))
 
 
 def _disarm_reconnect(client: gmqtt.Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ def base_env(database_url: str, mosquitto: object) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
         "MQTT_URL": mosquitto.url,  # type: ignore[attr-defined]
-        "CLUSTER_NAME": "test",
+        # A cluster name per test gives every instance a fresh MQTT session (the client
+        # id includes it), so no test inherits messages queued for an earlier one.
+        "CLUSTER_NAME": f"test-{uuid.uuid4().hex[:8]}",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "info",
         **FAST_TIMINGS,

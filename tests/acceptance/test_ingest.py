@@ -100,6 +100,10 @@ async def test_standby_memory_drains_as_the_leader_commits(
             and checks["buffer"]["pending"] == 0
         )
 
-    await wait_until(received_and_drained, 15, "standby buffer did not drain")
+    try:
+        await wait_until(received_and_drained, 15, "standby buffer did not drain")
+    except AssertionError:
+        _, body = await standby.get("/health")
+        raise AssertionError(f"standby did not drain: {body}\n{standby.tail(30)}") from None
     _, body = await leader.get("/health")
     assert body is not None and body["checks"]["buffer"]["pending"] == 0
