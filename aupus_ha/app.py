@@ -139,6 +139,7 @@ class Instance:
             self.settings,
             Election(self.settings, self.identity, self._queries),
             self.stats_for_heartbeat,
+            self._broker_connected if self.settings.mqtt_enabled else None,
         )
         self.flusher = Flusher(self.settings, self.buffer, self.store, self.ha)
         start = asyncio.ensure_future(self.ha.start())
@@ -304,6 +305,9 @@ class Instance:
         if self.mqtt is not None:
             self.mqtt.set_topics(catalog.topics)
             await self.mqtt.sync_subscriptions()
+
+    def _broker_connected(self) -> bool:
+        return self.mqtt is not None and self.mqtt.connected
 
     # --- views -------------------------------------------------------------------------------
 

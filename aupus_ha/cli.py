@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from aupus_ha import __version__, constants
 from aupus_ha.config import ConfigError, Settings, load_settings
+from aupus_ha.db import DatabaseUnavailable
 from aupus_ha.election import IdentityClash, IdentityLost, PoolerDetected
 from aupus_ha.logs import configure_logging
 
@@ -23,8 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--env-file",
         type=Path,
-        default=Path(".env"),
-        help="optional .env file (the environment wins over it)",
+        default=None,
+        help="a .env file (default: ./.env when present); the environment wins over it",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,6 +41,48 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--fleet", type=int, default=20, help="number of simulated devices")
     demo.add_argument("--rate", type=float, default=100.0, help="readings per second")
 
+    sim = sub.add_parser("simulate", help="publish a simulated fleet of meters and inverters")
+    sim.add_argument("--broker", help="mqtt:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)")
+    sim.add_argument("--meters", type=int, default=10, help="M-160 meters (a summary every 30 s)")
+    sim.add_argument("--unwrapped-meters", type=int, default=0, help="of them, without `Resumo`")
+    sim.add_argument("--inverters", type=int, default=5, help="inverters (a reading every 60 s)")
+    sim.add_argument("--speedup", type=float, default=1.0, help="simulated s per real s; 0 = max")
+    sim.add_argument("--count", type=int, help="stop after this many messages")
+    sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+    sim.add_argument("--bad-ratio", type=float, default=0.0, help="fraction of bad inputs, 0..1")
+    sim.add_argument("--seed", type=int, default=1, help="same seed, same messages")
+    sim.add_argument("--start", help="simulated start, ISO 8601 (no offset = Brasília; now)")
+    sim.add_argument("--topic-prefix", default="aupus/sim")
+    sim.add_argument(
+        "--register",
+        nargs="?",
+        const="",
+        metavar="DSN",
+        help="first add the equipment rows (DSN default: DATABASE_URL); --count 0 = only that",
+    )
+
+    bench = sub.add_parser(
+        "bench", help="end-to-end benchmark on embedded servers, with same-run baselines"
+    )
+    bench.add_argument("--duration", type=float, help="seconds per phase (30; 8 with --quick)")
+    bench.add_argument(
+        "--rate",
+        default="auto",
+        help="readings/s to publish, or max (as fast as the broker accepts), or auto "
+        "(default: a max phase, then half of it paced)",
+    )
+    bench.add_argument("--equipment", type=int, default=1000, help="devices (one topic each)")
+    bench.add_argument("--payload-bytes", type=int, default=300, help="size of a reading")
+    bench.add_argument("--window", type=int, default=1000, help="unacknowledged publishes")
+    bench.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
+    bench.add_argument("--skip-failover", action="store_true", help="no failover phase")
+    bench.add_argument("--failover-runs", type=int, default=1, help="runs of each fault")
+    bench.add_argument("--fast-timings", action="store_true", help="LEASE_TTL_S=2 etc.")
+    bench.add_argument("--durable", action="store_true", help="PostgreSQL with fsync on")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--plot", type=Path, help="write a plot: FILE.html or FILE.svg")
+    bench.add_argument("--keep", action="store_true", help="keep the logs and data")
+
     status = sub.add_parser("status", help="the cluster: instances and recent handovers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--handovers", type=int, default=10)
@@ -48,52 +90,91 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(dotenv=args.env_file)
-    overrides: dict[str, Any] = {}
-    if getattr(args, "instance_id", None):
-        overrides["instance_id"] = args.instance_id
-    if getattr(args, "http_port", None) is not None:
-        overrides["http_port"] = args.http_port
-    if getattr(args, "mode", None):
-        overrides["mqtt_mode"] = args.mode
-    return settings.with_overrides(**overrides) if overrides else settings
+    """Environment (over an optional .env), then flags; all validated the same way."""
+    if args.env_file is not None and not args.env_file.is_file():
+        raise ConfigError(f"--env-file {str(args.env_file)!r} does not exist")
+    dotenv = args.env_file if args.env_file is not None else Path(".env")
+    flags = {
+        "INSTANCE_ID": getattr(args, "instance_id", None),
+        "HTTP_PORT": getattr(args, "http_port", None),
+        "MQTT_MODE": getattr(args, "mode", None),
+    }
+    overrides = {name: str(value) for name, value in flags.items() if value is not None}
+    return load_settings(dotenv=dotenv, overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from aupus_ha.demo import DemoOptions
-        from aupus_ha.demo import main as demo_main
-
-        configure_logging(instance_id="demo", log_format="console", level="warning")
-        return demo_main(DemoOptions(args.duration, args.fleet, args.rate))
+    tool = _TOOLS.get(args.command)
+    if tool is not None:
+        # Tools start their own servers and instances: no instance configuration needed.
+        configure_logging(instance_id=args.command, log_format="console", level="warning")
+        return tool(args)
     try:
         settings = _settings(args)
     except ConfigError as exc:
         print(f"aupus-ha: configuration error: {exc}", file=sys.stderr)
         return constants.EXIT_CONFIG
-    secrets = [
-        settings.database_url.reveal(),
-        settings.admin_token.reveal(),
-        settings.smtp_pass.reveal(),
-        settings.alert_webhook_url.reveal(),
-    ]
-    if settings.mqtt is not None:
-        secrets.append(settings.mqtt.password.reveal())
     configure_logging(
         instance_id=settings.instance_id,
         log_format=settings.log_format,
         level=settings.log_level,
-        secrets=secrets,
+        secrets=_secrets(settings),
     )
     command = {"run": _run, "migrate": _migrate, "status": _status}[args.command]
+    return _exit_code(lambda: asyncio.run(command(settings, args)))
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found = [
+        settings.database_url,
+        settings.admin_token,
+        settings.smtp_pass,
+        settings.alert_webhook_url,
+    ]
+    if settings.mqtt is not None:
+        found.append(settings.mqtt.password)
+    return [s.reveal() for s in found]
+
+
+def _exit_code(run: Callable[[], int]) -> int:
+    """The documented exit codes: 2 for configuration/identity, 1 for an unreachable DB."""
     try:
-        return asyncio.run(command(settings, args))
-    except (IdentityClash, IdentityLost, PoolerDetected) as exc:
+        return run()
+    except (IdentityClash, IdentityLost, PoolerDetected, ConfigError) as exc:
         print(f"aupus-ha: {exc}", file=sys.stderr)
         return constants.EXIT_CONFIG
+    except DatabaseUnavailable as exc:
+        print(f"aupus-ha: database unavailable: {exc}", file=sys.stderr)
+        return constants.EXIT_FAILURE
     except KeyboardInterrupt:
         return constants.EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from aupus_ha.demo import DemoOptions
+    from aupus_ha.demo import main as demo_main
+
+    return demo_main(DemoOptions(args.duration, args.fleet, args.rate))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from aupus_ha.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from aupus_ha.simulate import main as simulate_main
+
+    return simulate_main(args)
+
+
+_TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "bench": _bench,
+    "simulate": _simulate,
+}
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:

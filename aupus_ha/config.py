@@ -210,16 +210,27 @@ def _parse_mqtt_url(raw: str, tls_flag: bool) -> MqttEndpoint:
 
 def _mqtt_endpoint(env: Mapping[str, str]) -> MqttEndpoint | None:
     tls = _parse_bool("MQTT_TLS", env.get("MQTT_TLS", "false"))
+    user = env.get("MQTT_USERNAME") or None
+    password = env.get("MQTT_PASSWORD", "")
     if env.get("MQTT_URL", "").strip():
-        return _parse_mqtt_url(env["MQTT_URL"], tls)
+        endpoint = _parse_mqtt_url(env["MQTT_URL"], tls)
+        if endpoint.username is None and user:
+            # A legacy .env may keep the credentials apart from the URL.
+            endpoint = replace(endpoint, username=user, password=Secret(password))
+        return endpoint
     host = env.get("MQTT_HOST", "").strip()
     if not host:
         return None
-    port = _parse_number(
-        "MQTT_PORT", env.get("MQTT_PORT", "8883" if tls else "1883"), int, 1, 65535
-    )
-    user = env.get("MQTT_USERNAME") or None
-    return MqttEndpoint(host, port, tls, user, Secret(env.get("MQTT_PASSWORD", "")))
+    port_raw = env.get("MQTT_PORT", "").strip() or ("8883" if tls else "1883")
+    port = _parse_number("MQTT_PORT", port_raw, int, 1, 65535)
+    return MqttEndpoint(host, port, tls, user, Secret(password))
+
+
+def _tls_ca(env: Mapping[str, str]) -> str | None:
+    path = env.get("MQTT_TLS_CA", "").strip()
+    if path and not Path(path).is_file():
+        raise ConfigError(f"MQTT_TLS_CA={path!r} is not a readable file (accepts a PEM CA bundle)")
+    return path or None
 
 
 def load_dotenv_file(path: Path) -> dict[str, str]:
@@ -232,13 +243,22 @@ def load_dotenv_file(path: Path) -> dict[str, str]:
 
 
 def load_settings(
-    env: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env")
+    env: Mapping[str, str] | None = None,
+    *,
+    dotenv: Path | None = Path(".env"),
+    overrides: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build `Settings` from `env` (default: `.env` overlaid by `os.environ`)."""
+    """Build `Settings` from `env` (default: `.env` overlaid by `os.environ`).
+
+    `overrides` (command-line flags, by variable name) win over both and go through
+    the same validation.
+    """
     if env is None:
         merged = load_dotenv_file(dotenv) if dotenv else {}
         merged.update(os.environ)
         env = merged
+    if overrides:
+        env = {**env, **overrides}
     return _settings_from(env)
 
 
@@ -275,7 +295,7 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         instance_id=_parse_identifier("INSTANCE_ID", get("INSTANCE_ID", socket.gethostname())),
         cluster_name=_parse_identifier("CLUSTER_NAME", get("CLUSTER_NAME", "aupus")),
         mqtt_mode=mode,
-        mqtt_tls_ca=env.get("MQTT_TLS_CA") or None,
+        mqtt_tls_ca=_tls_ca(env),
         mqtt_tls_insecure=_parse_bool("MQTT_TLS_INSECURE", get("MQTT_TLS_INSECURE", "false")),
         http_host=get("HTTP_HOST", "0.0.0.0"),  # noqa: S104
         http_port=num("HTTP_PORT", get("HTTP_PORT", "3000"), int, 0, 65535),

@@ -89,6 +89,7 @@ class Eviction:
     instance_id: str | None
     heartbeat_age_s: float | None
     terminated: int
+    epoch: int | None = None  # the term the evicted process was leading
 
 
 def lock_keys(cluster_name: str) -> tuple[int, int]:
@@ -359,6 +360,21 @@ class Election:
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_error(exc)) from exc
 
+    async def peer_with_broker(self, lease_ttl_s: float) -> bool:
+        """Is another live standby of this cluster connected to the MQTT broker?"""
+        conn = self._require()
+        try:
+            found = await conn.fetchval(
+                self._q["standby_with_broker"],
+                self._identity.cluster_name,
+                self._identity.instance_id,
+                lease_ttl_s,
+                timeout=self._timeout,
+            )
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(describe_error(exc)) from exc
+        return bool(found)
+
     async def leadership(self) -> dict[str, object] | None:
         """The cluster's current term as stored (who leads, since when, last flush)."""
         conn = self._require()
@@ -404,7 +420,7 @@ class Election:
             )
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_error(exc)) from exc
-        return Eviction(holder["instance_id"], age, int(terminated or 0))
+        return Eviction(holder["instance_id"], age, int(terminated or 0), holder["leader_epoch"])
 
     async def _evict_orphan(
         self, conn: asyncpg.Connection, pid: int, app_name: str, ttl: float

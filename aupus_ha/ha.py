@@ -44,10 +44,19 @@ class LeaderInfo:
 class HaLoop:
     """Runs the election for one process and tells the writer when it may write."""
 
-    def __init__(self, settings: Settings, election: Election, stats: StatsProvider) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        election: Election,
+        stats: StatsProvider,
+        broker_connected: Callable[[], bool] | None = None,
+    ) -> None:
         self._settings = settings
         self._election = election
         self._stats = stats
+        # None when this instance has no MQTT intake (then the broker never matters).
+        self._broker_connected = broker_connected
+        self._broker_lost_at: float | None = None
         self.role = self._initial_role()
         self.term: Term | None = None
         self.lease_deadline = 0.0
@@ -127,7 +136,7 @@ class HaLoop:
             self.lease_deadline = 0.0
             await self._election.close()
 
-    async def step_down(self) -> bool:
+    async def step_down(self, reason: str = "step_down") -> bool:
         """Hand leadership over on demand; we stay a standby and wait before re-trying."""
         if self.role != constants.ROLE_LEADER or self.term is None:
             return False
@@ -135,8 +144,28 @@ class HaLoop:
         self._demote()
         self._step_down_until = time.monotonic() + self._settings.lease_ttl_s
         await self._election.release(epoch, constants.ROLE_STANDBY, stopping=False)
-        log.info("leader.released", epoch=epoch, reason="step_down")
+        log.info("leader.released", epoch=epoch, reason=reason)
         return True
+
+    def _broker_lost_for(self) -> float:
+        """How long this instance has been without its broker (0 while connected)."""
+        if self._broker_connected is None or self._broker_connected():
+            self._broker_lost_at = None
+            return 0.0
+        if self._broker_lost_at is None:
+            self._broker_lost_at = time.monotonic()
+        return time.monotonic() - self._broker_lost_at
+
+    async def _cut_off_from_broker(self) -> bool:
+        """True when we have lost the broker for a lease TTL and a peer still has it.
+
+        A leader that cannot hear the devices writes nothing new: better to hand over to
+        a standby that can. With no such peer we keep leading (our buffer still needs
+        writing, and nobody would do better).
+        """
+        if self._broker_lost_for() <= self._settings.lease_ttl_s:
+            return False
+        return await self._election.peer_with_broker(self._settings.lease_ttl_s)
 
     # --- the state machine ----------------------------------------------------------------
 
@@ -178,6 +207,8 @@ class HaLoop:
             raise
         if outcome is RenewOutcome.HELD:
             self.lease_deadline = sent + self._settings.renew_deadline_s
+            if await self._cut_off_from_broker():
+                await self.step_down(reason="broker_unreachable")
         else:
             await self._lose(outcome.value)
 
@@ -186,6 +217,8 @@ class HaLoop:
         if time.monotonic() < self._step_down_until:
             return
         self._election.released.clear()  # cleared before trying: a later NOTIFY wakes us
+        if await self._cut_off_from_broker():
+            return  # a peer that hears the devices should lead, not us
         term = await self._election.try_acquire()
         if term is not None:
             self._promote(term)
@@ -206,6 +239,7 @@ class HaLoop:
             if eviction is not None:
                 log.warning(
                     "leader.evicted",
+                    epoch=eviction.epoch,
                     previous_leader=eviction.instance_id,
                     heartbeat_age_s=round(eviction.heartbeat_age_s or 0, 3),
                     sessions_terminated=eviction.terminated,

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from aupus_ha import constants
+from aupus_ha.config import ConfigError
 from aupus_ha.db import DatabaseUnavailable
 from aupus_ha.logs import get_logger
 
@@ -62,7 +63,13 @@ class HttpServer:
         self._runner = web.AppRunner(self.build_app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.http_host, settings.http_port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"HTTP_PORT={settings.http_port} cannot be bound on {settings.http_host} "
+                f"({exc.strerror or exc}); choose a free port"
+            ) from exc
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else settings.http_port
@@ -84,6 +91,8 @@ class HttpServer:
             return constants.ROLE_STANDBY
         if inst.ha.role == constants.ROLE_LEADER and not inst.ha.is_leader():
             return constants.ROLE_STANDBY  # lease ran out: we are not leading any more
+        if inst.ha.role == constants.ROLE_STOPPED:
+            return constants.ROLE_STANDBY  # shutting down: never reported as leading
         return inst.ha.role
 
     def _checks(self) -> dict[str, dict[str, Any]]:

@@ -118,7 +118,7 @@ class MqttIngest:
             "mqtt.connected",
             broker=ep.display(),
             client_id=client._client_id,
-            topics=len(self.stats.subscribed),
+            topics_requested=len(self._wanted),
         )
 
     def _new_client(self) -> gmqtt.Client:
@@ -205,7 +205,10 @@ class MqttIngest:
                 current.difference_update(remove)
             if add or remove:
                 log.info(
-                    "mqtt.subscriptions", added=len(add), removed=len(remove), total=len(current)
+                    "mqtt.subscriptions",
+                    requested=len(add),
+                    removed=len(remove),
+                    wanted=len(self._wanted),
                 )
 
     def _subscribed(

@@ -61,7 +61,7 @@ class InstanceProcess:
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aupus_ha", "--env-file", "/nonexistent", "run", *extra_args],
+            [sys.executable, "-m", "aupus_ha", "run", *extra_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

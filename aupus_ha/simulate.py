@@ -54,7 +54,7 @@ FAMILY_INVERTER: Final = "inverter"
 FAMILY_BAD: Final = "bad"
 TYPE_M160: Final = "M-160"
 TYPE_INVERTER: Final = "INVERSOR"
-# Codes that already mean the M-160 on an existing database (DOMAIN.md): reused, not doubled.
+# Codes that already mean each type on an existing database (DOMAIN.md): reused, not doubled.
 TYPE_ALIASES: Final = {TYPE_M160: ("M-160", "M160", "METER_M160"), TYPE_INVERTER: ("INVERSOR",)}
 DEFAULT_BROKER: Final = "mqtt://127.0.0.1:1883"
 SUNRISE_H: Final = 6.0
@@ -81,6 +81,8 @@ BAD_INPUTS: Final[dict[str, Callable[[int], bytes]]] = {
 
 @dataclass(frozen=True, slots=True)
 class SimMessage:
+    """One message to publish, with what the ingest should make of it."""
+
     topic: str
     payload: bytes
     family: str  # FAMILY_M160, FAMILY_INVERTER or FAMILY_BAD
@@ -210,9 +212,7 @@ class _Drift:
 
     __slots__ = ("_hi", "_lo", "_mean", "_rng", "_sigma", "value")
 
-    def __init__(
-        self, rng: random.Random, mean: float, sigma: float, lo: float, hi: float
-    ) -> None:
+    def __init__(self, rng: random.Random, mean: float, sigma: float, lo: float, hi: float) -> None:
         self._rng, self._mean, self._sigma, self._lo, self._hi = rng, mean, sigma, lo, hi
         self.value = mean
 
@@ -228,7 +228,9 @@ class _Meter:
     def __init__(self, spec: DeviceSpec, rng: random.Random) -> None:
         self._spec = spec
         volts = spec.nominal
-        self._volts = [_Drift(rng, volts, volts * 0.004, volts * 0.94, volts * 1.06) for _ in _PHASES]
+        self._volts = [
+            _Drift(rng, volts, volts * 0.004, volts * 0.94, volts * 1.06) for _ in _PHASES
+        ]
         self._pf = [_Drift(rng, rng.uniform(0.96, 0.99), 0.002, 0.95, 1.0) for _ in _PHASES]
         self._freq = _Drift(rng, 60.0, 0.005, 59.9, 60.1)
         self._load = _Drift(rng, 1.0, 0.03, 0.5, 1.5)
@@ -251,7 +253,9 @@ class _Meter:
         energy = sum(p) / 1000 * window_h
         self._phf += energy
         self._qhfi += sum(q) / 1000 * window_h
-        resumo: dict[str, object] = {"timestamp": at.astimezone(BRASILIA).strftime("%d/%m/%Y %H:%M:%S")}
+        resumo: dict[str, object] = {
+            "timestamp": at.astimezone(BRASILIA).strftime("%d/%m/%Y %H:%M:%S")
+        }
         resumo |= {f"V{x}": round(vx, 1) for x, vx in zip(_PHASES, v, strict=True)}
         resumo |= {f"I{x}": round(sx / vx, 2) for x, sx, vx in zip(_PHASES, s, v, strict=True)}
         for name, values in (("P", p), ("Q", q), ("S", s)):
@@ -322,7 +326,9 @@ class _Inverter:
                 f"phase_{x}-{y}": round(v, 1)
                 for x, y, v in zip(_PHASES, ("b", "c", "a"), volts, strict=True)
             },
-            "current": {f"phase_{x}": round(amps * (1 + 0.003 * i), 2) for i, x in enumerate(_PHASES)},
+            "current": {
+                f"phase_{x}": round(amps * (1 + 0.003 * i), 2) for i, x in enumerate(_PHASES)
+            },
             "temperature": {"internal": round(24 + 26 * p / self._rated_w, 1)},
             "dc": self._dc(p, sun),
             "energy": {
@@ -399,7 +405,8 @@ async def register_equipment(dsn: str, fleet: Fleet) -> Registration:
     try:
         await apply_migrations(conn)
         async with conn.transaction():
-            type_ids = {code: await _type_id(conn, code) for code in _TYPE_NAMES}
+            codes = dict.fromkeys(d.type_code for d in fleet.devices)  # only the types used
+            type_ids = {code: await _type_id(conn, code) for code in codes}
             created = 0
             for code, type_id in type_ids.items():
                 specs = [d for d in fleet.devices if d.type_code == code]
@@ -526,10 +533,13 @@ class SimulateOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
         """Validated options; `ValueError` names the flag. Defaults come from env/.env."""
-        env = {**load_dotenv_file(args.env_file), **os.environ}
+        dotenv = load_dotenv_file(args.env_file or Path(".env"))  # a missing file is no error
+        env = {**dotenv, **os.environ}
         broker = args.broker or env.get("MQTT_URL") or DEFAULT_BROKER
         if urlsplit(broker).scheme != "mqtt":
-            raise ValueError(f"--broker: only mqtt://[user:pass@]host[:port] is supported, got {broker!r}")
+            raise ValueError(
+                f"--broker: only mqtt://[user:pass@]host[:port] is supported, got {broker!r}"
+            )
         if args.speedup < 0 or (args.count or 0) < 0 or (args.duration or 0) < 0:
             raise ValueError("--speedup, --count and --duration must not be negative")
         dsn = args.register
@@ -563,7 +573,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"aupus-ha: simulate: {exc}", file=sys.stderr)
         return constants.EXIT_CONFIG
-    return asyncio.run(_main(options))
+    try:
+        return asyncio.run(_main(options))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        # No URL in the message: it may carry a password.
+        print(f"aupus-ha: simulate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return constants.EXIT_FAILURE
 
 
 async def _main(options: SimulateOptions) -> int:
@@ -591,6 +606,9 @@ async def _main(options: SimulateOptions) -> int:
     print(report.line())
     horizon = datetime.now(UTC) + timedelta(seconds=constants.FUTURE_TOLERANCE_S)
     if report.last_at is not None and report.last_at > horizon:
-        print("simulate: warning: readings more than a day ahead are rejected by the ingest; "
-              "use an earlier --start", file=sys.stderr)
+        print(
+            "simulate: warning: readings more than a day ahead are rejected by the ingest; "
+            "use an earlier --start",
+            file=sys.stderr,
+        )
     return constants.EXIT_OK

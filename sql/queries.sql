@@ -122,7 +122,7 @@ WHERE instance_id = $1 AND process_token = $2;
 -- $1 lock key 1, $2 lock key 2, $3 cluster_name. Who holds the cluster lock now, and the
 -- lease row (if any) of that backend, with its heartbeat age measured on the DB clock.
 SELECT l.pid AS holder_pid,
-       i.instance_id, i.process_token,
+       i.instance_id, i.process_token, i.leader_epoch,
        extract(epoch FROM now() - i.heartbeat_at)::float8 AS heartbeat_age_s,
        a.application_name
 FROM pg_locks l
@@ -144,6 +144,17 @@ WHERE application_name = $1 AND pid <> pg_backend_pid();
 -- $1 cluster_name, $2 instance_id of the evicted leader.
 UPDATE ha_leadership SET ended_reason = 'evicted'
 WHERE cluster_name = $1 AND leader_instance_id = $2 AND released_at IS NULL;
+
+-- name: standby_with_broker
+-- $1 cluster_name, $2 our instance_id, $3 lease TTL in seconds. Another live standby
+-- that reports an MQTT connection (in the stats of its heartbeat).
+SELECT EXISTS (
+    SELECT 1 FROM ha_instances
+    WHERE cluster_name = $1 AND instance_id <> $2 AND role = 'standby'
+      AND stopped_at IS NULL
+      AND heartbeat_at > now() - make_interval(secs => $3)
+      AND coalesce((stats ->> 'mqtt_connected')::boolean, false)
+);
 
 -- name: fence_check
 -- $1 cluster_name. First statement of every flush transaction: the shared row lock

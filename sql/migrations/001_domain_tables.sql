@@ -93,6 +93,22 @@ END
 $$;
 
 -- Health queries ask for the newest rows; without this they scanned the whole table
--- (6-21 s on the legacy database).
-CREATE INDEX IF NOT EXISTS idx_equipamentos_dados_created_at
-    ON equipamentos_dados (created_at DESC);
+-- (6-21 s on the legacy database). A legacy database that already has an index led by
+-- created_at (under any name) keeps it: building a second one inside this transaction
+-- would block the table's writers for the whole build. (On a big legacy table without
+-- one, create it CONCURRENTLY by hand before the first start: see the runbook.)
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+        WHERE c.relname = 'equipamentos_dados'
+          AND c.relnamespace = current_schema()::regnamespace
+          AND a.attname = 'created_at'
+    ) THEN
+        CREATE INDEX idx_equipamentos_dados_created_at ON equipamentos_dados (created_at DESC);
+    END IF;
+END
+$$;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -14,11 +15,12 @@ from tests.acceptance.conftest import ClusterFactory
 
 def _run(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aupus_ha", "--env-file", "/nonexistent", *args],
+        [sys.executable, "-m", "aupus_ha", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=tempfile.gettempdir(),  # no stray ./.env
     )
 
 
@@ -41,6 +43,21 @@ def test_bad_configuration_exits_2_naming_the_variable(
     assert result.returncode == 2, result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and name in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (("run", "--http-port", "70000"), "HTTP_PORT"),
+        (("run", "--instance-id", "a b"), "INSTANCE_ID"),
+        (("--env-file", "/no/such/.env", "run"), "--env-file"),
+    ],
+)
+def test_bad_flags_exit_2_too(base_env: dict[str, str], args: tuple[str, ...], name: str) -> None:
+    """Flags are validated like the environment: exit 2 and one line naming the setting."""
+    result = _run(*args, env=base_env)
+    assert result.returncode == 2, result.stderr
+    assert name in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_secrets_do_not_reach_error_output(base_env: dict[str, str]) -> None:

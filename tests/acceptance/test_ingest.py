@@ -107,3 +107,23 @@ async def test_standby_memory_drains_as_the_leader_commits(
         raise AssertionError(f"standby did not drain: {body}\n{standby.tail(30)}") from None
     _, body = await leader.get("/health")
     assert body is not None and body["checks"]["buffer"]["pending"] == 0
+
+
+async def test_leader_cut_off_from_its_broker_hands_over(
+    spawn: ClusterFactory, database_url: str, make_broker: BrokerFactory
+) -> None:
+    """A leader that loses the broker for a lease TTL steps down to a standby that still
+    hears the devices; the standby then stores what arrives."""
+    equipment = await seed_equipment(database_url, 3)
+    leader_broker, standby_broker = make_broker(), make_broker()
+    leader = spawn("node-a", MQTT_URL=leader_broker.url)
+    await wait_single_leader([leader])
+    standby = spawn("node-b", MQTT_URL=standby_broker.url)
+    await wait_until(lambda: _subscribed(standby, 3), 20, "standby not subscribed")
+    leader_broker.stop()
+    await wait_until(standby.is_leader, 20, f"no handover: {leader.tail()}")
+    assert leader.find("leader.released", reason="broker_unreachable")
+    messages = generic_messages(equipment, 5)
+    await publish(standby_broker.url, messages, rate=100)
+    await wait_all_stored(database_url, {(e, ts) for _, _, e, ts in messages})
+    assert not await leader.is_leader()

@@ -93,3 +93,30 @@ def test_mask_url() -> None:
     """A DSN keeps its user and host but not its password."""
     assert mask_url("postgresql://u:p4ss@h:5/d") == "postgresql://u:***@h:5/d"
     assert mask_url("postgresql://h/d") == "postgresql://h/d"
+
+
+def test_url_without_credentials_takes_the_legacy_ones() -> None:
+    """MQTT_URL without user info uses MQTT_USERNAME/MQTT_PASSWORD (legacy .env files)."""
+    s = load_settings({**BASE, "MQTT_USERNAME": "dev", "MQTT_PASSWORD": "pw-123456"})
+    assert s.mqtt is not None and s.mqtt.username == "dev"
+    assert s.mqtt.password.reveal() == "pw-123456"
+
+
+def test_empty_port_means_default() -> None:
+    """An empty MQTT_PORT is the default port, like every other empty variable."""
+    env = {"DATABASE_URL": BASE["DATABASE_URL"], "MQTT_HOST": "b", "MQTT_PORT": ""}
+    mqtt = load_settings(env).mqtt
+    assert mqtt is not None and mqtt.port == 1883
+
+
+def test_missing_tls_ca_file_is_a_configuration_error() -> None:
+    """MQTT_TLS_CA naming a missing file fails at start, not as endless reconnects."""
+    with pytest.raises(ConfigError, match="MQTT_TLS_CA"):
+        load_settings({**BASE, "MQTT_TLS_CA": "/no/such/ca.pem"})
+
+
+def test_overrides_are_validated_like_the_environment() -> None:
+    """Command-line overrides go through the same validation (and name the variable)."""
+    with pytest.raises(ConfigError, match="HTTP_PORT"):
+        load_settings(dict(BASE), overrides={"HTTP_PORT": "70000"})
+    assert load_settings(dict(BASE), overrides={"INSTANCE_ID": "x1"}).instance_id == "x1"
