@@ -320,45 +320,62 @@ class _Window:
     peak_rss: dict[str, int] = field(default_factory=dict)
 
 
+MACHINE = "whole machine"
+OTHERS = "other processes (not the bench's)"
+
+
 class ResourceSampler:
     """CPU seconds and RSS of named groups of processes, sampled with psutil.
 
-    `sample` is synchronous (it reads /proc): call it through `asyncio.to_thread`. A pid
-    first seen after the first sample is a new process, so its whole CPU time counts.
+    Every method reads /proc: call them through `asyncio.to_thread`. A pid first seen
+    after the first sample is a new process, so its whole CPU time counts. The machine's
+    busy time is sampled too, so a report shows how much CPU went to processes the bench
+    did not start (another test-suite on a shared machine skews every figure).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cpu: dict[str, float] = {}
+        self._cpu: dict[str, float] = {MACHINE: 0.0}
         self._last: dict[int, float] = {}
-        self._primed = False
+        self._machine_last: float | None = None
         self._windows: dict[str, _Window] = {}
 
     def sample(self, groups: Mapping[str, Sequence[int]]) -> None:
         with self._lock:
-            for name, pids in groups.items():
-                rss = sum(self._account(name, pid) for pid in pids)
-                for window in self._windows.values():
-                    window.peak_rss[name] = max(window.peak_rss.get(name, 0), rss)
-            self._primed = True
+            self._sample(groups)
 
-    def start_window(self, name: str) -> None:
+    def start_window(self, name: str, groups: Mapping[str, Sequence[int]]) -> None:
         with self._lock:
+            self._sample(groups)
             self._windows[name] = _Window(time.monotonic(), dict(self._cpu))
 
-    def end_window(self, name: str) -> dict[str, Usage]:
+    def end_window(self, name: str, groups: Mapping[str, Sequence[int]]) -> dict[str, Usage]:
+        """CPU % of one core and peak RSS per group since `start_window(name)`."""
         with self._lock:
+            self._sample(groups)
             window = self._windows.pop(name)
             seconds = max(1e-9, time.monotonic() - window.started)
-            return {
-                group: Usage(
-                    cpu_pct=round(100 * (cpu - window.cpu_at_start.get(group, 0.0)) / seconds, 1),
-                    peak_rss_mb=round(window.peak_rss.get(group, 0) / 2**20, 1),
-                )
-                for group, cpu in self._cpu.items()
-            }
+            used = {g: cpu - window.cpu_at_start.get(g, 0.0) for g, cpu in self._cpu.items()}
+        used[OTHERS] = max(0.0, used[MACHINE] - sum(v for g, v in used.items() if g != MACHINE))
+        return {
+            group: Usage(
+                round(100 * cpu / seconds, 1), round(window.peak_rss.get(group, 0) / 2**20, 1)
+            )
+            for group, cpu in used.items()
+        }
 
-    def _account(self, group: str, pid: int) -> int:
+    def _sample(self, groups: Mapping[str, Sequence[int]]) -> None:
+        primed = self._machine_last is not None
+        for name, pids in groups.items():
+            rss = sum(self._account(name, pid, primed) for pid in pids)
+            for window in self._windows.values():
+                window.peak_rss[name] = max(window.peak_rss.get(name, 0), rss)
+        busy = _machine_busy_s()
+        if self._machine_last is not None:
+            self._cpu[MACHINE] += max(0.0, busy - self._machine_last)
+        self._machine_last = busy
+
+    def _account(self, group: str, pid: int, primed: bool) -> int:
         """Add the pid's CPU since the last sample to its group; returns its RSS."""
         import psutil
 
@@ -371,10 +388,18 @@ class ResourceSampler:
             return 0
         cpu = float(times.user + times.system)
         previous = self._last.get(pid)
-        delta = cpu - previous if previous is not None else (cpu if self._primed else 0.0)
+        delta = cpu - previous if previous is not None else (cpu if primed else 0.0)
         self._cpu[group] = self._cpu.get(group, 0.0) + max(0.0, delta)
         self._last[pid] = cpu
         return rss
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 # --- servers -------------------------------------------------------------------------
@@ -387,6 +412,7 @@ class Servers:
     broker: EmbeddedMosquitto
     nodes: list[InstanceProcess] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)  # everything we started, for the report
+    load_at_start: tuple[float, ...] = field(default_factory=lambda: tuple(os.getloadavg()))
 
     def dsn(self, database: str) -> str:
         return self.pg.dsn(database)
@@ -817,6 +843,16 @@ async def sample_once(ctx: RunContext) -> None:
     await asyncio.to_thread(ctx.sampler.sample, groups)
 
 
+async def start_window(ctx: RunContext, name: str) -> None:
+    groups = await _process_groups(ctx)
+    await asyncio.to_thread(ctx.sampler.start_window, name, groups)
+
+
+async def end_window(ctx: RunContext, name: str) -> dict[str, Usage]:
+    groups = await _process_groups(ctx)
+    return await asyncio.to_thread(ctx.sampler.end_window, name, groups)
+
+
 async def sample_forever(ctx: RunContext) -> None:
     while True:
         with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
@@ -926,19 +962,21 @@ class BacklogGate:
 # --- phases --------------------------------------------------------------------------
 
 # One flush = one transaction = one now(): rows sharing created_at were flushed together.
+# "steady": the flushes that started before the phase's last publish (see commit_rate).
 PHASE_STATS = """
 WITH r AS (
     SELECT (dados->>'sent_at')::float8 AS sent, extract(epoch FROM created_at)::float8 AS at
     FROM equipamentos_dados
     WHERE (dados->>'seq')::bigint >= $1 AND (dados->>'seq')::bigint < $2
-), flushes AS (
-    SELECT at, count(*) AS n FROM r GROUP BY at
+), steady AS (
+    SELECT at, count(*) AS n FROM r GROUP BY at HAVING at <= (SELECT max(sent) FROM r)
 )
 SELECT (SELECT count(*) FROM r) AS rows,
-       (SELECT min(sent) FROM r) AS first_sent,
-       (SELECT min(at) FROM flushes) AS first_commit,
-       (SELECT max(at) FROM flushes) AS last_commit,
-       (SELECT n FROM flushes ORDER BY at LIMIT 1) AS first_flush_rows,
+       (SELECT count(*) FROM steady) AS flushes,
+       ((SELECT sum(n) FROM steady) - (SELECT n FROM steady ORDER BY at LIMIT 1))::bigint
+           AS later_rows,
+       (SELECT max(at) - min(at) FROM steady) AS flush_span,
+       (SELECT max(at) - min(sent) FROM r) AS span,
        (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY at - sent) FROM r) AS p50,
        (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY at - sent) FROM r) AS p99,
        (SELECT max(at - sent) FROM r) AS worst
@@ -951,8 +989,7 @@ async def run_phase(
 ) -> PhaseResult:
     """Publish for `duration_s`, wait until all is committed, measure."""
     ctx.say.say(f"phase {name}: publishing {_rate_text(rate)} for {duration_s:.0f}s")
-    await sample_once(ctx)
-    ctx.sampler.start_window(name)
+    await start_window(ctx, name)
     started = time.time()
     if rate is None:
         gate = BacklogGate(await wait_single_leader(ctx.nodes, timeout=30), BACKLOG_CAP)
@@ -978,8 +1015,7 @@ async def _finish_phase(
     ctx: RunContext, name: str, rate: float | None, started: float, sent: PublishResult
 ) -> PhaseResult:
     await _drain(ctx, started, sent.sent)
-    await sample_once(ctx)
-    resources = ctx.sampler.end_window(name)
+    resources = await end_window(ctx, name)
     ended = time.time()
     stats = await ctx.db.fetchrow(PHASE_STATS, sent.first_seq, sent.end_seq, timeout=120)
     assert stats is not None
@@ -1007,18 +1043,17 @@ async def _finish_phase(
 
 
 def commit_rate(stats: asyncpg.Record) -> float:
-    """Rows/s committed between the first and the last flush of a phase.
+    """Rows/s committed in steady state: between the first flush of the phase and the
+    last one that started before publishing ended.
 
     A flush's rows were published before it started (its created_at), so the rows of
-    flushes 2..n are those published between flush 1 and flush n: the steady rate, not
-    biased by the wait for the first batch or for the last, partial one.
+    flushes 2..k are those published between flush 1 and flush k: neither the wait for
+    the first batch nor the drain after the last publish biases the rate.
     """
-    rows, first, last = int(stats["rows"]), stats["first_commit"], stats["last_commit"]
-    if not rows:
-        return 0.0
-    if last > first:
-        return float((rows - int(stats["first_flush_rows"])) / (last - first))
-    return float(rows / max(1e-3, last - stats["first_sent"]))
+    if int(stats["flushes"]) >= 2 and stats["flush_span"] > 0:
+        return float(stats["later_rows"] / stats["flush_span"])
+    rows = int(stats["rows"])
+    return float(rows / max(1e-3, stats["span"])) if rows else 0.0
 
 
 async def _drain(ctx: RunContext, started: float, sent: int) -> None:
@@ -1104,8 +1139,7 @@ async def run_failover_phase(ctx: RunContext, rate: float, runs: int) -> PhaseRe
     """The paced load while each fault kind hits the leader `runs` times."""
     name = "failover"
     ctx.say.say(f"phase {name}: {_rate_text(rate)}, {runs} run(s) of {', '.join(FAULTS)}")
-    await sample_once(ctx)
-    ctx.sampler.start_window(name)
+    await start_window(ctx, name)
     started = time.time()
     stop = asyncio.Event()
     async with _background(_publish(ctx, rate, stop.is_set), "failover-load") as load:
@@ -1247,6 +1281,7 @@ async def _machine(ctx: RunContext) -> dict[str, object]:
         "postgres": version,
         "mosquitto": found.group(1) if found else "?",
         "fsync": "on" if ctx.options.durable else "off",
+        "load_average_at_start": ctx.servers.load_at_start,
     }
 
 
@@ -1569,7 +1604,8 @@ def _header(report: BenchReport) -> str:
         f"aupus-ha bench — {m['cpus']} CPUs, Python {m['python']}, PostgreSQL {m['postgres']} "
         f"(fsync {m['fsync']}), Mosquitto {m['mosquitto']}\n"
         f"{s['equipment']} equipment, {s['payload_bytes_actual']}-byte generic readings, "
-        f"leader + standby, {timings}, {s['duration_s']:g}s per phase"
+        f"leader + standby, {timings}, {s['duration_s']:g}s per phase; load average "
+        f"at start {' '.join(f'{v:.2f}' for v in m['load_average_at_start'])}"  # type: ignore[attr-defined]
     )
 
 
@@ -1603,14 +1639,20 @@ def _resource_lines(report: BenchReport) -> str:
         return ""
     names = [p.name for p in report.phases]
     lines = [f"{'CPU % of one core / peak RSS MB':<34s}" + "".join(f"{n:>18s}" for n in names)]
-    groups = list(report.phases[0].resources)
+    groups = [g for g in report.phases[0].resources if g not in (OTHERS, MACHINE)]
+    groups += [OTHERS, MACHINE]
     for group in groups:
-        cells = []
-        for p in report.phases:
-            u = p.resources.get(group)
-            cells.append(f"{u.cpu_pct:>8.0f}% / {u.peak_rss_mb:>5.0f}" if u else " " * 18)
+        cells = [_usage_cell(p.resources.get(group), group) for p in report.phases]
         lines.append(f"  {group:<32s}" + "".join(f"{c:>18s}" for c in cells))
     return "\n".join(lines)
+
+
+def _usage_cell(usage: Usage | None, group: str) -> str:
+    if usage is None:
+        return ""
+    if group in (OTHERS, MACHINE):  # CPU only: no memory figure for these
+        return f"{usage.cpu_pct:>8.0f}%        "
+    return f"{usage.cpu_pct:>8.0f}% / {usage.peak_rss_mb:>5.0f}"
 
 
 def _flush_lines(report: BenchReport) -> str:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 
 from aupus_ha.readings import Decoded, Reading, ReadingKey, Reject, RejectKey
+from aupus_ha.rollup import BUCKET, bucket_start
 
 
 @dataclass(slots=True)
@@ -75,8 +77,18 @@ class PendingBuffer:
 
     # --- leader side ----------------------------------------------------------------
 
-    def oldest(self, limit: int) -> tuple[list[Reading], list[Reject]]:
-        readings = [r for _, r in islice(self._readings.values(), limit)]
+    def oldest(
+        self, limit: int, closed_before: datetime | None = None
+    ) -> tuple[list[Reading], list[Reject]]:
+        """The oldest pending entries. Rollup samples wait until their minute has closed
+        (`closed_before`); None releases every sample (a final flush)."""
+        readings: list[Reading] = []
+        for _, reading in self._readings.values():
+            if len(readings) >= limit:
+                break
+            if closed_before is not None and _bucket_open(reading, closed_before):
+                continue
+            readings.append(reading)
         rejects = [r for _, r in islice(self._rejects.values(), limit)]
         return readings, rejects
 
@@ -147,6 +159,11 @@ class PendingBuffer:
         for key in keys:
             self._rejects.pop(key, None)
 
+    def has_ready(self, closed_before: datetime) -> bool:
+        """Is anything writable now (not only samples of still-open minutes)?"""
+        ready, rejects = self.oldest(1, closed_before)
+        return bool(ready or rejects)
+
     def _after_change(self) -> None:
         size = len(self)
         if size >= self.max_items:
@@ -157,3 +174,8 @@ class PendingBuffer:
             self._not_empty.set()
         else:
             self._not_empty.clear()
+
+
+def _bucket_open(reading: Reading, closed_before: datetime) -> bool:
+    sample_at = reading.sample_at
+    return sample_at is not None and bucket_start(sample_at) + BUCKET > closed_before

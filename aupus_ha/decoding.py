@@ -54,7 +54,7 @@ from typing import Final, Protocol, TypeGuard, runtime_checkable
 
 import orjson
 
-from aupus_ha import constants, timestamps
+from aupus_ha import constants, rollup, timestamps
 from aupus_ha.readings import Decoded, Equipment, Reading, Reject
 from aupus_ha.timestamps import TimestampError, parse_timestamp
 
@@ -190,9 +190,37 @@ class M160SummaryFamily:
         ]
 
 
+class InverterFamily:
+    """A solar inverter reading: one sample of its minute's rollup (see rollup.py)."""
+
+    name = "inverter"
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        power = obj.get("power")
+        return isinstance(power, dict) and "active_total" in power
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        timestamp, matchable = reading_time(obj.get("timestamp"), received_at)
+        minute = rollup.bucket_start(timestamp)
+        return [
+            Reading(
+                equipamento_id=equipment.id,
+                timestamp_dados=minute,
+                dados=encode_dados(obj),
+                qualidade=constants.QUALITY_GOOD,
+                fonte=constants.SOURCE_MQTT,
+                timestamp_fim=minute + rollup.BUCKET,
+                matchable=matchable,
+                sample_at=timestamp,
+            )
+        ]
+
+
 def default_families() -> list[Family]:
     """Fresh instances (stateful families must not share state between decoders)."""
-    return [M160SummaryFamily(), GenericFamily()]
+    return [M160SummaryFamily(), InverterFamily(), GenericFamily()]
 
 
 class Decoder:

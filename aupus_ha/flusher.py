@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aupus_ha import constants
 from aupus_ha.buffer import PendingBuffer
@@ -35,6 +35,7 @@ UNCONFIRMED_HORIZON_S = 600.0
 class FlushStats:
     flushes: int = 0
     rows: int = 0
+    merged: int = 0
     duplicates: int = 0
     rejects: int = 0
     refused: int = 0
@@ -71,7 +72,8 @@ class Flusher:
         """On graceful stop: write what can be written before the lock is released."""
         end = time.monotonic() + deadline_s
         while self._ha.is_leader() and len(self._buffer) and time.monotonic() < end:
-            if not await self._flush_batch():
+            # Open minutes too: a later sample merges into the row deterministically.
+            if not await self._flush_batch(final=True):
                 break
 
     async def _wait_for_work(self) -> None:
@@ -98,9 +100,10 @@ class Flusher:
             if self._buffer.readings_pending < self._settings.batch_max:
                 return
 
-    async def _flush_batch(self) -> bool:
+    async def _flush_batch(self, *, final: bool = False) -> bool:
         epoch = self._ha.epoch
-        readings, rejects = self._buffer.oldest(self._settings.batch_max)
+        closed_before = None if final else self._rollup_cutoff()
+        readings, rejects = self._buffer.oldest(self._settings.batch_max, closed_before)
         if epoch is None or not (readings or rejects):
             return False
         try:
@@ -116,11 +119,16 @@ class Flusher:
         self._committed(result, epoch)
         return True
 
+    def _rollup_cutoff(self) -> datetime:
+        """Minutes that ended before this instant (minus the grace period) are closed."""
+        return datetime.now(UTC) - timedelta(seconds=self._settings.rollup_grace_s)
+
     def _committed(self, result: FlushResult, epoch: int) -> None:
         self._failures_in_row = 0
         s = self.stats
         s.flushes += 1
         s.rows += result.rows
+        s.merged += result.merged
         s.duplicates += result.duplicates
         s.rejects += result.rejects
         s.refused += result.refused
@@ -131,6 +139,7 @@ class Flusher:
             "flush.committed",
             epoch=epoch,
             rows=result.rows,
+            merged=result.merged,
             duplicates=result.duplicates,
             rejects=result.rejects,
             refused=result.refused,

@@ -47,10 +47,18 @@ class Reading:
     # False when the payload had no timestamp and arrival time was used: such a row
     # cannot be matched across instances (see docs/architecture.md, "Natural keys").
     matchable: bool = True
+    # Set for a sample of a per-minute rollup (inverters): the sample's own instant (UTC).
+    # Then `timestamp_dados` is the minute it belongs to and `dados` the raw sample.
+    sample_at: datetime | None = None
 
     @property
     def key(self) -> ReadingKey:
-        return (self.equipamento_id, self.timestamp_dados)
+        """Pending-buffer identity: the row's key, or the sample's for rollup samples."""
+        return (self.equipamento_id, self.sample_at or self.timestamp_dados)
+
+    @property
+    def is_rollup_sample(self) -> bool:
+        return self.sample_at is not None
 
 
 @dataclass(slots=True, frozen=True)

@@ -10,17 +10,20 @@ buffer — the legacy service's 84,335-reading pile-up.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import asyncpg
 import orjson
 
-from aupus_ha import constants
+from aupus_ha import constants, rollup
 from aupus_ha.db import CONNECTION_ERRORS, DatabaseUnavailable, describe_error
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Equipment, Reading, ReadingKey, Reject, RejectKey
 from aupus_ha.timestamps import to_legacy_local
+
+# A pooled connection or a plain one: the flush helpers work on either.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 STAGING_COLUMNS = (
     "equipamento_id",
@@ -46,11 +49,27 @@ class Fenced(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FlushResult:
-    rows: int  # readings newly stored
-    duplicates: int  # readings already stored (by us earlier, or by a previous leader)
+    rows: int  # rows newly stored (readings, and rollup minutes seen for the first time)
+    duplicates: int  # plain readings already stored (by us earlier, or a previous leader)
     rejects: int  # rejects written (including rows the database refused)
     refused: int  # readings the database refused, stored as rejects instead
     ms: float
+    merged: int = 0  # rollup minutes that already had a row and gained samples
+
+
+@dataclass(slots=True)
+class _Tally:
+    rows: int = 0
+    merged: int = 0
+    plain_rows: int = 0
+    refused: list[Reject] = field(default_factory=list)
+
+    def add(self, other: _Tally) -> _Tally:
+        self.rows += other.rows
+        self.merged += other.merged
+        self.plain_rows += other.plain_rows
+        self.refused += other.refused
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,77 +122,148 @@ class Store:
         """Write one batch under the epoch fence; isolates rows the database refuses."""
         started = time.perf_counter()
         try:
-            rows, refused = await self._flush_isolating(readings, rejects, epoch)
+            tally = await self._flush_isolating(readings, rejects, epoch)
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_error(exc)) from exc
         ms = (time.perf_counter() - started) * 1000
-        duplicates = len(readings) - rows - len(refused)
-        return FlushResult(rows, duplicates, len(rejects) + len(refused), len(refused), ms)
+        plain = sum(1 for r in readings if not r.is_rollup_sample)
+        refused = len(tally.refused)
+        duplicates = max(0, plain - tally.plain_rows - refused)
+        return FlushResult(
+            tally.rows, duplicates, len(rejects) + refused, refused, ms, tally.merged
+        )
 
     async def _flush_isolating(
         self, readings: list[Reading], rejects: list[Reject], epoch: int
-    ) -> tuple[int, list[Reject]]:
+    ) -> _Tally:
         try:
-            return await self._flush_once(readings, rejects, epoch), []
+            return await self._flush_once(readings, rejects, epoch)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             if len(readings) <= 1:
                 refused = [_refused(r, exc) for r in readings]
                 await self._flush_once([], rejects + refused, epoch)
-                return 0, refused
+                return _Tally(refused=refused)
         middle = len(readings) // 2
-        rows_a, refused_a = await self._flush_isolating(readings[:middle], rejects, epoch)
-        rows_b, refused_b = await self._flush_isolating(readings[middle:], [], epoch)
-        return rows_a + rows_b, refused_a + refused_b
+        first = await self._flush_isolating(readings[:middle], rejects, epoch)
+        return first.add(await self._flush_isolating(readings[middle:], [], epoch))
 
-    async def _flush_once(self, readings: list[Reading], rejects: list[Reject], epoch: int) -> int:
+    async def _flush_once(
+        self, readings: list[Reading], rejects: list[Reject], epoch: int
+    ) -> _Tally:
+        plain = [r for r in readings if not r.is_rollup_sample]
+        samples = [r for r in readings if r.is_rollup_sample]
         async with self._pool.acquire() as conn, conn.transaction():
             current = await conn.fetchval(self._q["fence_check"], self._cluster)
             if current != epoch:
                 raise Fenced(epoch, current)
-            inserted = 0
-            if readings:
-                await conn.execute(self._q["create_staging"])
-                await conn.copy_records_to_table(
-                    "aupus_staging",
-                    records=[_record(r) for r in readings],
-                    columns=STAGING_COLUMNS,
-                )
-                inserted = int(await conn.fetchval(self._q["insert_from_staging"], epoch))
+            tally = _Tally()
+            if plain:
+                tally.plain_rows = await self._copy_plain(conn, plain, epoch)
+                tally.rows = tally.plain_rows
+            if samples:
+                new, merged = await self._merge_rollups(conn, samples, epoch)
+                tally.rows += new
+                tally.merged = merged
             if rejects:
-                await conn.executemany(
-                    self._q["insert_reject"],
-                    [
-                        (
-                            r.topic,
-                            r.payload,
-                            r.payload_sha256,
-                            r.reason,
-                            r.received_at,
-                            self._instance_id,
-                            epoch,
-                        )
-                        for r in rejects
-                    ],
-                )
+                await self._insert_rejects(conn, rejects, epoch)
             await conn.execute(self._q["record_flush"], self._cluster)
-            return inserted
+            return tally
+
+    async def _copy_plain(self, conn: Conn, readings: list[Reading], epoch: int) -> int:
+        await conn.execute(self._q["create_staging"])
+        await conn.copy_records_to_table(
+            "aupus_staging", records=[_record(r) for r in readings], columns=STAGING_COLUMNS
+        )
+        return int(await conn.fetchval(self._q["insert_from_staging"], epoch))
+
+    async def _merge_rollups(
+        self, conn: Conn, samples: list[Reading], epoch: int
+    ) -> tuple[int, int]:
+        """Union each minute's new samples with its stored ones and rewrite the row."""
+        minutes: dict[tuple[str, datetime], dict[str, rollup.Sample]] = {}
+        ends: dict[tuple[str, datetime], datetime | None] = {}
+        for r in samples:
+            assert r.sample_at is not None
+            key = (r.equipamento_id, r.timestamp_dados)
+            minutes.setdefault(key, {})[rollup.sample_key(r.sample_at)] = orjson.loads(r.dados)
+            ends[key] = r.timestamp_fim
+        keys = list(minutes)
+        stored = {
+            (row["equipamento_id"], row["timestamp_dados"]): row["dados"]
+            for row in await conn.fetch(
+                self._q["rollup_rows_for_update"], [k[0] for k in keys], [k[1] for k in keys]
+            )
+        }
+        writes, merged = [], 0
+        for key, new in minutes.items():
+            old_samples, invalid = rollup.samples_of(stored.get(key))
+            row = rollup.build_row(rollup.merge_samples(old_samples, new), invalid)
+            if key in stored:
+                if row.dados == bytes(stored[key]):
+                    continue  # every sample was already in
+                merged += 1
+            writes.append(
+                (
+                    key[0],
+                    key[1],
+                    row.dados,
+                    row.qualidade,
+                    row.energia_kwh,
+                    row.potencia_ativa_kw,
+                    row.num_leituras,
+                    ends[key],
+                    epoch,
+                )
+            )
+        if writes:
+            await conn.executemany(self._q["upsert_rollup"], writes)
+        return len(writes) - merged, merged
+
+    async def _insert_rejects(self, conn: Conn, rejects: list[Reject], epoch: int) -> None:
+        await conn.executemany(
+            self._q["insert_reject"],
+            [
+                (
+                    r.topic,
+                    r.payload,
+                    r.payload_sha256,
+                    r.reason,
+                    r.received_at,
+                    self._instance_id,
+                    epoch,
+                )
+                for r in rejects
+            ],
+        )
 
     # --- confirming (standby) -----------------------------------------------------------
 
     async def committed_readings(self, readings: list[Reading]) -> list[ReadingKey]:
         """Which of these readings are already stored (by whichever leader)."""
-        if not readings:
-            return []
+        plain = [r for r in readings if not r.is_rollup_sample]
+        samples = [r for r in readings if r.is_rollup_sample]
+        found: list[ReadingKey] = []
         try:
-            rows = await self._pool.fetch(
-                self._q["probe_readings"],
-                [r.equipamento_id for r in readings],
-                [r.timestamp_dados for r in readings],
-                timeout=constants.DB_CALL_TIMEOUT_S,
-            )
+            if plain:
+                rows = await self._pool.fetch(
+                    self._q["probe_readings"],
+                    [r.equipamento_id for r in plain],
+                    [r.timestamp_dados for r in plain],
+                    timeout=constants.DB_CALL_TIMEOUT_S,
+                )
+                found += [plain[row["pos"] - 1].key for row in rows]
+            if samples:
+                rows = await self._pool.fetch(
+                    self._q["probe_rollup_samples"],
+                    [r.equipamento_id for r in samples],
+                    [r.timestamp_dados for r in samples],
+                    [rollup.sample_key(r.sample_at) for r in samples if r.sample_at],
+                    timeout=constants.DB_CALL_TIMEOUT_S,
+                )
+                found += [samples[row["pos"] - 1].key for row in rows]
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_error(exc)) from exc
-        return [readings[row["pos"] - 1].key for row in rows]
+        return found
 
     async def committed_rejects(self, rejects: list[Reject]) -> list[RejectKey]:
         if not rejects:

@@ -183,6 +183,30 @@ WITH inserted AS (
 )
 SELECT count(*) FROM inserted;
 
+-- name: rollup_rows_for_update
+-- $1 equipamento ids, $2 minute starts (parallel arrays). The stored rollup rows of
+-- these minutes, locked: their samples are merged with the new ones in this transaction.
+SELECT d.equipamento_id::text AS equipamento_id, d.timestamp_dados, d.dados
+FROM equipamentos_dados d
+JOIN unnest($1::{id_type}[], $2::{ts_type}[]) AS k(equipamento_id, ts)
+  ON d.equipamento_id = k.equipamento_id AND d.timestamp_dados = k.ts
+FOR UPDATE OF d;
+
+-- name: upsert_rollup
+-- $1 equipamento_id, $2 minute start, $3 dados, $4 qualidade, $5 energia_kwh,
+-- $6 potencia_ativa_kw, $7 num_leituras, $8 timestamp_fim, $9 epoch. The row recomputed
+-- from the union of stored and new samples replaces the stored one.
+INSERT INTO equipamentos_dados (
+    equipamento_id, timestamp_dados, dados, fonte, qualidade, energia_kwh,
+    potencia_ativa_kw, num_leituras, timestamp_fim, ha_epoch
+)
+VALUES ($1, $2, $3, 'MQTT', $4, $5, $6, $7, $8, $9)
+ON CONFLICT (equipamento_id, timestamp_dados) DO UPDATE SET
+    dados = excluded.dados, qualidade = excluded.qualidade,
+    energia_kwh = excluded.energia_kwh, potencia_ativa_kw = excluded.potencia_ativa_kw,
+    num_leituras = excluded.num_leituras, timestamp_fim = excluded.timestamp_fim,
+    ha_epoch = excluded.ha_epoch;
+
 -- name: insert_reject
 -- $1 topic, $2 payload, $3 payload_sha256, $4 reason, $5 received_at, $6 instance_id,
 -- $7 epoch.
@@ -203,6 +227,16 @@ SELECT k.pos
 FROM unnest($1::{id_type}[], $2::{ts_type}[]) WITH ORDINALITY AS k(equipamento_id, ts, pos)
 JOIN equipamentos_dados d
   ON d.equipamento_id = k.equipamento_id AND d.timestamp_dados = k.ts;
+
+-- name: probe_rollup_samples
+-- $1 equipamento ids, $2 minute starts, $3 sample keys (parallel arrays). Which rollup
+-- samples a standby holds are already inside a stored row: their 1-based positions.
+SELECT k.pos
+FROM unnest($1::{id_type}[], $2::{ts_type}[], $3::text[])
+     WITH ORDINALITY AS k(equipamento_id, ts, sample, pos)
+JOIN equipamentos_dados d
+  ON d.equipamento_id = k.equipamento_id AND d.timestamp_dados = k.ts
+WHERE (d.dados::jsonb -> 'samples') ? k.sample;
 
 -- name: probe_rejects
 -- $1 topics, $2 payload hashes (parallel arrays). Same as probe_readings for rejects.

@@ -250,3 +250,50 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+def _sample(equip: str, at: datetime, watts: float) -> Reading:
+    minute = at.replace(second=0, microsecond=0)
+    payload = {"timestamp": at.timestamp(), "power": {"active_total": watts}}
+    return Reading(
+        equip,
+        minute,
+        orjson.dumps(payload),
+        timestamp_fim=minute + timedelta(minutes=1),
+        sample_at=at,
+    )
+
+
+async def test_rollup_rows_merge_late_samples_deterministically(
+    store: Store, elections: list[Election], migrated: str
+) -> None:
+    """Samples of one minute written in two flushes (the second late) end as one row equal
+    to writing them together; a standby's probe then finds each sample."""
+    assert await elections[0].try_acquire() is not None
+    at = T0 + timedelta(minutes=5)
+    first = [_sample("e1", at + timedelta(seconds=s), w) for s, w in ((0, 60_000), (20, 30_000))]
+    late = [_sample("e1", at + timedelta(seconds=40), 30_000)]
+    r1 = await store.flush(first, [], epoch=1)
+    r2 = await store.flush([*late, first[0]], [], epoch=1)
+    assert (r1.rows, r1.merged, r2.rows, r2.merged) == (1, 0, 0, 1)
+    conn = await asyncpg.connect(migrated)
+    row = await conn.fetchrow(
+        "SELECT num_leituras, potencia_ativa_kw, energia_kwh, dados::text "
+        "AS dados FROM equipamentos_dados WHERE timestamp_dados = $1",
+        at,
+    )
+    await conn.execute("DELETE FROM equipamentos_dados")
+    await conn.close()
+    assert (row["num_leituras"], row["potencia_ativa_kw"]) == (3, 40.0)
+    assert abs(row["energia_kwh"] - 40.0 / 60) < 1e-9
+    together = await store.flush([*late, *first], [], epoch=1)
+    assert together.rows == 1
+    conn = await asyncpg.connect(migrated)
+    again = await conn.fetchval(
+        "SELECT dados::text FROM equipamentos_dados WHERE timestamp_dados = $1", at
+    )
+    await conn.close()
+    assert orjson.loads(again) == orjson.loads(row["dados"])
+    other = _sample("e1", at + timedelta(seconds=50), 1.0)
+    found = await store.committed_readings([*first, *late, other])
+    assert sorted(found) == sorted(r.key for r in [*first, *late])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -124,18 +124,17 @@ def test_m160_dados_is_the_flattened_summary() -> None:
     assert "Resumo" not in stored
 
 
-def test_inverter_fixture_decodes_as_generic_for_now() -> None:
-    """inverter_reading.json has no family yet: the generic family stores it (epoch seconds)."""
+def test_inverter_fixture_is_a_sample_of_its_minute() -> None:
+    """inverter_reading.json becomes one rollup sample: keyed by its own instant, filed
+    under its minute (epoch seconds 1764374460 = 2025-11-29T00:01:00Z)."""
     payload = fixture("inverter_reading.json")
     reading = only_reading(payload)
-    assert reading.timestamp_dados == datetime(2025, 11, 29, 0, 1, tzinfo=UTC)  # 1764374460
+    instant = datetime(2025, 11, 29, 0, 1, tzinfo=UTC)
+    assert reading.sample_at == instant and reading.is_rollup_sample
+    assert reading.timestamp_dados == instant.replace(second=0)
+    assert reading.timestamp_fim == instant.replace(second=0) + timedelta(minutes=1)
+    assert reading.key[1] == instant  # two samples of one minute are two pending entries
     assert reading.dados == orjson.dumps(orjson.loads(payload))
-    assert reading.qualidade == "bom"
-    assert (reading.energia_kwh, reading.potencia_ativa_kw, reading.num_leituras) == (
-        None,
-        None,
-        None,
-    )
 
 
 def bad_lines() -> list[bytes]:
@@ -510,7 +509,7 @@ def test_default_decoders_do_not_share_families() -> None:
     """Each decoder gets its own family instances (state must not leak between them)."""
     first = Decoder(max_payload_bytes=LIMIT)
     second = Decoder(max_payload_bytes=LIMIT)
-    assert [f.name for f in first.families] == ["m160_summary", "generic"]
+    assert [f.name for f in first.families] == ["m160_summary", "inverter", "generic"]
     assert all(a is not b for a, b in zip(first.families, second.families, strict=True))
     assert first.flush(RECEIVED).readings == []
 
