@@ -395,11 +395,12 @@ class ResourceSampler:
 
 
 def _machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    """CPU seconds all cores spent busy since boot (Linux: guest time is already in user,
+    and steal is time the hypervisor gave to somebody else)."""
     import psutil
 
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
 # --- servers -------------------------------------------------------------------------

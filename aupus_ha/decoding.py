@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Final, Protocol, TypeGuard, runtime_checkable
 
@@ -56,6 +57,7 @@ import orjson
 
 from aupus_ha import constants, rollup, timestamps
 from aupus_ha.readings import Decoded, Equipment, Reading, Reject
+from aupus_ha.schemas import validation_errors
 from aupus_ha.timestamps import TimestampError, parse_timestamp
 
 REASON_TOO_LARGE: Final = "payload_too_large"
@@ -270,10 +272,9 @@ class Decoder:
         try:
             obj = _load_object(payload)
             family = self._family_for(obj)
-            if len(equipment) == 1:
-                readings = family.decode(obj, equipment[0], received_at)
-            else:
-                readings = [r for e in equipment for r in family.decode(obj, e, received_at)]
+            readings = [
+                _checked(r, obj, e) for e in equipment for r in family.decode(obj, e, received_at)
+            ]
         except (DecodeError, TimestampError) as exc:
             return _reject(topic, payload, received_at, exc.reason, exc.message)
         return Decoded(readings)
@@ -283,6 +284,19 @@ class Decoder:
             if family.matches(obj):
                 return family
         raise DecodeError(REASON_NO_FAMILY, "no family matches the object")
+
+
+def _checked(reading: Reading, obj: dict[str, object], equipment: Equipment) -> Reading:
+    """Apply the equipment type's `mqtt_schema`: a failing reading is `ruim`, and its
+    validation errors are kept in the stored JSON (a rollup sample is only marked)."""
+    errors = validation_errors(equipment.mqtt_schema, obj)
+    if not errors:
+        return reading
+    if reading.is_rollup_sample:
+        return replace(reading, qualidade=constants.QUALITY_BAD)
+    dados = orjson.loads(reading.dados)
+    dados["_validacao"] = errors
+    return replace(reading, qualidade=constants.QUALITY_BAD, dados=encode_dados(dados))
 
 
 def _load_object(payload: bytes) -> dict[str, object]:

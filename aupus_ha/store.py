@@ -20,6 +20,7 @@ from aupus_ha import constants, rollup
 from aupus_ha.db import CONNECTION_ERRORS, DatabaseUnavailable, describe_error
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Equipment, Reading, ReadingKey, Reject, RejectKey
+from aupus_ha.schemas import compile_schema
 from aupus_ha.timestamps import to_legacy_local
 
 # A pooled connection or a plain one: the flush helpers work on either.
@@ -182,11 +183,15 @@ class Store:
         """Union each minute's new samples with its stored ones and rewrite the row."""
         minutes: dict[tuple[str, datetime], dict[str, rollup.Sample]] = {}
         ends: dict[tuple[str, datetime], datetime | None] = {}
+        invalid_new: set[str] = set()  # samples that failed their type's schema
         for r in samples:
             assert r.sample_at is not None
             key = (r.equipamento_id, r.timestamp_dados)
-            minutes.setdefault(key, {})[rollup.sample_key(r.sample_at)] = orjson.loads(r.dados)
+            name = rollup.sample_key(r.sample_at)
+            minutes.setdefault(key, {})[name] = orjson.loads(r.dados)
             ends[key] = r.timestamp_fim
+            if r.qualidade == constants.QUALITY_BAD:
+                invalid_new.add(name)
         keys = list(minutes)
         stored = {
             (row["equipamento_id"], row["timestamp_dados"]): row["dados"]
@@ -197,6 +202,7 @@ class Store:
         writes, merged = [], 0
         for key, new in minutes.items():
             old_samples, invalid = rollup.samples_of(stored.get(key))
+            invalid |= invalid_new.intersection(new)
             row = rollup.build_row(rollup.merge_samples(old_samples, new), invalid)
             if key in stored:
                 if row.dados == bytes(stored[key]):
@@ -293,7 +299,7 @@ class Store:
                 id=r["id"],
                 topic=r["topic"],
                 type_code=r["type_code"],
-                mqtt_schema=_load_schema(r["mqtt_schema"]),
+                mqtt_schema=compile_schema(r["mqtt_schema"]),
             )
             for r in rows
         ]
@@ -347,16 +353,6 @@ def _refused(reading: Reading, exc: BaseException) -> Reject:
         reason=f"store_refused: {describe_error(exc)}"[:500],
         received_at=datetime.now().astimezone(),
     )
-
-
-def _load_schema(raw: str | None) -> object | None:
-    if raw is None:
-        return None
-    try:
-        schema: object = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return schema
 
 
 def _jsonable(row: dict[str, object]) -> dict[str, object]:

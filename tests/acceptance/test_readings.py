@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,3 +107,44 @@ async def _count(dsn: str, equip: str, samples: int) -> bool:
         dsn, "SELECT num_leituras FROM equipamentos_dados WHERE equipamento_id = $1", equip
     )
     return bool(rows) and rows[0]["num_leituras"] == samples
+
+
+def _bad_lines() -> list[bytes]:
+    lines = (FIXTURES / "bad_inputs.txt").read_bytes().splitlines()
+    return [
+        re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), line)
+        for line in lines
+        if line.strip() and not line.startswith(b"#")
+    ]
+
+
+async def test_every_bad_input_lands_in_ingest_rejects(
+    spawn: ClusterFactory, database_url: str, mosquitto: object
+) -> None:
+    """Each bad payload (and an oversized one) becomes a row in ingest_rejects with a
+    reason, written by the leader; the good readings around them are stored."""
+    await _seed(database_url)
+    url = mosquitto.url  # type: ignore[attr-defined]
+    leader = spawn("node-a", MAX_PAYLOAD_BYTES="4096")
+    await wait_single_leader([leader])
+    standby = spawn("node-b", MAX_PAYLOAD_BYTES="4096")
+    await wait_until(lambda: _standby(standby), 20, "standby not ready")
+    bad = [*_bad_lines(), b'{"power": "' + b"x" * 5000 + b'"}']
+    good = [orjson.dumps({"timestamp": f"2026-11-28T20:0{i}:00Z", "power": i}) for i in range(2)]
+    await _send(url, [("t/gen", good[0]), *[("t/gen", b) for b in bad], ("t/gen", good[1])])
+
+    async def all_rejected() -> bool:
+        rows = await fetch(database_url, "SELECT count(*) AS n FROM ingest_rejects")
+        return bool(rows[0]["n"] == len(bad))
+
+    await wait_until(all_rejected, 15, f"rejects missing: {leader.tail()}")
+    rows = await fetch(
+        database_url, "SELECT topic, payload, reason, instance_id FROM ingest_rejects"
+    )
+    assert {bytes(r["payload"][:4096]) for r in rows} == {b[:4096] for b in bad}
+    assert all(r["reason"] and r["topic"] == "t/gen" for r in rows)
+    assert {r["instance_id"] for r in rows} == {"node-a"}
+    reasons = {r["reason"].split(":")[0] for r in rows}
+    assert {"invalid_json", "not_utf8", "payload_too_large", "timestamp_out_of_range"} <= reasons
+    stored = await fetch(database_url, "SELECT count(*) AS n FROM equipamentos_dados")
+    assert stored[0]["n"] == 4  # two good readings for each of the two equipment on t/gen

@@ -125,3 +125,63 @@ async def test_legacy_database_keeps_its_types_and_rows(conn: asyncpg.Connection
     )
     assert len(new_id) == 26
     assert await apply_migrations(conn) == []
+
+
+async def test_store_writes_the_legacy_convention(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    """On the legacy schema rows are written in Brasília wall time to the second; two
+    readings of one equipment in the same second keep only the first; rollup minutes
+    and standby probes work with the char(26)/timestamp(0) types."""
+    from datetime import UTC, datetime, timedelta
+
+    import orjson
+
+    from aupus_ha.config import load_settings
+    from aupus_ha.db import create_pool
+    from aupus_ha.queries import Queries
+    from aupus_ha.readings import Reading
+    from aupus_ha.store import Store, detect_convention
+
+    await conn.execute(LEGACY_SCHEMA)
+    await apply_migrations(conn)
+    await conn.execute("INSERT INTO ha_leadership (cluster_name, epoch) VALUES ('aupus', 1)")
+    convention = await detect_convention(conn, Queries()["column_types"])
+    assert convention.legacy_timestamps and convention.id_type == "bpchar"
+    settings = load_settings({"DATABASE_URL": database_url, "MQTT_MODE": "disabled"})
+    pool = await create_pool(settings, "aupus-ha/legacy-test")
+    store = Store(
+        pool, Queries(id_type="bpchar", ts_type="timestamp"), cluster_name="aupus", instance_id="t"
+    )
+    equip = "ckx0000000000000000000001"
+    at = datetime(2026, 11, 29, 0, 1, 2, 300_000, tzinfo=UTC)
+    plain = [
+        convention.apply(Reading(equip, at + timedelta(milliseconds=ms), b"{}")) for ms in (0, 400)
+    ]
+    minute = at.replace(second=0, microsecond=0)
+    sample = convention.apply(
+        Reading(
+            equip,
+            minute,
+            orjson.dumps({"power": {"active_total": 6000}}),
+            timestamp_fim=minute + timedelta(minutes=1),
+            sample_at=at + timedelta(seconds=5),
+        )
+    )
+    try:
+        result = await store.flush([*plain, sample], [], epoch=1)
+        assert (result.rows, result.duplicates) == (2, 1)  # same second: one row, one dup
+        found = await store.committed_readings([*plain, sample])
+        assert len(found) == 3
+    finally:
+        await pool.close()
+    rows = await conn.fetch(
+        "SELECT timestamp_dados, num_leituras FROM equipamentos_dados "
+        "WHERE equipamento_id = $1 ORDER BY timestamp_dados",
+        equip,
+    )
+    assert [r["timestamp_dados"] for r in rows] == [
+        datetime(2026, 11, 28, 21, 0, 30),  # the legacy row already there
+        datetime(2026, 11, 28, 21, 1),  # the rollup minute
+        datetime(2026, 11, 28, 21, 1, 2),
+    ]

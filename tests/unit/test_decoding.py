@@ -563,3 +563,19 @@ def test_arbitrary_json_never_raises(value: object, n_equipment: int) -> None:
         assert reading.qualidade in ("bom", "parcial", "ruim")
         assert reading.timestamp_dados.tzinfo is not None
         assert isinstance(orjson.loads(reading.dados), dict)
+
+
+def test_type_schema_makes_failing_readings_ruim_with_errors_kept() -> None:
+    """A reading failing its type's mqtt_schema is `ruim` and keeps the errors in its JSON;
+    a null or invalid schema counts as valid."""
+    from aupus_ha.schemas import compile_schema
+
+    schema = compile_schema('{"type": "object", "required": ["power"]}')
+    decoder = Decoder(max_payload_bytes=LIMIT)
+    good = decoder.decode("t", b'{"power": 1}', [Equipment("e", "t", None, schema)], RECEIVED)
+    bad = decoder.decode("t", b'{"volts": 1}', [Equipment("e", "t", None, schema)], RECEIVED)
+    assert good.readings[0].qualidade == "bom"
+    assert bad.readings[0].qualidade == "ruim"
+    assert "power" in orjson.loads(bad.readings[0].dados)["_validacao"][0]
+    assert compile_schema('{"type": 12}') is None  # not a valid schema: no check
+    assert compile_schema(None) is None
