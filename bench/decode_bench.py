@@ -34,7 +34,7 @@ def cases() -> dict[str, bytes]:
         "generic": (FIXTURES / "generic_reading.json").read_bytes(),
         "m160 wrapped": m160,
         "m160 unwrapped": orjson.dumps(orjson.loads(m160)["Resumo"]),
-        "inverter (as generic)": (FIXTURES / "inverter_reading.json").read_bytes(),
+        "inverter sample": (FIXTURES / "inverter_reading.json").read_bytes(),
         "bad: not json": b"not json at all",
         "bad: timestamp": b'{"timestamp": "31/02/2026 25:61:00", "power": 1}',
     }
