@@ -54,6 +54,7 @@ class HttpServer:
                 web.get("/health/leader", self.leader),
                 web.get("/health/standby", self.standby),
                 web.get("/health/cluster", self.cluster),
+                web.get("/health/mqtt", self.mqtt),
             ]
         )
         return app
@@ -190,3 +191,30 @@ class HttpServer:
                 **view,
             }
         )
+
+    async def mqtt(self, request: web.Request) -> web.Response:
+        """Broker connection, subscriptions (and skipped invalid topics), intake counters."""
+        inst = self._instance
+        ingest = inst.mqtt
+        connected = bool(ingest and ingest.connected)
+        body = {
+            "status": "connected" if connected else "disconnected",
+            "instance_id": inst.settings.instance_id,
+            "mode": inst.settings.mqtt_mode,
+            "subscribedTopics": len(ingest.stats.subscribed) if ingest else 0,
+            "topics": sorted(ingest.stats.subscribed) if ingest else [],
+            "invalidTopics": [
+                {"equipamento_id": i.equipamento_id, "topic": i.topic, "problem": i.problem}
+                for i in inst.catalog.invalid
+            ],
+            "counters": {
+                "messages": inst.intake.messages,
+                "readings": inst.intake.readings,
+                "rejects": inst.intake.rejects,
+                "rejectsByReason": dict(inst.intake.by_reason),
+                "connects": ingest.stats.connects if ingest else 0,
+                "disconnects": ingest.stats.disconnects if ingest else 0,
+            },
+        }
+        ok = connected or not inst.settings.mqtt_enabled
+        return _json(body, 200 if ok else 503)

@@ -127,3 +127,39 @@ async def test_leader_cut_off_from_its_broker_hands_over(
     await publish(standby_broker.url, messages, rate=100)
     await wait_all_stored(database_url, {(e, ts) for _, _, e, ts in messages})
     assert not await leader.is_leader()
+
+
+async def test_invalid_topics_are_skipped_and_reported(
+    spawn: ClusterFactory, database_url: str
+) -> None:
+    """Wildcards, empty topics and leading/trailing '/' are never subscribed; they are
+    logged and listed on /health/mqtt."""
+    await seed_equipment(database_url, 1)
+    conn = await asyncpg.connect(database_url)
+    await conn.executemany(
+        "INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado) "
+        "VALUES ($1, $1, $2, true)",
+        [
+            ("bad-1", "a/+/b"),
+            ("bad-2", "x/#"),
+            ("bad-3", "/lead"),
+            ("bad-4", "trail/"),
+            ("bad-5", ""),
+        ],
+    )
+    await conn.close()
+    node = spawn("node-a")
+    await wait_single_leader([node])
+    await wait_until(lambda: _subscribed(node, 1), 10, "valid topic not subscribed")
+    status, body = await node.get("/health/mqtt")
+    assert status == 200 and body is not None
+    assert body["topics"] == ["aupus/test/eq0000"]
+    assert sorted(i["equipamento_id"] for i in body["invalidTopics"]) == [
+        "bad-1",
+        "bad-2",
+        "bad-3",
+        "bad-4",
+        "bad-5",
+    ]
+    logged = {e["equipamento_id"] for e in node.find("topics.invalid")}
+    assert logged == {"bad-1", "bad-2", "bad-3", "bad-4", "bad-5"}
