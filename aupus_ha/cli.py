@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
     demo.add_argument("--fleet", type=int, default=20, help="number of simulated devices")
     demo.add_argument("--rate", type=float, default=100.0, help="readings per second")
+    demo.add_argument(
+        "--bad-ratio",
+        type=float,
+        default=0.0,
+        help="fraction of messages replaced by bad inputs (they end in ingest_rejects)",
+    )
 
     sim = sub.add_parser("simulate", help="publish a simulated fleet of meters and inverters")
     sim.add_argument("--broker", help="mqtt:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)")
@@ -155,7 +161,7 @@ def _demo(args: argparse.Namespace) -> int:
     from aupus_ha.demo import DemoOptions
     from aupus_ha.demo import main as demo_main
 
-    return demo_main(DemoOptions(args.duration, args.fleet, args.rate))
+    return demo_main(DemoOptions(args.duration, args.fleet, args.rate, args.bad_ratio))
 
 
 def _bench(args: argparse.Namespace) -> int:

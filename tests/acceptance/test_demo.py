@@ -1,0 +1,78 @@
+"""`aupus-ha demo` as a user runs it: no reading lost or doubled, nothing left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+DEMO_TIMEOUT_S = 150.0
+POLL_S = 0.05
+
+ProcessId = tuple[int, float]  # (pid, create_time): a pid alone may be recycled
+
+
+def _descendants(pid: int) -> set[ProcessId]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    found: set[ProcessId] = set()
+    for child in children:
+        try:
+            found.add((child.pid, child.create_time()))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _still_running(process: ProcessId) -> bool:
+    pid, created = process
+    try:
+        proc = psutil.Process(pid)
+        return bool(
+            proc.create_time() == created
+            and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        )
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _demo_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("aupus-demo-*"))
+
+
+def test_demo_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
+    """The short demo ends 0 lost / 0 duplicated, its processes and temp dirs all gone."""
+    dirs_before = _demo_dirs()
+    output = tmp_path / "demo.out"
+    seen: set[ProcessId] = set()
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aupus_ha", "demo", "--duration", "8", "--fleet", "6"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,  # no stray ./.env
+        )
+        deadline = time.monotonic() + DEMO_TIMEOUT_S
+        try:
+            while proc.poll() is None:  # every child it starts, the restarted instance too
+                seen |= _descendants(proc.pid)
+                assert time.monotonic() < deadline, "the demo did not finish in time"
+                time.sleep(POLL_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    text = output.read_text(errors="replace")
+
+    assert proc.returncode == 0, text
+    assert "lost 0" in text and "duplicated 0" in text, text
+    assert seen, "no child process was observed"
+    leftovers = [p for p in seen if _still_running(p)]
+    assert not leftovers, f"processes left behind: {leftovers}"
+    assert _demo_dirs() - dirs_before == set()
