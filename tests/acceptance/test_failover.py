@@ -74,31 +74,39 @@ async def test_exactly_one_leader_sampled_continuously(
     } <= set(body)
 
 
+async def _fault_mid_stream(
+    spawn: ClusterFactory, dsn: str, broker_url: str, fault: signal.Signals
+) -> tuple[InstanceProcess, InstanceProcess, float]:
+    """Start a pair, publish 600 readings at 200/s, send `fault` to the leader half-way.
+
+    Returns (old leader, new leader, seconds until the new leader answered 200) once
+    every reading is stored, after checking each is stored exactly once.
+    """
+    equipment = await seed_equipment(dsn, 10)
+    leader, standby = await _start_pair(spawn)
+    messages = generic_messages(equipment, 60)
+    half = asyncio.Event()
+    pub = asyncio.create_task(
+        publish(broker_url, messages, rate=200, on_sent=lambda n: n == 300 and half.set())
+    )
+    await asyncio.wait_for(half.wait(), 20)
+    faulted_at = time.monotonic()
+    leader.signal(fault)
+    failover = await _failover_seconds(standby, faulted_at)
+    assert await pub == len(messages)
+    await wait_all_stored(dsn, {(e, ts) for _, _, e, ts in messages})
+    keys = await stored_keys(dsn)
+    assert len(keys) == len(set(keys)) == len(messages)
+    return leader, standby, failover
+
+
 async def test_kill9_of_leader_loses_nothing(
     spawn: ClusterFactory, database_url: str, mosquitto: object
 ) -> None:
     """kill -9 of the leader while readings flow: standby leads within 2 s, all stored once."""
-    equipment = await seed_equipment(database_url, 10)
-    leader, standby = await _start_pair(spawn)
-    messages = generic_messages(equipment, 60)  # 600 readings at 200/s = 3 s
-    half = asyncio.Event()
-    pub = asyncio.create_task(
-        publish(
-            mosquitto.url,
-            messages,
-            rate=200,  # type: ignore[attr-defined]
-            on_sent=lambda n: n == 300 and half.set(),
-        )
-    )
-    await asyncio.wait_for(half.wait(), 20)
-    killed_at = time.monotonic()
-    leader.signal(signal.SIGKILL)
-    failover = await _failover_seconds(standby, killed_at)
+    url = mosquitto.url  # type: ignore[attr-defined]
+    _, standby, failover = await _fault_mid_stream(spawn, database_url, url, signal.SIGKILL)
     assert failover < 2.0, f"failover took {failover:.2f}s"
-    assert await pub == len(messages)
-    await wait_all_stored(database_url, {(e, ts) for _, _, e, ts in messages})
-    keys = await stored_keys(database_url)
-    assert len(keys) == len(set(keys)) == len(messages)
     acquired = standby.find("leader.acquired")
     assert acquired and acquired[-1]["previous_leader"] == "node-a"
     assert acquired[-1]["reason"] in {"lost", "evicted"} and acquired[-1]["epoch"] == 2
@@ -108,28 +116,10 @@ async def test_sigterm_hands_over_without_gap(
     spawn: ClusterFactory, database_url: str, mosquitto: object
 ) -> None:
     """SIGTERM of the leader: exit 0, release logged, standby leads at once, nothing lost."""
-    equipment = await seed_equipment(database_url, 10)
-    leader, standby = await _start_pair(spawn)
-    messages = generic_messages(equipment, 60)
-    half = asyncio.Event()
-    pub = asyncio.create_task(
-        publish(
-            mosquitto.url,
-            messages,
-            rate=200,  # type: ignore[attr-defined]
-            on_sent=lambda n: n == 300 and half.set(),
-        )
-    )
-    await asyncio.wait_for(half.wait(), 20)
-    stopped_at = time.monotonic()
-    leader.signal(signal.SIGTERM)
-    failover = await _failover_seconds(standby, stopped_at)
+    url = mosquitto.url  # type: ignore[attr-defined]
+    leader, _, failover = await _fault_mid_stream(spawn, database_url, url, signal.SIGTERM)
     assert await leader.wait_exit(15) == 0
     assert failover < 2.0, f"handover took {failover:.2f}s"
-    assert await pub == len(messages)
-    await wait_all_stored(database_url, {(e, ts) for _, _, e, ts in messages})
-    keys = await stored_keys(database_url)
-    assert len(keys) == len(set(keys)) == len(messages)
     assert leader.find("leader.released", epoch=1)
     handover = (
         await fetch(database_url, "SELECT reason, gap_ms FROM ha_handovers WHERE epoch = 2")
