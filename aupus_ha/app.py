@@ -36,6 +36,7 @@ from aupus_ha.flusher import Flusher
 from aupus_ha.ha import HaLoop
 from aupus_ha.ingest import MqttIngest
 from aupus_ha.logs import get_logger
+from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.store import KeyConvention, Store, detect_convention
@@ -88,6 +89,7 @@ class Instance:
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._fatal: BaseException | None = None
+        self.metrics = Metrics(self)  # per-instance Prometheus registry (GET /metrics)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -192,11 +194,12 @@ class Instance:
         )
         if self.pool is None:
             self.pool = await create_pool(self.settings, self.identity.app_name)
-        self.store = Store(
+        self.store = ObservedStore(
             self.pool,
             self._queries,
             cluster_name=self.settings.cluster_name,
             instance_id=self.settings.instance_id,
+            flush_seconds=self.metrics.flush_seconds,
         )
 
     def _start_tasks(self) -> None:
@@ -276,7 +279,12 @@ class Instance:
             decoded.readings = [self.convention.apply(r) for r in decoded.readings]
         await self.buffer.wait_for_space()
         self.buffer.add(decoded, time.monotonic())
-        if self.flusher is not None and self.buffer.readings_pending >= self.settings.batch_max:
+        if (
+            self.flusher is not None
+            and self.buffer.readings_pending >= self.settings.batch_max
+            and self.ha is not None
+            and self.ha.is_leader()  # a standby trims on its own clock, never per message
+        ):
             self.flusher.nudge()
 
     # --- topics ------------------------------------------------------------------------------

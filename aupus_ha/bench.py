@@ -160,6 +160,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
 class Usage:
     cpu_pct: float  # of one core, averaged over the phase
     peak_rss_mb: float
+    cpu_s: float  # CPU seconds over the phase
 
 
 @dataclass(slots=True)
@@ -176,6 +177,7 @@ class PhaseResult:
     latency_ms: dict[str, float]
     flushes: dict[str, float]
     resources: dict[str, Usage]
+    cpu_us_per_reading: dict[str, float]
 
 
 @dataclass(slots=True)
@@ -203,6 +205,7 @@ class BenchReport:
     machine: dict[str, object]
     settings: dict[str, object]
     baselines: dict[str, float]
+    costs: dict[str, float]  # CPU µs per message of the baseline subscriber
     phases: list[PhaseResult]
     failover: dict[str, dict[str, float]]
     faults: list[FaultResult]
@@ -359,7 +362,9 @@ class ResourceSampler:
         used[OTHERS] = max(0.0, used[MACHINE] - sum(v for g, v in used.items() if g != MACHINE))
         return {
             group: Usage(
-                round(100 * cpu / seconds, 1), round(window.peak_rss.get(group, 0) / 2**20, 1)
+                cpu_pct=round(100 * cpu / seconds, 1),
+                peak_rss_mb=round(window.peak_rss.get(group, 0) / 2**20, 1),
+                cpu_s=round(cpu, 3),
             )
             for group, cpu in used.items()
         }
@@ -376,16 +381,19 @@ class ResourceSampler:
         self._machine_last = busy
 
     def _account(self, group: str, pid: int, primed: bool) -> int:
-        """Add the pid's CPU since the last sample to its group; returns its RSS."""
+        """Add the pid's CPU since the last sample to its group; returns its memory: RSS,
+        or for PostgreSQL RSS minus shared pages (every backend maps the shared buffers,
+        so summing RSS would count them once per backend)."""
         import psutil
 
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
                 times = proc.cpu_times()
-                rss: int = proc.memory_info().rss
+                mem = proc.memory_info()
         except psutil.Error:
             return 0
+        rss: int = mem.rss - mem.shared if group.startswith("postgres") else mem.rss
         cpu = float(times.user + times.system)
         previous = self._last.get(pid)
         delta = cpu - previous if previous is not None else (cpu if primed else 0.0)
@@ -497,6 +505,7 @@ async def _jsonb_as_bytes(conn: asyncpg.Connection) -> None:
 
 # --- raw baselines: database ---------------------------------------------------------
 
+Writer = Callable[[list[Reading]], Awaitable[object]]
 NAIVE_INSERT = (
     f"INSERT INTO equipamentos_dados ({', '.join(STAGING_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i + 1}' for i in range(len(STAGING_COLUMNS)))})"
@@ -518,7 +527,7 @@ def _as_record(r: Reading) -> tuple[object, ...]:
 
 
 async def _rows_per_second(
-    write: Callable[[list[Reading]], Awaitable[object]],
+    write: Writer,
     source: ReadingSource,
     *,
     batch: int,
@@ -540,37 +549,44 @@ async def database_baselines(
 ) -> dict[str, float]:
     """COPY, the store's flush, and one INSERT per reading, each into an empty table."""
     await _prepare_scratch(dsn)
-    conn = await _connect(dsn)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, init=_jsonb_as_bytes)
-    try:
-        store = Store(pool, Queries(), cluster_name=CLUSTER, instance_id="bench")
-
-        async def copy(readings: list[Reading]) -> None:
-            records = [_as_record(r) for r in readings]
-            await conn.copy_records_to_table(
-                "equipamentos_dados", records=records, columns=STAGING_COLUMNS, timeout=60
-            )
-
-        async def flush(readings: list[Reading]) -> None:
-            await store.flush(readings, [], 1)
-
-        async def naive(readings: list[Reading]) -> None:
-            for r in readings:
-                await conn.execute(NAIVE_INSERT, *_as_record(r), timeout=10)
-
+    async with contextlib.AsyncExitStack() as stack:
+        conn = await _connect(dsn)
+        stack.push_async_callback(conn.close, timeout=5)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=1, init=_jsonb_as_bytes, timeout=10
+        )
+        stack.push_async_callback(asyncio.wait_for, pool.close(), 10)
         results = {}
-        for name, write, batch in (
-            ("copy_rows_s", copy, BATCH),
-            ("store_flush_rows_s", flush, BATCH),
-            ("naive_insert_rows_s", naive, 200),
-        ):
+        for name, write, batch in _writers(conn, pool):
             await conn.execute("TRUNCATE equipamentos_dados", timeout=60)
             results[name] = await _rows_per_second(write, source, batch=batch, budget_s=budget_s)
             say.say(f"baseline {name}: {results[name]:,.0f}")
         return results
-    finally:
-        await pool.close()
-        await conn.close(timeout=5)
+    raise AssertionError("unreachable")  # for mypy: the block returns or raises
+
+
+def _writers(conn: asyncpg.Connection, pool: asyncpg.Pool) -> list[tuple[str, Writer, int]]:
+    """(name, write, batch size) of each database baseline."""
+    store = Store(pool, Queries(), cluster_name=CLUSTER, instance_id="bench")
+
+    async def copy(readings: list[Reading]) -> None:
+        records = [_as_record(r) for r in readings]
+        await conn.copy_records_to_table(
+            "equipamentos_dados", records=records, columns=STAGING_COLUMNS, timeout=60
+        )
+
+    async def flush(readings: list[Reading]) -> None:
+        await store.flush(readings, [], 1)
+
+    async def naive(readings: list[Reading]) -> None:
+        for r in readings:
+            await conn.execute(NAIVE_INSERT, *_as_record(r), timeout=10)
+
+    return [
+        ("copy_rows_s", copy, BATCH),
+        ("store_flush_rows_s", flush, BATCH),
+        ("naive_insert_rows_s", naive, 200),
+    ]
 
 
 async def _prepare_scratch(dsn: str) -> None:
@@ -598,6 +614,7 @@ class CountingSubscriber:
     """
 
     def __init__(self) -> None:
+        self.pid = 0
         self.received = 0
         self.last = 0.0
         self.ready = asyncio.Event()
@@ -621,6 +638,7 @@ class CountingSubscriber:
             stdout=asyncio.subprocess.PIPE,
         )
         pids.append(proc.pid)
+        sub.pid = proc.pid
         try:
             assert proc.stdout is not None
             async with _background(sub._follow(proc.stdout), "subscriber-output"):
@@ -669,12 +687,14 @@ async def _end_process(proc: asyncio.subprocess.Process) -> None:
 
 async def broker_fanout(
     url: str, source: ReadingSource, qos: int, budget_s: float, pids: list[int]
-) -> float:
-    """Messages/s from one publisher through the broker to one subscriber process."""
+) -> tuple[float, float]:
+    """(messages/s, subscriber CPU µs per message) from one publisher through the broker
+    to one subscriber process."""
     async with (
         CountingSubscriber.running(url, TOPIC_FILTER, qos, pids) as sub,
         _FanoutSender(url, qos) as sender,
     ):
+        cpu_before = await asyncio.to_thread(_cpu_seconds, sub.pid)
         first = time.time()
         end = time.monotonic() + budget_s
         sent = 0
@@ -685,7 +705,16 @@ async def broker_fanout(
             await sender.window()
             await sub.wait_below(sent, FANOUT_WINDOW)
         await sub.wait_all(sent)
-        return sub.received / max(1e-9, sub.last - first)
+        cpu = await asyncio.to_thread(_cpu_seconds, sub.pid) - cpu_before
+        rate = sub.received / max(1e-9, sub.last - first)
+        return rate, 1e6 * cpu / max(1, sub.received)
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 class _FanoutSender:
@@ -763,7 +792,7 @@ class RunContext:
     options: BenchOptions
     servers: Servers
     nodes: list[InstanceProcess]
-    db: asyncpg.Connection
+    db: asyncpg.Pool  # a pool: the sampler task queries while a phase does
     publisher: Publisher
     source: ReadingSource
     sampler: ResourceSampler
@@ -856,7 +885,9 @@ async def end_window(ctx: RunContext, name: str) -> dict[str, Usage]:
 
 async def sample_forever(ctx: RunContext) -> None:
     while True:
-        with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
+        with contextlib.suppress(
+            asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError
+        ):
             await sample_once(ctx)
         await asyncio.sleep(SAMPLE_S)
 
@@ -1034,6 +1065,9 @@ async def _finish_phase(
         latency_ms={k: round(1000 * float(stats[k] or 0), 1) for k in ("p50", "p99", "worst")},
         flushes=await asyncio.to_thread(flush_summary, ctx.nodes, started, ended),
         resources=resources,
+        cpu_us_per_reading={
+            g: round(1e6 * u.cpu_s / max(1, sent.sent), 1) for g, u in resources.items()
+        },
     )
     ctx.phases.append(result)
     ctx.say.say(
@@ -1185,7 +1219,9 @@ async def cluster_run(
     equipment = await seed_equipment(servers.dsn(BENCH_DB), options.equipment)
     say.say(f"starting node-a and node-b ({len(equipment)} equipment)")
     nodes = await start_cluster(servers, options)
-    db = await _connect(servers.dsn(BENCH_DB))
+    db = await asyncpg.create_pool(
+        servers.dsn(BENCH_DB), min_size=1, max_size=3, init=_jsonb_as_bytes, timeout=10
+    )
     try:
         async with Publisher(servers.broker.url) as publisher:
             ctx = RunContext(
@@ -1201,7 +1237,7 @@ async def cluster_run(
             async with _background(sample_forever(ctx), "sampler"):
                 yield ctx
     finally:
-        await db.close(timeout=5)
+        await asyncio.wait_for(db.close(), timeout=10)
 
 
 async def warm_up(ctx: RunContext) -> None:
@@ -1216,27 +1252,30 @@ async def run_bench(options: BenchOptions, say: Progress | None = None) -> Bench
     say = say or Progress()
     async with embedded_servers(durable=options.durable, keep=options.keep) as servers:
         say.say(f"servers up in {servers.workdir}; measuring the raw limits")
-        baselines = await measure_baselines(servers, options, say)
+        baselines, costs = await measure_baselines(servers, options, say)
         async with cluster_run(servers, options, say) as ctx:
             await warm_up(ctx)
             await run_phases(ctx)
             parts = await _collect(ctx)
-    return _assemble(ctx, baselines, parts)
+    return _assemble(ctx, baselines, parts | {"costs": costs})
 
 
 async def measure_baselines(
     servers: Servers, options: BenchOptions, say: Progress
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The raw limits (per second), and the fan-out subscriber's CPU µs per message."""
     equipment = [(f"eq{i:04d}", f"aupus/test/eq{i:04d}") for i in range(options.equipment)]
     source = ReadingSource(equipment, options.payload_bytes)
     results = await database_baselines(servers.dsn(SCRATCH_DB), source, options.baseline_s, say)
+    costs = {}
     for qos in (1, 0):
-        rate = await broker_fanout(
+        rate, cost = await broker_fanout(
             servers.broker.url, source, qos, options.baseline_s, servers.pids
         )
         results[f"broker_qos{qos}_msgs_s"] = rate
-        say.say(f"baseline broker fan-out QoS {qos}: {rate:,.0f} msgs/s")
-    return {k: round(v, 1) for k, v in results.items()}
+        costs[f"subscriber_qos{qos}_cpu_us_per_msg"] = round(cost, 1)
+        say.say(f"baseline broker fan-out QoS {qos}: {rate:,.0f} msgs/s, {cost:.0f} µs CPU/msg")
+    return {k: round(v, 1) for k, v in results.items()}, costs
 
 
 async def run_phases(ctx: RunContext) -> None:
@@ -1298,6 +1337,7 @@ def _assemble(ctx: RunContext, baselines: dict[str, float], parts: dict[str, Any
         machine=parts["machine"],
         settings=settings,
         baselines=baselines,
+        costs=parts["costs"],
         phases=ctx.phases,
         failover=fault_stats(ctx.faults),
         faults=ctx.faults,
@@ -1590,6 +1630,7 @@ def render_table(report: BenchReport) -> str:
         _baseline_lines(report),
         _phase_lines(report),
         _resource_lines(report),
+        _cost_lines(report),
         _flush_lines(report),
         _failover_lines(report),
         _ratio_lines(report),
@@ -1639,12 +1680,29 @@ def _resource_lines(report: BenchReport) -> str:
     if not report.phases:
         return ""
     names = [p.name for p in report.phases]
-    lines = [f"{'CPU % of one core / peak RSS MB':<34s}" + "".join(f"{n:>18s}" for n in names)]
+    lines = [f"{'CPU % of one core / peak RSS MB*':<34s}" + "".join(f"{n:>18s}" for n in names)]
     groups = [g for g in report.phases[0].resources if g not in (OTHERS, MACHINE)]
     groups += [OTHERS, MACHINE]
     for group in groups:
         cells = [_usage_cell(p.resources.get(group), group) for p in report.phases]
         lines.append(f"  {group:<32s}" + "".join(f"{c:>18s}" for c in cells))
+    lines.append("  * postgres rows: private memory (RSS minus shared pages), summed over backends")
+    return "\n".join(lines)
+
+
+def _cost_lines(report: BenchReport) -> str:
+    if not report.phases:
+        return ""
+    lines = [f"{'CPU µs per reading':<34s}" + "".join(f"{p.name:>18s}" for p in report.phases)]
+    groups = [g for g in report.phases[0].cpu_us_per_reading if g not in (OTHERS, MACHINE)]
+    for group in [*groups, MACHINE]:
+        cells = [p.cpu_us_per_reading.get(group) for p in report.phases]
+        lines.append(
+            f"  {group:<32s}"
+            + "".join(f"{c:>18,.1f}" if c is not None else " " * 18 for c in cells)
+        )
+    for key, value in report.costs.items():
+        lines.append(f"  baseline {key.replace('_', ' '):<50s}{value:>10,.1f}")
     return "\n".join(lines)
 
 

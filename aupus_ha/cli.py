@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the cluster: instances and recent handovers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--handovers", type=int, default=10)
+
+    step = sub.add_parser(
+        "step-down", help="ask the local instance to hand its leadership over (ADMIN_TOKEN)"
+    )
+    step.add_argument(
+        "--url", help="the instance's HTTP address (default: http://127.0.0.1:$HTTP_PORT)"
+    )
     return parser
 
 
@@ -127,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         secrets=_secrets(settings),
     )
-    command = {"run": _run, "migrate": _migrate, "status": _status}[args.command]
+    command = {"run": _run, "migrate": _migrate, "status": _status, "step-down": _step_down}[
+        args.command
+    ]
     return _exit_code(lambda: asyncio.run(command(settings, args)))
 
 
@@ -225,3 +234,22 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_status(view, settings.lease_ttl_s))
     return constants.EXIT_OK
+
+
+async def _step_down(settings: Settings, args: argparse.Namespace) -> int:
+    """POST /admin/step-down on the local instance; 0 when it handed over."""
+    import aiohttp
+
+    from aupus_ha.admin import post_admin
+
+    base = (args.url or f"http://127.0.0.1:{settings.http_port}").rstrip("/")
+    try:
+        status, body = await post_admin(f"{base}/admin/step-down", settings.admin_token.reveal())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"aupus-ha: cannot reach {base}: {exc or type(exc).__name__}", file=sys.stderr)
+        return constants.EXIT_FAILURE
+    if status == 200:
+        print(f"{body.get('instance_id')} stepped down from epoch {body.get('epoch')}")
+        return constants.EXIT_OK
+    print(f"aupus-ha: step-down refused ({status}): {body.get('error', body)}", file=sys.stderr)
+    return constants.EXIT_FAILURE

@@ -97,6 +97,9 @@ class Settings:
     smtp_pass: Secret = field(default_factory=lambda: Secret(""))
     alert_email_to: str | None = None
     db_connect_timeout_s: float = 5.0
+    recent_data_warning_s: float = 600.0
+    recent_data_critical_s: float = 7200.0
+    alert_interval_s: float = 300.0
 
     @property
     def may_lead(self) -> bool:
@@ -290,6 +293,14 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
             f"RENEW_DEADLINE_S={renew} must be above HEARTBEAT_S={heartbeat} "
             f"and below LEASE_TTL_S={lease_ttl}"
         )
+    warning = num("RECENT_DATA_WARNING_S", get("RECENT_DATA_WARNING_S", "600"), float, 1, 604_800)
+    critical = num(
+        "RECENT_DATA_CRITICAL_S", get("RECENT_DATA_CRITICAL_S", "7200"), float, 1, 604_800
+    )
+    if critical <= warning:
+        raise ConfigError(
+            f"RECENT_DATA_CRITICAL_S={critical} must be above RECENT_DATA_WARNING_S={warning}"
+        )
     return Settings(
         database_url=_parse_database_url(env["DATABASE_URL"]),
         mqtt=mqtt,
@@ -330,4 +341,7 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         db_connect_timeout_s=num(
             "DB_CONNECT_TIMEOUT_S", get("DB_CONNECT_TIMEOUT_S", "5"), float, 0.5, 120
         ),
+        recent_data_warning_s=warning,
+        recent_data_critical_s=critical,
+        alert_interval_s=num("ALERT_INTERVAL_S", get("ALERT_INTERVAL_S", "300"), float, 1, 86_400),
     )

@@ -11,6 +11,7 @@ on its own even when this loop cannot run. Every transition is one log event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ class HaLoop:
         self.promoted = asyncio.Event()  # wakes the writer at once on promotion
         self._stop = asyncio.Event()
         self._step_down_until = 0.0
+        # Step-downs asked from outside the loop (the admin route): the lock connection
+        # belongs to the loop alone, so the loop performs them at its next tick.
+        self._step_down_requests: list[asyncio.Future[bool]] = []
+        self._wake = asyncio.Event()
         self._last_heartbeat = 0.0
         self.leader_info = LeaderInfo()
 
@@ -105,12 +110,17 @@ class HaLoop:
         IdentityClash and PoolerDetected are not retried: they are configuration errors.
         """
         await self._connect(during="start")
+        if self._election.connected:
+            # Know who leads from the first moment (/health/leader on a fresh standby).
+            with contextlib.suppress(DatabaseUnavailable):
+                self._observe(await self._election.leadership())
 
     async def run(self) -> None:
         """The loop; returns when `stop()` is called."""
         while not self._stop.is_set():
             self.last_tick = time.monotonic()
             try:
+                await self._serve_step_down_requests()
                 await self._tick()
                 self.db_ok = True
             except DatabaseUnavailable as exc:
@@ -146,6 +156,30 @@ class HaLoop:
         await self._election.release(epoch, constants.ROLE_STANDBY, stopping=False)
         log.info("leader.released", epoch=epoch, reason=reason)
         return True
+
+    async def request_step_down(self, timeout: float) -> bool:
+        """Ask the loop to hand over now; True once it has released the leadership."""
+        if not self.is_leader():
+            return False
+        request: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._step_down_requests.append(request)
+        self._wake.set()
+        return await asyncio.wait_for(asyncio.shield(request), timeout)
+
+    async def _serve_step_down_requests(self) -> None:
+        requests, self._step_down_requests = self._step_down_requests, []
+        if not requests:
+            return
+        try:
+            done = await self.step_down()
+        except DatabaseUnavailable as exc:
+            for request in requests:
+                if not request.done():
+                    request.set_exception(exc)
+            raise
+        for request in requests:
+            if not request.done():
+                request.set_result(done)
 
     def _broker_lost_for(self) -> float:
         """How long this instance has been without its broker (0 while connected)."""
@@ -329,7 +363,13 @@ class HaLoop:
     async def _sleep(self, seconds: float) -> None:
         """Wait for the next tick, a stop, or (standby) a leader announcing its release."""
         released = self._election.released
-        waiters = {asyncio.ensure_future(self._stop.wait())}
+        if self._step_down_requests:
+            return  # asked while we were ticking: serve it at once
+        self._wake.clear()
+        waiters = {
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        }
         if self.role == constants.ROLE_STANDBY:
             waiters.add(asyncio.ensure_future(released.wait()))
         try:

@@ -2,26 +2,37 @@
 
 Role routes (`/health/leader`, `/health/standby`) answer only 200 or 503, always with a
 JSON body; `HEAD` gives the status code alone, for load balancers and uptime checkers.
+Every `/health...` route is mirrored under `/api/v1/health...` in the legacy envelope
+`{success, data, meta: {timestamp, requestId}}`. The bodies are built by `health.py`;
+handlers here stay thin.
 """
 
 from __future__ import annotations
 
-import time
-from datetime import datetime
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from aupus_ha import constants
+from aupus_ha import admin
 from aupus_ha.config import ConfigError
 from aupus_ha.db import DatabaseUnavailable
+from aupus_ha.health import HealthViews
 from aupus_ha.logs import get_logger
+from aupus_ha.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from aupus_ha.app import Instance
 
 log = get_logger(__name__)
+
+Body = dict[str, Any]
+View = Callable[[web.Request], Awaitable[tuple[Body, int]]]
+LEGACY_PREFIX = "/api/v1"
+STEP_DOWN_TIMEOUT_S = 10.0
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -40,21 +51,61 @@ def _default(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
+class _Plain:
+    """A view answered as its bare JSON body (keeps the view for the legacy mirror)."""
+
+    def __init__(self, view: View) -> None:
+        self.view = view
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        body, status = await self.view(request)
+        return _json(body, status)
+
+
+class _Enveloped:
+    """A view answered in the legacy envelope, with the same status code."""
+
+    def __init__(self, view: View) -> None:
+        self.view = view
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        body, status = await self.view(request)
+        request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+        meta = {"timestamp": datetime.now(UTC), "requestId": request_id}
+        return _json({"success": status < 400, "data": body, "meta": meta}, status)
+
+
 class HttpServer:
     def __init__(self, instance: Instance) -> None:
         self._instance = instance
+        self._views = HealthViews(instance)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
+        health = [
+            web.get("/health", _Plain(self.health)),
+            web.get("/health/leader", _Plain(self.leader)),
+            web.get("/health/standby", _Plain(self.standby)),
+            web.get("/health/cluster", _Plain(self.cluster)),
+            web.get("/health/mqtt", _Plain(self.mqtt)),
+            web.get("/health/database", _Plain(self.database)),
+            web.get("/health/dados-recentes", _Plain(self.recent_data)),
+            web.get("/health/metrics", _Plain(self.metrics_view)),
+            web.get("/health/metrics/simple", _Plain(self.metrics_simple)),
+        ]
+        mirrors = [
+            web.get(LEGACY_PREFIX + route.path, _Enveloped(route.handler.view))
+            for route in health
+            if isinstance(route, web.RouteDef) and isinstance(route.handler, _Plain)
+        ]
+        app.router.add_routes(health)
+        app.router.add_routes(mirrors)
         app.router.add_routes(
             [
-                web.get("/health", self.health),
-                web.get("/health/leader", self.leader),
-                web.get("/health/standby", self.standby),
-                web.get("/health/cluster", self.cluster),
-                web.get("/health/mqtt", self.mqtt),
+                web.get("/metrics", self.prometheus),
+                web.post("/admin/step-down", _Plain(self.step_down)),
             ]
         )
         return app
@@ -80,125 +131,48 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    # --- views ------------------------------------------------------------------------
+    # --- views: (body, status) ------------------------------------------------------------
 
-    def _role(self) -> str:
-        inst = self._instance
-        if inst.ha is None:
-            if inst.settings.mqtt_mode == constants.MODE_DISABLED:
-                return constants.ROLE_DISABLED
-            if inst.settings.mqtt_mode == constants.MODE_DEVELOPMENT:
-                return constants.ROLE_OBSERVER
-            return constants.ROLE_STANDBY
-        if inst.ha.role == constants.ROLE_LEADER and not inst.ha.is_leader():
-            return constants.ROLE_STANDBY  # lease ran out: we are not leading any more
-        if inst.ha.role == constants.ROLE_STOPPED:
-            return constants.ROLE_STANDBY  # shutting down: never reported as leading
-        return inst.ha.role
+    async def health(self, request: web.Request) -> tuple[Body, int]:
+        return await self._views.health()
 
-    def _checks(self) -> dict[str, dict[str, Any]]:
-        inst = self._instance
-        ha = inst.ha
-        db_ok = bool(ha and ha.db_ok)
-        checks: dict[str, dict[str, Any]] = {
-            "database": {"status": "connected" if db_ok else "disconnected"},
-            "loop": {
-                "status": "ok"
-                if ha and time.monotonic() - ha.last_tick < inst.settings.lease_ttl_s
-                else "stalled",
-            },
-        }
-        if inst.settings.mqtt_enabled:
-            connected = bool(inst.mqtt and inst.mqtt.connected)
-            checks["mqtt"] = {
-                "status": "connected" if connected else "disconnected",
-                "subscribedTopics": len(inst.mqtt.stats.subscribed) if inst.mqtt else 0,
-            }
-        checks["buffer"] = {"pending": len(inst.buffer), "max": inst.buffer.max_items}
-        checks["intake"] = {
-            "messages": inst.intake.messages,
-            "readings": inst.intake.readings,
-            "rejects": inst.intake.rejects,
-            "lastMessageAt": inst.intake.last_message_at,
-        }
-        return checks
+    async def leader(self, request: web.Request) -> tuple[Body, int]:
+        body = self._views.leader_body()
+        return body, 200 if body["is_leader"] else 503
 
-    def _healthy(self, role: str, checks: dict[str, dict[str, Any]]) -> bool:
-        mqtt_ok: bool = checks.get("mqtt", {"status": "connected"})["status"] == "connected"
-        db_ok: bool = checks["database"]["status"] == "connected"
-        loop_ok: bool = checks["loop"]["status"] == "ok"
-        if role == constants.ROLE_OBSERVER:
-            return mqtt_ok and loop_ok
-        if role == constants.ROLE_DISABLED:
-            return db_ok and loop_ok
-        return mqtt_ok and db_ok and loop_ok
+    async def standby(self, request: web.Request) -> tuple[Body, int]:
+        views = self._views
+        role = views.role()
+        checks = views.local_checks()
+        ok = role == "standby" and views.healthy(role, checks)
+        return {**views.leader_body(), "healthy": ok, "checks": checks}, 200 if ok else 503
 
-    def _leader_body(self) -> dict[str, Any]:
-        inst = self._instance
-        role = self._role()
-        info = inst.ha.leader_info if inst.ha else None
-        is_leader = role == constants.ROLE_LEADER
-        last_flush = info.last_flush_at if info else None
-        if is_leader and inst.flusher and inst.flusher.last_flush_at:
-            last_flush = inst.flusher.last_flush_at
-        return {
-            "instance_id": inst.settings.instance_id,
-            "is_leader": is_leader,
-            "role": role,
-            "leader_id": info.leader_id if info else None,
-            "epoch": info.epoch if info else None,
-            "leader_since": info.leader_since if info else None,
-            "last_flush_at": last_flush,
-        }
-
-    async def health(self, request: web.Request) -> web.Response:
-        role = self._role()
-        checks = self._checks()
-        healthy = self._healthy(role, checks)
-        body = {
-            "status": "healthy" if healthy else "unhealthy",
-            "instance_id": self._instance.settings.instance_id,
-            "role": role,
-            "checks": checks,
-            "leadership": self._leader_body(),
-        }
-        return _json(body, 200 if healthy else 503)
-
-    async def leader(self, request: web.Request) -> web.Response:
-        body = self._leader_body()
-        return _json(body, 200 if body["is_leader"] else 503)
-
-    async def standby(self, request: web.Request) -> web.Response:
-        role = self._role()
-        checks = self._checks()
-        ok = role == constants.ROLE_STANDBY and self._healthy(role, checks)
-        body = {**self._leader_body(), "healthy": ok, "checks": checks}
-        return _json(body, 200 if ok else 503)
-
-    async def cluster(self, request: web.Request) -> web.Response:
+    async def cluster(self, request: web.Request) -> tuple[Body, int]:
         store = self._instance.store
         if store is None:
-            return _json({"status": "unavailable", "error": "database not connected yet"}, 503)
+            return {"status": "unavailable", "error": "database not connected yet"}, 503
         try:
             view = await store.cluster_view()
         except DatabaseUnavailable as exc:
-            return _json({"status": "unavailable", "error": str(exc)}, 503)
-        return _json(
-            {
-                "status": "ok",
-                "instance_id": self._instance.settings.instance_id,
-                "cluster_name": self._instance.settings.cluster_name,
-                **view,
-            }
-        )
+            return {"status": "unavailable", "error": str(exc)}, 503
+        settings = self._instance.settings
+        body = {
+            "status": "ok",
+            "instance_id": settings.instance_id,
+            "cluster_name": settings.cluster_name,
+            **view,
+        }
+        return body, 200
 
-    async def mqtt(self, request: web.Request) -> web.Response:
+    async def mqtt(self, request: web.Request) -> tuple[Body, int]:
         """Broker connection, subscriptions (and skipped invalid topics), intake counters."""
         inst = self._instance
         ingest = inst.mqtt
-        connected = bool(ingest and ingest.connected)
+        check = self._views.mqtt_check()
+        connected = check["status"] == "connected"
         body = {
             "status": "connected" if connected else "disconnected",
+            "message": check["message"],
             "instance_id": inst.settings.instance_id,
             "mode": inst.settings.mqtt_mode,
             "subscribedTopics": len(ingest.stats.subscribed) if ingest else 0,
@@ -217,4 +191,49 @@ class HttpServer:
             },
         }
         ok = connected or not inst.settings.mqtt_enabled
-        return _json(body, 200 if ok else 503)
+        return body, 200 if ok else 503
+
+    async def database(self, request: web.Request) -> tuple[Body, int]:
+        body, ok = await self._views.database()
+        return body, 200 if ok else 503
+
+    async def recent_data(self, request: web.Request) -> tuple[Body, int]:
+        """200 for ok/warning, 503 for critical (or when the database cannot be read)."""
+        body = await self._views.recent_data()
+        return body, 503 if body["status"] == "critical" else 200
+
+    async def metrics_view(self, request: web.Request) -> tuple[Body, int]:
+        return await self._views.metrics()
+
+    async def metrics_simple(self, request: web.Request) -> tuple[Body, int]:
+        return await self._views.metrics_simple()
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        metrics = self._instance.metrics
+        await metrics.refresh()
+        return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    # --- admin ------------------------------------------------------------------------------
+
+    async def step_down(self, request: web.Request) -> tuple[Body, int]:
+        """Hand the leadership over now (this instance must lead); needs ADMIN_TOKEN."""
+        inst = self._instance
+        refused = admin.refusal(request, inst.settings.admin_token)
+        if refused is not None:
+            return refused
+        leader = self._views.leader_body()
+        if inst.ha is None or not leader["is_leader"]:
+            return {
+                "stepped_down": False,
+                "error": "this instance is not the leader",
+                **leader,
+            }, 409
+        epoch = leader["epoch"]
+        try:
+            done = await inst.ha.request_step_down(STEP_DOWN_TIMEOUT_S)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            return {"stepped_down": False, "error": f"step-down failed: {exc}"}, 503
+        log.info("admin.step_down", epoch=epoch, done=done)
+        if not done:
+            return {"stepped_down": False, "error": "leadership was lost meanwhile"}, 409
+        return {"stepped_down": True, "instance_id": leader["instance_id"], "epoch": epoch}, 200

@@ -9,6 +9,7 @@ buffer — the legacy service's 84,335-reading pile-up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -322,14 +323,60 @@ class Store:
             "handovers": [_jsonable(dict(r)) for r in hand],
         }
 
-    async def ping(self) -> float:
-        """Round-trip latency in ms."""
+    async def ping(self, timeout: float = constants.DB_CALL_TIMEOUT_S) -> float:
+        """Round-trip latency in ms (waiting for a pooled connection included)."""
         started = time.perf_counter()
         try:
-            await self._pool.fetchval("SELECT 1", timeout=constants.DB_CALL_TIMEOUT_S)
+            async with asyncio.timeout(timeout):
+                await self._pool.fetchval("SELECT 1")
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_error(exc)) from exc
         return (time.perf_counter() - started) * 1000
+
+    # --- health and metrics (any instance answers for the cluster) ---------------------
+
+    async def _fetchrow(self, name: str, *args: object, timeout: float) -> dict[str, object]:
+        try:
+            async with asyncio.timeout(timeout):  # bounds waiting for a pooled connection too
+                row = await self._pool.fetchrow(self._q[name], *args)
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(describe_error(exc)) from exc
+        return dict(row) if row is not None else {}
+
+    async def last_data(
+        self, timeout: float = constants.DB_CALL_TIMEOUT_S
+    ) -> tuple[datetime | None, float | None]:
+        """The newest stored reading's arrival and its age in seconds (DB clock)."""
+        row = await self._fetchrow("last_data", timeout=timeout)
+        last, age = row.get("last_at"), row.get("age_s")
+        return (
+            last if isinstance(last, datetime) else None,
+            float(age) if isinstance(age, int | float) else None,
+        )
+
+    async def ingestion_window(
+        self, window_s: float, short_s: float, timeout: float = constants.DB_CALL_TIMEOUT_S
+    ) -> dict[str, int]:
+        """Rows in the window by quality, rows in the short window, coverage counts."""
+        row = await self._fetchrow("ingestion_window", window_s, short_s, timeout=timeout)
+        return {k: int(v) if isinstance(v, int) else 0 for k, v in row.items()}
+
+    async def rejects_window(
+        self, window_s: float, timeout: float = constants.DB_CALL_TIMEOUT_S
+    ) -> int:
+        row = await self._fetchrow("rejects_window", window_s, timeout=timeout)
+        count = row.get("count")
+        return count if isinstance(count, int) else 0
+
+    async def handovers_summary(
+        self, window_s: float, timeout: float = constants.DB_CALL_TIMEOUT_S
+    ) -> dict[str, object]:
+        """Handovers of this cluster: total, in the window, and the newest one's time."""
+        return await self._fetchrow("handovers_summary", self._cluster, window_s, timeout=timeout)
+
+    async def leadership(self, timeout: float = constants.DB_CALL_TIMEOUT_S) -> dict[str, object]:
+        """The cluster's current term as stored (empty before any leader)."""
+        return await self._fetchrow("leadership", self._cluster, timeout=timeout)
 
 
 def _record(r: Reading) -> tuple[object, ...]:

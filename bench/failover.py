@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from aupus_ha.bench import failover_report
+from aupus_ha.logs import configure_logging
 
 
 def print_table(report: dict[str, Any], runs: int) -> None:
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the logs and data")
     args = parser.parse_args()
+    configure_logging(instance_id="bench", log_format="console", level="warning")
     report = asyncio.run(
         failover_report(runs=args.runs, rate=args.rate, fast=args.fast, keep=args.keep)
     )

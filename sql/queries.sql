@@ -277,3 +277,52 @@ FROM ha_instances WHERE cluster_name = $1 ORDER BY instance_id;
 -- $1 cluster_name, $2 limit.
 SELECT epoch, from_instance_id, to_instance_id, reason, gap_ms, at
 FROM ha_handovers WHERE cluster_name = $1 ORDER BY at DESC, id DESC LIMIT $2;
+
+-- name: last_data
+-- The newest stored reading by arrival (created_at: one step of the created_at index,
+-- whatever the type of timestamp_dados), and its age on the database clock.
+SELECT max(created_at)::timestamptz AS last_at,
+       extract(epoch FROM now() - max(created_at)::timestamptz)::float8 AS age_s
+FROM equipamentos_dados;
+
+-- name: ingestion_window
+-- $1 window in seconds (24 h), $2 short window in seconds (1 h). Rows stored in the
+-- window by quality, and coverage = enabled equipment with a row in the window. One
+-- range scan of idx_equipamentos_dados_created_at, grouped per equipment (a few
+-- thousand groups at most) and then joined to the enabled ones.
+-- The legacy label 'boa' counts as good (the legacy service's own metrics forgot it).
+WITH per_equipment AS (
+    SELECT equipamento_id,
+           count(*) AS total,
+           count(*) FILTER (WHERE created_at > now() - make_interval(secs => $2)) AS short_total,
+           count(*) FILTER (WHERE qualidade IN ('bom', 'boa')) AS good,
+           count(*) FILTER (WHERE qualidade = 'parcial') AS partial,
+           count(*) FILTER (WHERE qualidade = 'ruim') AS bad
+    FROM equipamentos_dados
+    WHERE created_at > now() - make_interval(secs => $1)
+    GROUP BY equipamento_id
+), enabled AS (
+    SELECT e.id FROM equipamentos e
+    WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
+)
+SELECT coalesce(sum(p.total), 0)::bigint AS total,
+       coalesce(sum(p.short_total), 0)::bigint AS short_total,
+       coalesce(sum(p.good), 0)::bigint AS good,
+       coalesce(sum(p.partial), 0)::bigint AS partial,
+       coalesce(sum(p.bad), 0)::bigint AS bad,
+       (SELECT count(*) FROM enabled) AS equipment_enabled,
+       (SELECT count(*) FROM enabled WHERE enabled.id IN
+            (SELECT equipamento_id FROM per_equipment)) AS equipment_with_data
+FROM per_equipment p;
+
+-- name: rejects_window
+-- $1 window in seconds. Rejects stored in the window (idx_ingest_rejects_created_at).
+SELECT count(*) FROM ingest_rejects WHERE created_at > now() - make_interval(secs => $1);
+
+-- name: handovers_summary
+-- $1 cluster_name, $2 window in seconds. All handovers of the cluster, those in the
+-- window, and the newest (idx_ha_handovers_cluster_at).
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE at > now() - make_interval(secs => $2)) AS recent,
+       max(at) AS last_at
+FROM ha_handovers WHERE cluster_name = $1;

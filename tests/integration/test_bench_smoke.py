@@ -59,6 +59,7 @@ def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Pa
         "broker_qos0_msgs_s",
     ):
         assert report["baselines"][key] > 0, key
+    assert report["costs"]["subscriber_qos1_cpu_us_per_msg"] > 0
     phases = {p["name"]: p for p in report["phases"]}
     assert set(phases) == {"max", "paced"}
     for phase in phases.values():
@@ -69,6 +70,7 @@ def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Pa
         assert phase["latency_ms"]["p99"] >= phase["latency_ms"]["p50"]
         assert phase["resources"]["node-a"]["peak_rss_mb"] > 0
         assert phase["resources"]["node-b"]["peak_rss_mb"] > 0
+        assert phase["cpu_us_per_reading"]["node-a"] > 0
     assert report["failover"] == {}
     assert report["ratios"]["e2e_max_vs_store_flush"] > 0
     assert report["ratios"]["e2e_max_vs_naive_insert"] > 0
