@@ -205,12 +205,24 @@ class _ServerProcess:
     _name = "server"
     _stop_signal = signal.SIGTERM
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None) -> None:
         self._res = _Resources(self._stop_signal)
         self._paused = False
         self._cleaned = False
         self._owns_temp_dir = False
+        self._auto_port = port is None
+        self._port = port if port is not None else free_port()
+        self._ever_started = False
+        self._log_offset = 0
         weakref.finalize(self, _release, self._res)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return HOST
 
     # -- state --------------------------------------------------------------------------
 
@@ -380,29 +392,17 @@ class EmbeddedPostgres(_ServerProcess):
     def __init__(
         self, data_dir: Path | None = None, *, port: int | None = None, fast: bool = True
     ) -> None:
-        super().__init__()
+        super().__init__(port)
         if data_dir is None:
             base = Path(tempfile.mkdtemp(prefix="aupus-pg-"))
             self._res.dirs.append(base)
             self._owns_temp_dir = True
             data_dir = base / "data"
         self.data_dir = Path(data_dir).expanduser().absolute()
-        self._auto_port = port is None
-        self._port = port if port is not None else free_port()
-        self._ever_started = False
         self.fast = fast
         self._socket_dir: Path | None = None
-        self._log_offset = 0
 
     # -- public properties --------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def host(self) -> str:
-        return HOST
 
     @property
     def log_path(self) -> Path:
@@ -664,7 +664,7 @@ class EmbeddedMosquitto(_ServerProcess):
         persistence_dir: Path | None = None,
         extra_config: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(port)
         self._binary = _mosquitto_binary()
         if persistence_dir is None:
             persistence_dir = Path(tempfile.mkdtemp(prefix="aupus-mqtt-"))
@@ -672,19 +672,7 @@ class EmbeddedMosquitto(_ServerProcess):
             self._owns_temp_dir = True
         self.persistence_dir = Path(persistence_dir).expanduser().absolute()
         _safe_config_path(self.persistence_dir)
-        self._auto_port = port is None
-        self._port = port if port is not None else free_port()
-        self._ever_started = False
         self.extra_config = extra_config
-        self._log_offset = 0
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def host(self) -> str:
-        return HOST
 
     @property
     def url(self) -> str:
