@@ -20,6 +20,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from aupus_ha import __version__, constants
+from aupus_ha.alerts import AlertManager
 from aupus_ha.backoff import jittered
 from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import Settings
@@ -90,6 +91,7 @@ class Instance:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._fatal: BaseException | None = None
         self.metrics = Metrics(self)  # per-instance Prometheus registry (GET /metrics)
+        self.alerts = AlertManager(self)  # checks, ha_alerts, webhook/e-mail delivery
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -206,6 +208,8 @@ class Instance:
         assert self.ha is not None and self.flusher is not None
         self._spawn("ha", self.ha.run())
         self._spawn("topics", self._topics_loop())
+        self._spawn("alerts", self.alerts.run())
+        self._spawn("alerts-delivery", self.alerts.notifier.run())
         if self.settings.may_lead:
             self._spawn("flusher", self.flusher.run())
         if self.settings.mqtt_enabled:

@@ -100,6 +100,7 @@ class Settings:
     recent_data_warning_s: float = 600.0
     recent_data_critical_s: float = 7200.0
     alert_interval_s: float = 300.0
+    alert_cooldown_s: float = 3600.0
 
     @property
     def may_lead(self) -> bool:
@@ -344,4 +345,7 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         recent_data_warning_s=warning,
         recent_data_critical_s=critical,
         alert_interval_s=num("ALERT_INTERVAL_S", get("ALERT_INTERVAL_S", "300"), float, 1, 86_400),
+        alert_cooldown_s=num(
+            "ALERT_COOLDOWN_S", get("ALERT_COOLDOWN_S", "3600"), float, 0, 604_800
+        ),
     )

@@ -94,14 +94,18 @@ class HttpServer:
             web.get("/health/dados-recentes", _Plain(self.recent_data)),
             web.get("/health/metrics", _Plain(self.metrics_view)),
             web.get("/health/metrics/simple", _Plain(self.metrics_simple)),
+            web.get("/health/alerts", _Plain(self.alerts)),
         ]
         mirrors = [
             web.get(LEGACY_PREFIX + route.path, _Enveloped(route.handler.view))
             for route in health
             if isinstance(route, web.RouteDef) and isinstance(route.handler, _Plain)
         ]
+        checks = [web.post("/health/alerts/check", _Plain(self.alerts_check))]
+        mirrors += [web.post(LEGACY_PREFIX + "/health/alerts/check", _Enveloped(self.alerts_check))]
         app.router.add_routes(health)
         app.router.add_routes(mirrors)
+        app.router.add_routes(checks)
         app.router.add_routes(
             [
                 web.get("/metrics", self.prometheus),
@@ -207,6 +211,20 @@ class HttpServer:
 
     async def metrics_simple(self, request: web.Request) -> tuple[Body, int]:
         return await self._views.metrics_simple()
+
+    async def alerts(self, request: web.Request) -> tuple[Body, int]:
+        """The last 100 alerts of the cluster (plus this instance's in-memory ones)."""
+        return await self._instance.alerts.recent()
+
+    async def alerts_check(self, request: web.Request) -> tuple[Body, int]:
+        """Evaluate every alert condition now, on this instance; needs ADMIN_TOKEN."""
+        inst = self._instance
+        refused = admin.refusal(request, inst.settings.admin_token)
+        if refused is not None:
+            return refused
+        result = await inst.alerts.check()
+        listed, status = await inst.alerts.recent()
+        return {"checked": True, **result, **listed}, status
 
     async def prometheus(self, request: web.Request) -> web.Response:
         metrics = self._instance.metrics

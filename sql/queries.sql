@@ -326,3 +326,64 @@ SELECT count(*) AS total,
        count(*) FILTER (WHERE at > now() - make_interval(secs => $2)) AS recent,
        max(at) AS last_at
 FROM ha_handovers WHERE cluster_name = $1;
+
+-- name: alert_open
+-- $1 cluster_name, $2 kind, $3 level, $4 service, $5 message, $6 metadata (json text),
+-- $7 instance_id. Opens an alert unless one of that kind is open already (the partial
+-- unique index uk_ha_alerts_open_kind); returns the new id, or nothing.
+INSERT INTO ha_alerts (cluster_name, kind, level, service, message, metadata, instance_id)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+ON CONFLICT (cluster_name, kind) WHERE resolved_at IS NULL DO NOTHING
+RETURNING id;
+
+-- name: alert_refresh
+-- $1 cluster_name, $2 kind, $3 level, $4 message, $5 metadata (json text). Updates the
+-- open alert of that kind (uk_ha_alerts_open_kind); returns its id and previous level.
+WITH old AS (
+    SELECT id, level FROM ha_alerts
+    WHERE cluster_name = $1 AND kind = $2 AND resolved_at IS NULL
+    FOR UPDATE
+)
+UPDATE ha_alerts a SET level = $3, message = $4, metadata = $5::jsonb
+FROM old WHERE a.id = old.id
+RETURNING a.id, old.level AS previous_level;
+
+-- name: alert_claim_notification
+-- $1 alert id, $2 cooldown in seconds, $3 force (bool). Marks the alert notified now when
+-- forced or its cooldown has run out; returns the id only then (one notifier wins).
+UPDATE ha_alerts SET last_notified_at = now()
+WHERE id = $1
+  AND ($3 OR last_notified_at IS NULL OR last_notified_at < now() - make_interval(secs => $2))
+RETURNING id;
+
+-- name: alert_resolve
+-- $1 cluster_name, $2 kind. Resolves the open alert of that kind (uk_ha_alerts_open_kind).
+UPDATE ha_alerts SET resolved_at = now()
+WHERE cluster_name = $1 AND kind = $2 AND resolved_at IS NULL
+RETURNING id, level, service, message, opened_at;
+
+-- name: alert_event
+-- $1 cluster_name, $2 kind, $3 level, $4 service, $5 message, $6 metadata (json text),
+-- $7 instance_id. A one-off alert (handover, fenced write), stored already resolved and
+-- notified; nothing when the same kind was stored in the last day
+-- (idx_ha_alerts_cluster_opened).
+INSERT INTO ha_alerts (cluster_name, kind, level, service, message, metadata, instance_id,
+                       resolved_at, last_notified_at)
+SELECT $1, $2, $3, $4, $5, $6::jsonb, $7, now(), now()
+WHERE NOT EXISTS (
+    SELECT 1 FROM ha_alerts
+    WHERE cluster_name = $1 AND opened_at > now() - interval '1 day' AND kind = $2
+)
+RETURNING id;
+
+-- name: alerts_recent
+-- $1 cluster_name, $2 limit. The newest alerts (idx_ha_alerts_cluster_opened).
+SELECT id, kind, level, service, message, metadata::text AS metadata, opened_at,
+       resolved_at, last_notified_at, instance_id
+FROM ha_alerts WHERE cluster_name = $1 ORDER BY opened_at DESC, id DESC LIMIT $2;
+
+-- name: handovers_since
+-- $1 cluster_name, $2 since (timestamptz). Handovers after it, oldest first
+-- (idx_ha_handovers_cluster_at).
+SELECT epoch, from_instance_id, to_instance_id, reason, gap_ms, at
+FROM ha_handovers WHERE cluster_name = $1 AND at > $2 ORDER BY at LIMIT 20;

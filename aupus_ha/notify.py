@@ -1,0 +1,166 @@
+"""Alert delivery: a bounded queue and one background sender (webhook, then e-mail).
+
+Slack-compatible JSON (`text` plus one coloured attachment) is POSTed to
+`ALERT_WEBHOOK_URL` with aiohttp, a timeout and retries (tenacity); when `SMTP_HOST` and
+`ALERT_EMAIL_TO` are set the same alert is also e-mailed (stdlib smtplib in a thread).
+`enqueue` never blocks: when the queue is full (the webhook has been down for long) the
+oldest waiting notification is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from collections import deque
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+import orjson
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
+
+from aupus_ha.config import Settings
+from aupus_ha.logs import get_logger
+
+log = get_logger(__name__)
+
+Body = dict[str, Any]
+COLORS = {"INFO": "#439fe0", "WARNING": "#daa038", "CRITICAL": "#d00000", "RESOLVED": "#2eb886"}
+QUEUE_MAX = 200
+SEND_TIMEOUT_S = 10.0
+SEND_ATTEMPTS = 4
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    queued: int = 0
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class Notifier:
+    """Bounded queue + one background sender (webhook, then e-mail when configured)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._queue: deque[Body] = deque(maxlen=QUEUE_MAX)
+        self._ready = asyncio.Event()
+        self.stats = DeliveryStats()
+
+    @property
+    def enabled(self) -> bool:
+        s = self._settings
+        return bool(s.alert_webhook_url) or bool(s.smtp_host and s.alert_email_to)
+
+    def enqueue(self, alert: Body, *, resolved: bool = False) -> None:
+        """Never blocks: when full, the oldest waiting notification is dropped."""
+        if not self.enabled:
+            return
+        if len(self._queue) == QUEUE_MAX:
+            self.stats.dropped += 1
+            log.warning("alerts.dropped", dropped=self.stats.dropped)
+        self._queue.append({**alert, "resolved": resolved})
+        self.stats.queued += 1
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                try:
+                    await self._deliver(item)
+                    self.stats.sent += 1
+                except Exception as exc:  # a dead webhook must not stop us
+                    self.stats.failed += 1
+                    # Never the exception's text: it may carry the (secret) webhook URL.
+                    log.warning(
+                        "alerts.delivery_failed",
+                        kind=item["kind"],
+                        error=type(exc).__name__,
+                        status=getattr(exc, "status", None),
+                        failed=self.stats.failed,
+                    )
+
+    async def _deliver(self, item: Body) -> None:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(SEND_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            reraise=True,
+        ):
+            with attempt:
+                if self._settings.alert_webhook_url:
+                    await self._post(slack_payload(item, self._settings.cluster_name))
+        s = self._settings
+        if s.smtp_host and s.alert_email_to:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(SEND_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.5, max=10),
+                reraise=True,
+            ):
+                with attempt:
+                    await asyncio.to_thread(self._send_mail, item)
+
+    async def _post(self, payload: Body) -> None:
+        timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_S)
+        url = self._settings.alert_webhook_url.reveal()
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=orjson.dumps(payload), headers=_JSON) as resp,
+        ):
+            resp.raise_for_status()
+
+    def _send_mail(self, item: Body) -> None:
+        s = self._settings
+        assert s.smtp_host and s.alert_email_to
+        msg = EmailMessage()
+        msg["Subject"] = _headline(item, s.cluster_name)
+        msg["From"] = s.smtp_user or f"aupus-ha@{s.smtp_host}"
+        msg["To"] = s.alert_email_to
+        msg.set_content(_text(item))
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SEND_TIMEOUT_S) as smtp:
+            if s.smtp_port != 25:
+                smtp.starttls()
+            if s.smtp_user:
+                smtp.login(s.smtp_user, s.smtp_pass.reveal())
+            smtp.send_message(msg)
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _headline(item: Body, cluster: str) -> str:
+    state = "RESOLVED" if item.get("resolved") else item["level"]
+    return f"[{state}] {item['service']}: {item['message']} (cluster {cluster})"
+
+
+def _text(item: Body) -> str:
+    meta = orjson.dumps(item.get("metadata") or {}, option=orjson.OPT_INDENT_2).decode()
+    return f"{item['message']}\nkind: {item['kind']}\nmetadata: {meta}\n"
+
+
+def slack_payload(item: Body, cluster: str) -> Body:
+    """Slack-compatible incoming-webhook JSON: `text` plus one coloured attachment."""
+    state = "RESOLVED" if item.get("resolved") else item["level"]
+    fields = [
+        {"title": "level", "value": item["level"], "short": True},
+        {"title": "service", "value": item["service"], "short": True},
+        {"title": "cluster", "value": cluster, "short": True},
+        {"title": "kind", "value": item["kind"], "short": True},
+    ]
+    return {
+        "text": _headline(item, cluster),
+        "attachments": [
+            {
+                "color": COLORS.get(state, COLORS["INFO"]),
+                "title": f"{item['service']} — {state}",
+                "text": item["message"],
+                "fields": fields,
+                "ts": int(time.time()),
+            }
+        ],
+    }
