@@ -58,3 +58,16 @@ class BrokerFactory(Protocol):
         extra_config: str = "",
         start: bool = True,
     ) -> EmbeddedMosquitto: ...
+
+
+class Inbox:
+    """Collects (topic, payload) pairs from a gmqtt client's on_message callback."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+
+    def on_message(
+        self, client: object, topic: str, payload: bytes, qos: int, properties: object
+    ) -> int:
+        self.messages.append((topic, payload))
+        return 0

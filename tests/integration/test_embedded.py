@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
-from tests.helpers import BrokerFactory, async_wait_for, wait_for
+from tests.helpers import BrokerFactory, Inbox, async_wait_for, wait_for
 
 
 def _refuses_connections(port: int) -> bool:
@@ -142,21 +142,8 @@ async def test_postgres_pause_times_out_and_resume_recovers(own_pg: EmbeddedPost
     assert await _scalar(own_pg.dsn(), "SELECT 1") == 1
 
 
-class _Inbox:
-    """Collects (topic, payload) pairs from a gmqtt client's on_message callback."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-
-    def on_message(
-        self, client: object, topic: str, payload: bytes, qos: int, properties: object
-    ) -> int:
-        self.messages.append((topic, payload))
-        return 0
-
-
 async def _subscriber(
-    broker: EmbeddedMosquitto, client_id: str, topic: str, inbox: _Inbox, **kwargs: object
+    broker: EmbeddedMosquitto, client_id: str, topic: str, inbox: Inbox, **kwargs: object
 ) -> gmqtt.Client:
     client = gmqtt.Client(client_id, **kwargs)
     client.on_message = inbox.on_message
@@ -183,7 +170,7 @@ async def test_mosquitto_qos1_round_trip(mosquitto: EmbeddedMosquitto) -> None:
     """The session broker delivers QoS 1 publishes to a QoS 1 subscriber, in order."""
     assert mosquitto.url == f"mqtt://127.0.0.1:{mosquitto.port}"
     topic = f"test/{uuid.uuid4().hex}"
-    inbox = _Inbox()
+    inbox = Inbox()
     sub = await _subscriber(mosquitto, f"sub-{uuid.uuid4().hex[:8]}", topic, inbox)
     payloads = [f"m{i}".encode() for i in range(100)]
     try:
@@ -199,14 +186,14 @@ async def test_mosquitto_persistent_session_survives_restart(make_broker: Broker
     broker = make_broker()
     topic, client_id = "plant/readings", f"durable-{uuid.uuid4().hex[:8]}"
     session = {"clean_session": False, "session_expiry_interval": 3600}
-    sub = await _subscriber(broker, client_id, topic, _Inbox(), **session)
+    sub = await _subscriber(broker, client_id, topic, Inbox(), **session)
     await sub.disconnect()
 
     payloads = [f"offline-{i}".encode() for i in range(2000)]  # > the default 1000 queue cap
     await _publish_acked(broker, topic, payloads)
     await asyncio.to_thread(broker.restart)
 
-    inbox = _Inbox()
+    inbox = Inbox()
     client = gmqtt.Client(client_id, **session)
     client.on_message = inbox.on_message
     await asyncio.wait_for(client.connect(broker.host, broker.port), 10)

@@ -25,22 +25,9 @@ from aupus_ha.simulate import (
     register_equipment,
     run_simulation,
 )
-from tests.helpers import async_wait_for
+from tests.helpers import Inbox, async_wait_for
 
 START = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)
-
-
-class _Inbox:
-    """Collects (topic, payload) pairs from a gmqtt client's on_message callback."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-
-    def on_message(
-        self, client: object, topic: str, payload: bytes, qos: int, properties: object
-    ) -> int:
-        self.messages.append((topic, payload))
-        return 0
 
 
 @pytest.fixture
@@ -50,8 +37,8 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def inbox(mosquitto: EmbeddedMosquitto, prefix: str) -> AsyncIterator[_Inbox]:
-    received = _Inbox()
+async def inbox(mosquitto: EmbeddedMosquitto, prefix: str) -> AsyncIterator[Inbox]:
+    received = Inbox()
     client = gmqtt.Client(f"sub-{uuid.uuid4().hex[:8]}")
     client.on_message = received.on_message
     subscribed = asyncio.Event()
@@ -119,7 +106,7 @@ async def test_register_reuses_an_existing_m160_alias(database_url: str) -> None
 
 
 async def test_short_run_reaches_a_subscriber(
-    mosquitto: EmbeddedMosquitto, prefix: str, inbox: _Inbox
+    mosquitto: EmbeddedMosquitto, prefix: str, inbox: Inbox
 ) -> None:
     """50 messages at speedup 0 are all acknowledged and delivered, bad ones included."""
     fleet = build_fleet(4, 2, seed=5, bad_ratio=0.2, topic_prefix=prefix)
