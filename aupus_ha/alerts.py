@@ -55,6 +55,11 @@ MQTT, INGESTION, DATABASE, HEALTHCHECK, LEADERSHIP = (
     "Leadership",
 )
 RANK = {INFO: 0, WARNING: 1, CRITICAL: 2}
+# "Spool growing": warn while acknowledged readings wait on disk only (the buffer is full)
+# or the spool passes half of SPOOL_MAX_BYTES; critical near the limit, where the intake
+# stops acknowledging and the broker has to keep the messages.
+SPOOL_WARNING_USAGE = 0.5
+SPOOL_CRITICAL_USAGE = 0.9
 LIST_LIMIT = 100
 LOCAL_MAX = 20
 
@@ -106,6 +111,8 @@ class AlertManager:
             db, reachable = await self._views.database()
             self._database(reachable, str(db.get("message", "")))
             if not reachable:
+                # Kept in memory (and sent) while nothing can be stored, like the database.
+                self._local(self._spool_kind, self._spool_condition())
                 return {"database": "unreachable", "open": [], "opened": [], "resolved": []}
             try:
                 return await self._check_db(local_only=local_only)
@@ -126,6 +133,12 @@ class AlertManager:
             else:
                 msg = f"{me} is not connected to the MQTT broker"
                 found.append(Condition(mqtt_kind, CRITICAL, MQTT, msg, {"instance_id": me}))
+        spool = self._spool_condition()
+        self._local(self._spool_kind, None)  # stored from here on: resolve the memory copy
+        if spool is not None:
+            found.append(spool)
+        elif self._inst.keeps_readings:
+            clear.append(self._spool_kind)
         if not local_only:
             await self._cluster_conditions(found, clear)
         opened: list[str] = []
@@ -267,12 +280,48 @@ class AlertManager:
             )
         return bool(rows)
 
+    @property
+    def _spool_kind(self) -> str:
+        return f"spool_growing:{self._inst.settings.instance_id}"
+
+    def _spool_condition(self) -> Condition | None:
+        inst = self._inst
+        if not inst.keeps_readings:
+            return None
+        spool, me = inst.spool, inst.settings.instance_id
+        usage = spool.usage
+        if usage < SPOOL_WARNING_USAGE and not inst.durable.backlog:
+            return None
+        level = CRITICAL if usage >= SPOOL_CRITICAL_USAGE else WARNING
+        state = "the buffer is full, readings wait on disk" if inst.durable.backlog else "growing"
+        msg = f"{me}: spool at {usage:.0%} of SPOOL_MAX_BYTES ({state})"
+        meta = {
+            "instance_id": me,
+            "bytes": spool.total_bytes,
+            "maxBytes": spool.max_bytes,
+            "segments": spool.segment_count,
+            "backlog": inst.durable.backlog,
+        }
+        return Condition(self._spool_kind, level, INGESTION, msg, meta)
+
     def _database(self, reachable: bool, message: str) -> None:
-        """The one condition kept in memory: it cannot be stored while it is true."""
         me = self._inst.settings.instance_id
-        current = next((a for a in self.local if a["status"] == "open"), None)
+        condition = None
+        if not reachable:
+            condition = Condition(
+                f"database_unreachable:{me}",
+                CRITICAL,
+                DATABASE,
+                f"{me} cannot reach the database: {message}",
+                {"instance_id": me},
+            )
+        self._local(f"database_unreachable:{me}", condition)
+
+    def _local(self, kind: str, condition: Condition | None) -> None:
+        """A condition kept in memory: it cannot be stored while the database is away."""
+        current = next((a for a in self.local if a["kind"] == kind and a["status"] == "open"), None)
         now = datetime.now(UTC)
-        if reachable:
+        if condition is None:
             if current is not None:
                 current["status"], current["resolvedAt"] = "resolved", now
                 self.notifier.enqueue(
@@ -280,14 +329,12 @@ class AlertManager:
                 )
             return
         if current is None:
-            cond = Condition(
-                f"database_unreachable:{me}",
-                CRITICAL,
-                DATABASE,
-                f"{me} cannot reach the database: {message}",
-                {"instance_id": me},
-            )
-            current = {**_as_alert(cond), "timestamp": now, "status": "open", "notifiedAt": None}
+            current = {
+                **_as_alert(condition),
+                "timestamp": now,
+                "status": "open",
+                "notifiedAt": None,
+            }
             self.local.appendleft(current)
         cooldown = self._inst.settings.alert_cooldown_s
         notified = current["notifiedAt"]

@@ -36,10 +36,12 @@ from aupus_ha.election import (
 from aupus_ha.flusher import Flusher
 from aupus_ha.ha import HaLoop
 from aupus_ha.ingest import MqttIngest
+from aupus_ha.intake import DurableIntake
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
+from aupus_ha.spool import Spool, SpoolLocked
 from aupus_ha.store import KeyConvention, Store, detect_convention
 from aupus_ha.topics import TopicCatalog
 
@@ -76,7 +78,14 @@ class Instance:
             http_url=f"http://{socket.gethostname()}:{settings.http_port}",
         )
         self.started_monotonic = time.monotonic()
-        self.buffer = PendingBuffer(settings.buffer_max_messages)
+        # The spool is per process identity: two instances on one host never share one.
+        self.spool = Spool(
+            settings.spool_dir / f"{settings.cluster_name}-{settings.instance_id}",
+            max_bytes=settings.spool_max_bytes,
+            fsync=settings.spool_fsync,
+        )
+        self.buffer = PendingBuffer(settings.buffer_max_messages, on_settled=self.spool.settle)
+        self.durable = DurableIntake(self.buffer, self.spool)
         self.decoder = Decoder(max_payload_bytes=settings.max_payload_bytes)
         self.catalog = TopicCatalog()
         self.intake = IntakeStats()
@@ -117,7 +126,7 @@ class Instance:
             self._start_tasks()
             failed = await self._wait_stop_or_failure()
             await self._shutdown()
-            if isinstance(self._fatal, IdentityClash | IdentityLost | PoolerDetected):
+            if isinstance(self._fatal, IdentityClash | IdentityLost | PoolerDetected | SpoolLocked):
                 raise self._fatal
             return constants.EXIT_FAILURE if failed else constants.EXIT_OK
         finally:
@@ -156,7 +165,15 @@ class Instance:
         stop.cancel()
         start.result()  # IdentityClash / PoolerDetected propagate to the CLI
         await self._refresh_topics(log_invalid=True)
+        if self.keeps_readings:
+            # After the database: replayed readings need its key convention.
+            self.durable.open(self.convention.apply)
         return True
+
+    @property
+    def keeps_readings(self) -> bool:
+        """Only an instance that may lead and hears MQTT acknowledges (and so spools)."""
+        return self.settings.may_lead and self.settings.mqtt_enabled
 
     async def _until_stopped(self, step: object) -> bool:
         async def attempt_all() -> None:
@@ -212,6 +229,9 @@ class Instance:
         self._spawn("alerts-delivery", self.alerts.notifier.run())
         if self.settings.may_lead:
             self._spawn("flusher", self.flusher.run())
+        if self.keeps_readings:
+            self._spawn("spool", self.spool.run())
+            self._spawn("replay", self.durable.run_replay())
         if self.settings.mqtt_enabled:
             self.mqtt = MqttIngest(self.settings, self.on_message)
             self.mqtt.set_topics(self.catalog.topics)
@@ -245,12 +265,17 @@ class Instance:
         await self._cancel("flusher")
         if self.flusher is not None and self.ha is not None and self.ha.is_leader():
             await self.flusher.final_flush(FINAL_FLUSH_DEADLINE_S)
-        # 3. release the lock: the standby takes over at once
+        # 3. what is still pending stays in the spool for the next start
+        await self._cancel("replay")
+        await self._cancel("spool")
+        if self.keeps_readings:
+            await self.spool.close()
+        # 4. release the lock: the standby takes over at once
         if self.ha is not None:
             self.ha.stop()
             await self._cancel("ha")
             await self.ha.release()
-        log.info("instance.stopped", pending=len(self.buffer))
+        log.info("instance.stopped", pending=len(self.buffer), spool_bytes=self.spool.total_bytes)
 
     async def _cancel(self, name: str) -> None:
         task = self._tasks.pop(name, None)
@@ -279,10 +304,7 @@ class Instance:
             stats.by_reason[code] = stats.by_reason.get(code, 0) + 1
         if not self.settings.may_lead:
             return  # development mode shows data but never writes: nothing to keep
-        if self.convention.legacy_timestamps or self.convention.legacy_fim:
-            decoded.readings = [self.convention.apply(r) for r in decoded.readings]
-        await self.buffer.wait_for_space()
-        self.buffer.add(decoded, time.monotonic())
+        await self.durable.accept(decoded)  # durable on this host: may be PUBACKed
         if (
             self.flusher is not None
             and self.buffer.readings_pending >= self.settings.batch_max

@@ -13,13 +13,20 @@ is a prefix and a batch is the oldest N.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 
 from aupus_ha.readings import Decoded, Reading, ReadingKey, Reject, RejectKey
 from aupus_ha.rollup import BUCKET, bucket_start
+
+# Spool segment of an entry that did not come through the spool (segments start at 1).
+NO_SEGMENT = 0
+# Told, per spool segment, how many entries left the buffer: the spool deletes a segment
+# once nothing of it is pending any more.
+SettleHook = Callable[[Iterable[tuple[int, int]]], None]
 
 
 @dataclass(slots=True)
@@ -34,10 +41,12 @@ class BufferStats:
 class PendingBuffer:
     """Readings and rejects keyed by natural key, oldest first, bounded."""
 
-    def __init__(self, max_items: int) -> None:
+    def __init__(self, max_items: int, on_settled: SettleHook | None = None) -> None:
         self.max_items = max_items
-        self._readings: dict[ReadingKey, tuple[float, Reading]] = {}
-        self._rejects: dict[RejectKey, tuple[float, Reject]] = {}
+        self._on_settled = on_settled
+        # key -> (arrival, entry, spool segment it was read from)
+        self._readings: dict[ReadingKey, tuple[float, Reading, int]] = {}
+        self._rejects: dict[RejectKey, tuple[float, Reject, int]] = {}
         self._space = asyncio.Event()
         self._space.set()
         self._not_empty = asyncio.Event()
@@ -60,16 +69,27 @@ class PendingBuffer:
         """Backpressure: the MQTT intake waits here (and delays its PUBACK) when full."""
         await self._space.wait()
 
-    def add(self, decoded: Decoded, arrived: float) -> None:
+    @property
+    def has_room(self) -> bool:
+        return len(self) < self.max_items
+
+    def add(self, decoded: Decoded, arrived: float, segment: int = NO_SEGMENT) -> None:
+        refused = 0
         for reading in decoded.readings:
             key = reading.key
             if key in self._readings:
                 self.stats.duplicates += 1
+                refused += 1
                 continue
-            self._readings[key] = (arrived, reading)
+            self._readings[key] = (arrived, reading, segment)
             self.stats.added += 1
         for reject in decoded.rejects:
-            self._rejects.setdefault(reject.key, (arrived, reject))
+            if reject.key in self._rejects:
+                refused += 1
+                continue
+            self._rejects[reject.key] = (arrived, reject, segment)
+        if refused and self._on_settled is not None:
+            self._on_settled([(segment, refused)])
         self._after_change()
 
     def wait_not_empty(self) -> asyncio.Event:
@@ -83,13 +103,13 @@ class PendingBuffer:
         """The oldest pending entries. Rollup samples wait until their minute has closed
         (`closed_before`); None releases every sample (a final flush)."""
         readings: list[Reading] = []
-        for _, reading in self._readings.values():
+        for _, reading, _ in self._readings.values():
             if len(readings) >= limit:
                 break
             if closed_before is not None and _bucket_open(reading, closed_before):
                 continue
             readings.append(reading)
-        rejects = [r for _, r in islice(self._rejects.values(), limit)]
+        rejects = [r for _, r, _ in islice(self._rejects.values(), limit)]
         return readings, rejects
 
     def committed(self, readings: Iterable[Reading], rejects: Iterable[Reject]) -> None:
@@ -101,10 +121,10 @@ class PendingBuffer:
     # --- standby side ---------------------------------------------------------------
 
     def readings_older_than(self, cutoff: float, limit: int) -> list[Reading]:
-        return [r for t, r in islice(self._readings.values(), limit) if t <= cutoff]
+        return [r for t, r, _ in islice(self._readings.values(), limit) if t <= cutoff]
 
     def rejects_older_than(self, cutoff: float, limit: int) -> list[Reject]:
-        return [r for t, r in islice(self._rejects.values(), limit) if t <= cutoff]
+        return [r for t, r, _ in islice(self._rejects.values(), limit) if t <= cutoff]
 
     def confirmed(
         self, reading_keys: Iterable[ReadingKey], reject_keys: Iterable[RejectKey]
@@ -121,8 +141,8 @@ class PendingBuffer:
         the leader stored them under its own arrival time. Held for a bounded horizon
         (enough to cover a failover), then dropped, so memory stays bounded.
         """
-        stale = [k for k, (t, r) in self._readings.items() if t <= cutoff and not r.matchable]
-        stale_rejects = [k for k, (t, _) in self._rejects.items() if t <= cutoff]
+        stale = [k for k, (t, r, _) in self._readings.items() if t <= cutoff and not r.matchable]
+        stale_rejects = [k for k, (t, _, _) in self._rejects.items() if t <= cutoff]
         self._discard_readings(stale)
         self._discard_rejects(stale_rejects)
         self.stats.expired += len(stale)
@@ -132,7 +152,7 @@ class PendingBuffer:
     def expire_unconfirmed(self, cutoff: float) -> int:
         """Drop confirmable readings older than `cutoff` that the leader never stored."""
         stale = []
-        for key, (arrived, _) in self._readings.items():
+        for key, (arrived, _, _) in self._readings.items():
             if arrived > cutoff:
                 break
             stale.append(key)
@@ -142,22 +162,32 @@ class PendingBuffer:
         return removed
 
     def oldest_age(self, now: float) -> float | None:
-        for arrived, _ in self._readings.values():
+        for arrived, _, _ in self._readings.values():
             return now - arrived
         return None
 
     # --- internals --------------------------------------------------------------------
 
     def _discard_readings(self, keys: Iterable[ReadingKey]) -> int:
-        removed = 0
+        segments: Counter[int] = Counter()
         for key in keys:
-            if self._readings.pop(key, None) is not None:
-                removed += 1
-        return removed
+            entry = self._readings.pop(key, None)
+            if entry is not None:
+                segments[entry[2]] += 1
+        self._settled(segments)
+        return segments.total()
 
     def _discard_rejects(self, keys: Iterable[RejectKey]) -> None:
+        segments: Counter[int] = Counter()
         for key in keys:
-            self._rejects.pop(key, None)
+            entry = self._rejects.pop(key, None)
+            if entry is not None:
+                segments[entry[2]] += 1
+        self._settled(segments)
+
+    def _settled(self, segments: Counter[int]) -> None:
+        if segments and self._on_settled is not None:
+            self._on_settled(segments.items())
 
     def has_ready(self, closed_before: datetime) -> bool:
         """Is anything writable now (not only samples of still-open minutes)?"""

@@ -87,6 +87,8 @@ class Settings:
     max_payload_bytes: int = 256 * 1024
     mqtt_receive_maximum: int = 2000
     spool_dir: Path = field(default_factory=lambda: Path("./spool"))
+    spool_max_bytes: int = 1024**3
+    spool_fsync: bool = True
     log_format: str = "json"
     log_level: str = "info"
     admin_token: Secret = field(default_factory=lambda: Secret(""))
@@ -163,6 +165,20 @@ def _parse_number(name: str, raw: str, kind: Callable[[str], T], low: float, hig
     if not low <= value <= high:  # type: ignore[operator]
         raise ConfigError(f"{name}={raw!r} is out of range (accepts {low}..{high})")
     return value
+
+
+def _parse_directory(name: str, raw: str) -> Path:
+    """A directory we can create and write, or a clear exit-2 line now (not at the first
+    message, when the instance would refuse to acknowledge anything)."""
+    if not raw.strip():
+        raise ConfigError(f"{name} must be a directory path")
+    path = Path(raw)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise ConfigError(f"{name}={raw!r}: not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={raw!r}: {existing} is not writable by this user")
+    return path
 
 
 def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -327,7 +343,11 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         mqtt_receive_maximum=num(
             "MQTT_RECEIVE_MAXIMUM", get("MQTT_RECEIVE_MAXIMUM", "2000"), int, 1, 65535
         ),
-        spool_dir=Path(get("SPOOL_DIR", "./spool")),
+        spool_dir=_parse_directory("SPOOL_DIR", get("SPOOL_DIR", "./spool")),
+        spool_max_bytes=num(
+            "SPOOL_MAX_BYTES", get("SPOOL_MAX_BYTES", str(1024**3)), int, 1024**2, 1024**5
+        ),
+        spool_fsync=_parse_bool("SPOOL_FSYNC", get("SPOOL_FSYNC", "true")),
         log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT", "json"), ("json", "console")),
         log_level=_parse_choice(
             "LOG_LEVEL", get("LOG_LEVEL", "info"), ("debug", "info", "warning", "error")

@@ -319,8 +319,15 @@ class HealthViews:
             "buffer": {
                 "pending": len(inst.buffer),
                 "max": inst.buffer.max_items,
-                # No disk spool in this version: a full buffer makes the broker keep them.
-                "spool": {"enabled": False, "files": 0, "bytes": 0},
+                "spool": {
+                    "enabled": inst.keeps_readings,
+                    "files": inst.spool.segment_count,
+                    "bytes": inst.spool.total_bytes,
+                    "maxBytes": inst.spool.max_bytes,
+                    "usage": round(inst.spool.usage, 4),
+                    "backlog": inst.durable.backlog,
+                    "replayed": inst.durable.replayed,
+                },
             },
             "flushes": {
                 "thisInstance": inst.settings.instance_id,

@@ -10,7 +10,7 @@ latency and the cluster's handover count.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -154,6 +154,7 @@ class _InstanceCollector(Collector):
         )
         yield _gauge("buffer_pending", "Entries held in the pending buffer.", len(inst.buffer))
         yield _gauge("buffer_capacity", "BUFFER_MAX_MESSAGES.", inst.buffer.max_items)
+        yield from self._spool_metrics()
         yield _gauge(
             "is_leader",
             "1 while this instance holds a valid lease.",
@@ -183,4 +184,22 @@ class _InstanceCollector(Collector):
             "uptime_seconds",
             "Seconds since this process started.",
             time.monotonic() - inst.started_monotonic,
+        )
+
+    def _spool_metrics(self) -> Iterator[Metric]:
+        spool = self._instance.spool
+        yield _gauge("spool_bytes", "Bytes in this instance's spool segments.", spool.total_bytes)
+        yield _gauge("spool_capacity_bytes", "SPOOL_MAX_BYTES.", spool.max_bytes)
+        yield _gauge("spool_segments", "Spool segment files on disk.", spool.segment_count)
+        yield _gauge(
+            "spool_backlog",
+            "1 while acknowledged entries wait on disk only (the buffer was full).",
+            int(self._instance.durable.backlog),
+        )
+        yield _counter(
+            "spool_records", "Messages made durable in the spool.", spool.stats.records
+        )
+        yield _counter("spool_fsyncs", "Group-commit fsyncs of the spool.", spool.stats.fsyncs)
+        yield _counter(
+            "spool_fsync_seconds", "Time spent in spool fsyncs.", spool.stats.fsync_seconds
         )
