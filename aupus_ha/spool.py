@@ -45,6 +45,7 @@ LOCK_NAME = "spool.lock"
 # A body longer than this cannot be a record of ours: the header itself is damaged.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 4 * 1024 * 1024
+WRITE_RETRY_S = 1.0
 
 
 class SpoolLocked(RuntimeError):
@@ -128,6 +129,7 @@ class Spool:
         # Segments before this position may be deleted; the replay moves it forward.
         self._replay_cursor: Position | None = None
         self._inflight: asyncio.Future[Any] | None = None
+        self._broken = False  # the last write failed: start a new segment first
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -177,10 +179,20 @@ class Spool:
                 await asyncio.wait_for(self._queued.wait(), timeout=self.segment_max_age_s)
             self._queued.clear()
             batch, self._queue = self._queue, []
-            if self._needs_rotation():
-                await self._rotate()
-            if batch:
-                await self._commit(batch)
+            try:
+                if self._needs_rotation():
+                    await self._rotate()
+                if batch:
+                    await self._commit(batch)
+            except OSError as exc:
+                # Disk full or an I/O error: these messages are not acknowledged (the
+                # broker redelivers them); the writer stays up and tries a new segment.
+                log.error("spool.write_failed", error=str(exc), directory=str(self.directory))
+                for append in batch:
+                    if not append.done.done():
+                        append.done.set_exception(exc)
+                self._broken = True
+                await asyncio.sleep(WRITE_RETRY_S)
 
     # --- appending ----------------------------------------------------------------------
 
@@ -202,11 +214,8 @@ class Spool:
         start = segment.size
         try:
             await self._in_thread(self._write, handle, b"".join(frames))
-        except OSError as exc:
-            log.error("spool.write_failed", error=str(exc), path=str(segment.path))
-            for append in batch:
-                if not append.done.done():
-                    append.done.set_exception(exc)
+        except OSError:
+            self._broken = True  # a torn frame may be on disk: never append after it
             raise
         # Synchronous from here: positions, hand-off and acknowledgement happen in file
         # order, in one step of the event loop, so a replay cursor is never overtaken.
@@ -245,6 +254,8 @@ class Spool:
 
     def _needs_rotation(self) -> bool:
         current = self._current
+        if self._broken:
+            return True
         if current is None or current.size == 0:
             return False
         too_old = time.monotonic() - self._current_opened >= self.segment_max_age_s
@@ -258,6 +269,7 @@ class Spool:
             _swap_files, old_handle, self._segment_path(number), self.fsync
         )
         self._install_segment(number, new_handle)
+        self._broken = False
         old.sealed = True
         self._maybe_delete(old)
 
@@ -420,7 +432,11 @@ def _open_segment(path: Path, fsync: bool) -> IO[bytes]:
 
 
 def _swap_files(old: IO[bytes], new_path: Path, fsync: bool) -> IO[bytes]:
-    _close_file(old, fsync)
+    try:
+        _close_file(old, fsync)
+    except OSError:  # the old file is the one that failed: its synced part is safe
+        with contextlib.suppress(OSError):
+            old.close()
     return _open_segment(new_path, fsync)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import orjson
 import pytest
@@ -31,6 +33,21 @@ def message(n: int) -> Decoded:
     return Decoded(readings=[reading(n)])
 
 
+def seg_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def tear(path: Path, cut_end: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - cut_end])
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 class Running:
     """A spool with its writer task, closed on exit (like the instance does)."""
 
@@ -49,7 +66,9 @@ class Running:
 async def running(
     directory: Path, on_durable: Callable[[Record, object], None] | None = None, **kw: object
 ) -> AsyncIterator[Running]:
-    spool = Spool(directory, max_bytes=int(kw.pop("max_bytes", 1 << 30)), **kw)  # type: ignore[arg-type]
+    max_bytes = kw.pop("max_bytes", 1 << 30)
+    assert isinstance(max_bytes, int)
+    spool = Spool(directory, max_bytes=max_bytes, **kw)  # type: ignore[arg-type]
 
     def held_in_memory(record: Record, item: object) -> None:
         spool.taken(record.position.segment, 1)  # as the buffer would: never settled here
@@ -93,9 +112,7 @@ async def test_a_torn_tail_keeps_every_whole_record_before_it(tmp_path: Path) ->
     async with running(tmp_path) as run:
         for i in range(10):
             await run.spool.append(b"record-%d" % i, None)
-    segment = next(tmp_path.glob("*.seg"))
-    data = segment.read_bytes()
-    segment.write_bytes(data[: len(data) - 3])  # the last record cut mid-body
+    tear(seg_files(tmp_path)[0], cut_end=3)  # the last record cut mid-body
     async with running(tmp_path) as again:
         recovered = await drain_backlog(again.spool)
         assert recovered == [b"record-%d" % i for i in range(9)]
@@ -106,10 +123,7 @@ async def test_a_corrupt_record_ends_its_segment_but_not_the_next(tmp_path: Path
     async with running(tmp_path, segment_bytes=1) as run:  # one batch per segment
         await run.spool.append(b"first-a", None)
         await run.spool.append(b"second", None)
-    first, second = sorted(tmp_path.glob("*.seg"))[:2]
-    data = bytearray(first.read_bytes())
-    data[HEADER.size] ^= 0xFF  # flip a body byte: the checksum no longer matches
-    first.write_bytes(bytes(data))
+    flip_byte(seg_files(tmp_path)[0], HEADER.size)  # the checksum no longer matches
     async with running(tmp_path) as again:
         assert await drain_backlog(again.spool) == [b"second"]
 
@@ -226,4 +240,43 @@ async def test_a_full_buffer_spills_to_disk_and_replays_in_order(tmp_path: Path)
         await asyncio.gather(*tasks, return_exceptions=True)
         await spool.close()
     # Everything but the live segment was settled and deleted.
-    assert len(list(tmp_path.glob("*.seg"))) <= 2
+    assert len(seg_files(tmp_path)) <= 2
+
+
+class FailingOnce(Spool):
+    """A disk that fails one write half-way (ENOSPC after a torn frame)."""
+
+    failed = False
+
+    def _write(self, handle: IO[bytes], data: bytes) -> None:
+        if not self.failed:
+            self.failed = True
+            handle.write(data[:5])
+            handle.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super()._write(handle, data)
+
+
+async def test_a_failed_write_is_not_acknowledged_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    spool = FailingOnce(tmp_path, max_bytes=1 << 20)
+    spool.open(lambda record, item: spool.taken(record.position.segment, 1))
+    writer = asyncio.create_task(spool.run())
+    try:
+        with pytest.raises(OSError, match="No space"):
+            await asyncio.wait_for(spool.append(b"lost-to-the-broker", None), timeout=5)
+        position = await asyncio.wait_for(spool.append(b"after", None), timeout=10)
+        assert position.segment == 2  # never appended behind the torn frame
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await spool.close()
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    again.open(lambda record, item: None)
+    try:
+        # The torn segment held nothing acknowledged: deleted when it was sealed.
+        assert await drain_backlog(again) == [b"after"]
+        assert again.stats.recovered_segments == 1
+    finally:
+        await again.close()
