@@ -197,14 +197,16 @@ def test_compose_env_names_are_documented() -> None:
 
 
 def test_aupus_services_differ_only_in_instance_id_and_ports() -> None:
-    """aupus-primary and aupus-backup are identical except INSTANCE_ID and the host port."""
+    """aupus-primary and aupus-backup are identical except INSTANCE_ID, the host port and
+    their own spool volume."""
 
     def normalised(service: str) -> list[str]:
         block = service_block(service)
         skip: set[int] = set()
-        ports = _top_keys(block).get("ports")
-        if ports is not None:
-            skip = set(range(ports + 1, ports + 1 + len(_block_after(block, ports))))
+        for key in ("ports", "volumes"):
+            start = _top_keys(block).get(key)
+            if start is not None:
+                skip |= set(range(start + 1, start + 1 + len(_block_after(block, start))))
         return [
             line
             for i, line in enumerate(block)
@@ -219,6 +221,11 @@ def test_aupus_services_differ_only_in_instance_id_and_ports() -> None:
     ports_a, ports_b = service_ports(primary), service_ports(backup)
     assert len(ports_a) == len(ports_b) == 1 and ports_a != ports_b
     assert {p.rsplit(":", 1)[1] for p in ports_a + ports_b} == {"3000"}
+    spools = [
+        [line.strip() for line in service_block(s) if "/var/lib/aupus-ha/spool" in line]
+        for s in AUPUS_SERVICES
+    ]
+    assert all(len(v) == 1 for v in spools) and spools[0] != spools[1]  # never shared
 
 
 def test_aupus_services_listen_where_they_are_probed() -> None:
