@@ -15,6 +15,7 @@ from aupus_ha.config import ConfigError, Settings, load_settings
 from aupus_ha.db import DatabaseUnavailable
 from aupus_ha.election import IdentityClash, IdentityLost, PoolerDetected
 from aupus_ha.logs import configure_logging
+from aupus_ha.spool import SpoolLocked
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", type=Path, help="write a plot: FILE.html or FILE.svg")
     bench.add_argument("--keep", action="store_true", help="keep the logs and data")
 
+    chaos = sub.add_parser(
+        "chaos", help="random faults against a 3-instance embedded cluster under load"
+    )
+    _add_chaos_arguments(chaos)
+
     status = sub.add_parser("status", help="the cluster: instances and recent handovers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--handovers", type=int, default=10)
@@ -156,7 +162,7 @@ def _exit_code(run: Callable[[], int]) -> int:
     """The documented exit codes: 2 for configuration/identity, 1 for an unreachable DB."""
     try:
         return run()
-    except (IdentityClash, IdentityLost, PoolerDetected, ConfigError) as exc:
+    except (IdentityClash, IdentityLost, PoolerDetected, ConfigError, SpoolLocked) as exc:
         print(f"aupus-ha: {exc}", file=sys.stderr)
         return constants.EXIT_CONFIG
     except DatabaseUnavailable as exc:
@@ -179,6 +185,18 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _add_chaos_arguments(parser: argparse.ArgumentParser) -> None:
+    from aupus_ha.chaos.options import add_arguments
+
+    add_arguments(parser)
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from aupus_ha.chaos import main as chaos_main
+
+    return chaos_main(args)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from aupus_ha.simulate import main as simulate_main
 
@@ -189,6 +207,7 @@ _TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "bench": _bench,
     "simulate": _simulate,
+    "chaos": _chaos,
 }
 
 

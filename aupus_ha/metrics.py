@@ -196,9 +196,7 @@ class _InstanceCollector(Collector):
             "1 while acknowledged entries wait on disk only (the buffer was full).",
             int(self._instance.durable.backlog),
         )
-        yield _counter(
-            "spool_records", "Messages made durable in the spool.", spool.stats.records
-        )
+        yield _counter("spool_records", "Messages made durable in the spool.", spool.stats.records)
         yield _counter("spool_fsyncs", "Group-commit fsyncs of the spool.", spool.stats.fsyncs)
         yield _counter(
             "spool_fsync_seconds", "Time spent in spool fsyncs.", spool.stats.fsync_seconds

@@ -34,7 +34,7 @@ def test_bad_spool_values_name_the_variable(name: str, value: str) -> None:
 def test_spool_dir_must_be_a_writable_directory(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("")
-    with pytest.raises(ConfigError, match="SPOOL_DIR.*not a directory"):
+    with pytest.raises(ConfigError, match=r"SPOOL_DIR.*not a directory"):
         load_settings({**BASE, "SPOOL_DIR": str(a_file / "spool")})
     created_later = tmp_path / "not" / "yet"
     assert load_settings({**BASE, "SPOOL_DIR": str(created_later)}).spool_dir == created_later

@@ -1,0 +1,145 @@
+"""The system under test: embedded PostgreSQL and Mosquitto, three instances, and a
+FaultProxy in front of each instance's database and broker connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from aupus_ha.chaos.options import ChaosOptions
+from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.faultproxy import FaultProxy
+from aupus_ha.localcluster import InstanceProcess, seed_equipment
+
+NAMES = ("alpha", "bravo", "charlie")
+DATABASE = "chaos"
+CLUSTER_NAME = "chaos"
+
+
+@dataclass(slots=True)
+class NodeProxies:
+    db: FaultProxy
+    mqtt: FaultProxy
+
+
+@dataclass(slots=True)
+class Cluster:
+    workdir: Path
+    pg: EmbeddedPostgres
+    broker: EmbeddedMosquitto
+    nodes: list[InstanceProcess] = field(default_factory=list)
+    proxies: dict[str, NodeProxies] = field(default_factory=dict)
+    equipment: list[tuple[str, str]] = field(default_factory=list)
+    # Wall-clock windows in which the database was down or frozen for everybody.
+    outages: list[tuple[float, float]] = field(default_factory=list)
+    unexpected_exits: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def dsn(self) -> str:
+        """Straight to PostgreSQL, for the runner's own queries (never through a proxy)."""
+        return self.pg.dsn(DATABASE)
+
+    def node(self, name: str) -> InstanceProcess:
+        return next(n for n in self.nodes if n.name == name)
+
+
+@contextlib.asynccontextmanager
+async def cluster_up(options: ChaosOptions) -> AsyncIterator[Cluster]:
+    """Servers, equipment rows, proxies and three running instances; all torn down after."""
+    workdir = Path(tempfile.mkdtemp(prefix="aupus-chaos-"))
+    cluster = Cluster(
+        workdir,
+        EmbeddedPostgres(workdir / "pg"),
+        EmbeddedMosquitto(persistence_dir=workdir / "mqtt"),
+    )
+    try:
+        await asyncio.to_thread(cluster.pg.start)
+        await asyncio.to_thread(cluster.broker.start)
+        await _create_database(cluster.pg.dsn())
+        cluster.equipment = await seed_equipment(cluster.dsn, options.equipment, prefix="chaos")
+        for name in NAMES:
+            await _add_node(cluster, name, options)
+        yield cluster
+    finally:
+        # Shielded, in a thread: a second Ctrl-C cannot leave processes behind.
+        await asyncio.shield(_teardown(cluster, options.keep))
+
+
+async def _create_database(admin_dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await conn.execute(f"CREATE DATABASE {DATABASE}", timeout=30)
+    finally:
+        await conn.close(timeout=5)
+
+
+async def _add_node(cluster: Cluster, name: str, options: ChaosOptions) -> None:
+    proxies = NodeProxies(
+        FaultProxy(cluster.pg.host, cluster.pg.port),
+        FaultProxy(cluster.broker.host, cluster.broker.port),
+    )
+    cluster.proxies[name] = proxies
+    await proxies.db.start()
+    await proxies.mqtt.start()
+    home = cluster.workdir / name
+    (home / "spool").mkdir(parents=True)
+    env = {
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxies.db.port}/{DATABASE}",
+        "MQTT_URL": f"mqtt://127.0.0.1:{proxies.mqtt.port}",
+        "CLUSTER_NAME": CLUSTER_NAME,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "info",
+        "SPOOL_DIR": str(home / "spool"),
+        **options.timings,
+    }
+    node = InstanceProcess(name, env, home)
+    cluster.nodes.append(node)
+    await asyncio.to_thread(node.start)
+
+
+async def _teardown(cluster: Cluster, keep: bool) -> None:
+    await asyncio.to_thread(_stop_nodes, cluster.nodes)
+    for proxies in cluster.proxies.values():
+        await proxies.db.stop()
+        await proxies.mqtt.stop()
+    await asyncio.to_thread(_stop_servers, cluster, keep)
+
+
+def _stop_nodes(nodes: list[InstanceProcess], timeout: float = 15.0) -> None:
+    """SIGCONT + SIGTERM to every instance at once, SIGKILL for those still up after."""
+    running = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
+    for node in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.pid, signal.SIGCONT)
+            os.kill(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for node in running:
+        assert node.proc is not None
+        try:
+            node.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.stop_now()
+
+
+def _stop_servers(cluster: Cluster, keep: bool) -> None:
+    try:
+        cluster.broker.cleanup()
+    finally:
+        cluster.pg.cleanup()
+        if keep:
+            print(f"logs and data kept in {cluster.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(cluster.workdir, ignore_errors=True)

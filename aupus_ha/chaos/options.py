@@ -1,0 +1,131 @@
+"""What a chaos run does: its length, load, timings, and how long each fault lasts."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from aupus_ha.localcluster import FAST_TIMINGS
+
+FAULT_KINDS: Final = (
+    "kill9",  # SIGKILL of an instance, restarted after RESTART_PAUSE_S (like systemd)
+    "sigstop",  # SIGSTOP of an instance, SIGCONT after a few lease TTLs
+    "sigterm",  # graceful stop of an instance, restarted after RESTART_PAUSE_S
+    "pg_restart",  # PostgreSQL fast shutdown and start
+    "pg_down",  # PostgreSQL crash (SIGKILL of every process), down for a while, start
+    "broker_restart",  # Mosquitto graceful stop and start
+    "broker_down",  # Mosquitto stopped for a while, then started
+    "slow_db",  # every PostgreSQL process SIGSTOPped for a little under the TTL
+    "partition_db",  # one instance's database traffic blackholed, then restored
+    "partition_mqtt",  # one instance's broker traffic blackholed, then restored
+)
+PROCESS_KINDS: Final = ("kill9", "sigstop", "sigterm")
+INSTANCE_KINDS: Final = (*PROCESS_KINDS, "partition_db", "partition_mqtt")
+# The contract's defaults (LEASE_TTL_S 5 etc.) when a run asks for them.
+DEFAULT_TIMINGS: Final = {"LEASE_TTL_S": "5", "HEARTBEAT_S": "1", "FLUSH_INTERVAL_S": "1"}
+RESTART_PAUSE_S: Final = 1.0  # systemd's RestartSec
+
+
+@dataclass(slots=True)
+class ChaosOptions:
+    duration_s: float = 300.0  # faults are injected for this long
+    seed: int = field(default_factory=lambda: random.randrange(1 << 31))
+    rate: float = 200.0  # readings per second, QoS 1
+    equipment: int = 500  # devices, one topic each
+    fast: bool = True  # FAST_TIMINGS (LEASE_TTL_S 2) instead of the contract's defaults
+    fault_scale: float = 1.0  # multiplies every fault's duration
+    kinds: tuple[str, ...] = FAULT_KINDS
+    min_rounds: int = 0  # keep going past the duration until every kind ran this often
+    settle_timeout_s: float = 90.0
+    json_path: Path | None = None
+    keep: bool = False  # keep the logs and data directory
+
+    @property
+    def timings(self) -> dict[str, str]:
+        return dict(FAST_TIMINGS if self.fast else DEFAULT_TIMINGS)
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return float(self.timings["LEASE_TTL_S"])
+
+    # -- fault durations, all proportional to the lease TTL ------------------------------
+
+    @property
+    def sigstop_s(self) -> float:
+        return 2.0 * self.lease_ttl_s * self.fault_scale
+
+    @property
+    def outage_s(self) -> float:
+        """How long PostgreSQL or the broker stays down."""
+        return 2.0 * self.lease_ttl_s * self.fault_scale
+
+    @property
+    def partition_s(self) -> float:
+        return 3.0 * self.lease_ttl_s * self.fault_scale
+
+    @property
+    def slow_db_s(self) -> float:
+        """A little under the TTL, whatever the scale: a slow database, not a dead one."""
+        return 0.8 * self.lease_ttl_s
+
+    @property
+    def gap_s(self) -> float:
+        """Quiet time between a recovered cluster and the next fault."""
+        return self.lease_ttl_s * self.fault_scale
+
+    @property
+    def recover_timeout_s(self) -> float:
+        return 30.0 + 10.0 * self.lease_ttl_s
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.duration_s >= 0:
+            out.append("--duration must be >= 0")
+        if not self.rate > 0:
+            out.append("--rate must be positive")
+        if not 1 <= self.equipment <= 10_000:
+            out.append("--equipment must be between 1 and 10000")
+        if not self.fault_scale > 0:
+            out.append("--fault-scale must be positive")
+        unknown = sorted(set(self.kinds) - set(FAULT_KINDS))
+        if unknown or not self.kinds:
+            out.append(f"--faults takes a comma list of: {', '.join(FAULT_KINDS)}")
+        return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of faults")
+    parser.add_argument("--seed", type=int, help="same seed, same fault schedule (random)")
+    parser.add_argument("--rate", type=float, default=200.0, help="readings per second")
+    parser.add_argument("--equipment", type=int, default=500, help="devices (one topic each)")
+    parser.add_argument(
+        "--contract-timings", action="store_true", help="LEASE_TTL_S=5 etc. (default: TTL 2)"
+    )
+    parser.add_argument("--fault-scale", type=float, default=1.0, help="fault durations x")
+    parser.add_argument(
+        "--faults", help=f"comma list of kinds (default all: {','.join(FAULT_KINDS)})"
+    )
+    parser.add_argument("--min-rounds", type=int, default=0, help="run every kind at least N times")
+    parser.add_argument("--json", type=Path, dest="json_path", help="write the report as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the logs and data")
+
+
+def options_from_args(args: argparse.Namespace) -> ChaosOptions:
+    options = ChaosOptions(
+        duration_s=args.duration,
+        rate=args.rate,
+        equipment=args.equipment,
+        fast=not args.contract_timings,
+        fault_scale=args.fault_scale,
+        min_rounds=args.min_rounds,
+        json_path=args.json_path,
+        keep=args.keep,
+    )
+    if args.seed is not None:
+        options.seed = args.seed
+    if args.faults:
+        options.kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
+    return options
