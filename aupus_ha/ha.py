@@ -338,9 +338,11 @@ class HaLoop:
     async def _connect(self, *, during: str) -> None:
         """(Re)open the lock connection and claim our row, backing off while the database
         is away; gives up quietly when the loop is stopped."""
+        # Capped at half the TTL: once the database is back, a leader is elected within
+        # about one TTL (a longer backoff left the cluster leaderless for seconds).
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(DatabaseUnavailable),
-            wait=jittered(5.0),
+            wait=jittered(max(0.5, self._settings.lease_ttl_s / 2)),
             reraise=True,
         ):
             with attempt:

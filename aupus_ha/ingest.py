@@ -70,6 +70,11 @@ class MqttIngest:
         # subscribed (and is reported so) once the broker has granted it.
         self._pending_subscribe: dict[int, list[str]] = {}
         self.stats = MqttStats()
+        self._closed = asyncio.Event()  # set when the current connection is dropped
+        # gmqtt closes a connection after 2 x keepalive without data in: a broker lost
+        # behind a silent partition must be noticed within about the lease TTL, so the
+        # leader hands over to a standby that still hears the devices (ha.py).
+        self._keepalive = max(1, round(settings.lease_ttl_s / 2))
 
     @property
     def connected(self) -> bool:
@@ -100,7 +105,9 @@ class MqttIngest:
         ep = self._endpoint
         try:
             await asyncio.wait_for(
-                client.connect(ep.host, ep.port, ssl=self._ssl_context(), keepalive=30),
+                client.connect(
+                    ep.host, ep.port, ssl=self._ssl_context(), keepalive=self._keepalive
+                ),
                 timeout=constants.MQTT_CONNECT_TIMEOUT_S,
             )
         except (OSError, TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
@@ -109,6 +116,7 @@ class MqttIngest:
             log.warning("mqtt.connect_failed", broker=ep.display(), error=type(exc).__name__)
             raise BrokerUnavailable(str(exc)) from exc
         self._client = client
+        self._closed = asyncio.Event()
         self.stats.connects += 1
         self.stats.connected_since = time.monotonic()
         self.stats.subscribed.clear()
@@ -159,6 +167,7 @@ class MqttIngest:
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
         self.stats.connected_since = None
+        self._closed.set()
         if client is not None:
             _disarm_reconnect(client)
             await _quiet_disconnect(client)
@@ -173,12 +182,19 @@ class MqttIngest:
     ) -> int:
         """Runs before the PUBACK: returning means the message is safely ours."""
         self.stats.messages += 1
+        closed = self._closed
         try:
             await self._on_message(topic, payload)
         except Exception:
             self.stats.handler_errors += 1
             log.exception("mqtt.handler_failed", topic=topic)
-            # No PUBACK success: the broker redelivers after a reconnect.
+            # An error PUBACK would still end the QoS 1 flow: the broker would forget the
+            # message. Drop the connection instead and answer only once it is gone, so no
+            # PUBACK reaches the broker and it redelivers the message to our session.
+            if client is self._client:
+                self._lost.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closed.wait(), timeout=constants.MQTT_CONNECT_TIMEOUT_S)
             return PUBACK_UNSPECIFIED_ERROR
         return PUBACK_SUCCESS
 

@@ -99,6 +99,9 @@ def _route_stdlib_logging(shared: list[Any], renderer: Any) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
+    # While the database is down the pool logs a traceback every second or two while it
+    # refills; our own `db.unavailable` / `db.reconnected` events already say it once.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> Any:

@@ -1,0 +1,51 @@
+"""A message whose handling fails is never acknowledged: the broker redelivers it.
+
+An error PUBACK (reason code >= 0x80) still ends a QoS 1 flow in Mosquitto, so the
+intake drops the connection instead; the persistent session gets the message again.
+Real broker, real gmqtt clients on both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+from aupus_ha.config import load_settings
+from aupus_ha.embedded import EmbeddedMosquitto
+from aupus_ha.ingest import MqttIngest
+from aupus_ha.publisher import Publisher
+from tests.helpers import async_wait_for
+
+
+async def test_a_failed_handler_gets_the_message_again(mosquitto: EmbeddedMosquitto) -> None:
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u@127.0.0.1/db",
+            "MQTT_URL": mosquitto.url,
+            "INSTANCE_ID": f"redelivery-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    calls: list[bytes] = []
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        calls.append(payload)
+        if len(calls) == 1:
+            raise OSError("spool write failed")  # e.g. the disk is full
+
+    ingest = MqttIngest(settings, on_message)
+    ingest.set_topics(["redelivery/t"])
+    task = asyncio.create_task(ingest.run())
+    try:
+        await async_wait_for(lambda: ingest.stats.subscribed, 10, message="no SUBACK")
+        async with Publisher(mosquitto.url) as pub:
+            pub.publish("redelivery/t", b"reading-1")
+            await pub.wait_acknowledged(timeout=10)
+        await async_wait_for(lambda: len(calls) >= 2, 20, message="not redelivered")
+        assert calls[:2] == [b"reading-1", b"reading-1"]
+        assert ingest.stats.handler_errors == 1 and ingest.stats.connects >= 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await ingest.close()
