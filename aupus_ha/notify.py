@@ -3,6 +3,7 @@
 Slack-compatible JSON (`text` plus one coloured attachment) is POSTed to
 `ALERT_WEBHOOK_URL` with aiohttp, a timeout and retries (tenacity); when `SMTP_HOST` and
 `ALERT_EMAIL_TO` are set the same alert is also e-mailed (stdlib smtplib in a thread).
+Each channel is tried and retried on its own: a dead webhook never holds back the mail.
 `enqueue` never blocks: when the queue is full (the webhook has been down for long) the
 oldest waiting notification is dropped and counted.
 """
@@ -13,6 +14,7 @@ import asyncio
 import smtplib
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -31,6 +33,8 @@ COLORS = {"INFO": "#439fe0", "WARNING": "#daa038", "CRITICAL": "#d00000", "RESOL
 QUEUE_MAX = 200
 SEND_TIMEOUT_S = 10.0
 SEND_ATTEMPTS = 4
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -72,38 +76,51 @@ class Notifier:
             self._ready.clear()
             while self._queue:
                 item = self._queue.popleft()
-                try:
-                    await self._deliver(item)
+                delivered = [
+                    await self._deliver(name, send, item) for name, send in self._channels()
+                ]
+                if all(delivered):
                     self.stats.sent += 1
-                except Exception as exc:  # a dead webhook must not stop us
+                else:
                     self.stats.failed += 1
-                    # Never the exception's text: it may carry the (secret) webhook URL.
-                    log.warning(
-                        "alerts.delivery_failed",
-                        kind=item["kind"],
-                        error=type(exc).__name__,
-                        status=getattr(exc, "status", None),
-                        failed=self.stats.failed,
-                    )
 
-    async def _deliver(self, item: Body) -> None:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(SEND_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            reraise=True,
-        ):
-            with attempt:
-                if self._settings.alert_webhook_url:
-                    await self._post(slack_payload(item, self._settings.cluster_name))
+    def _channels(self) -> list[tuple[str, Send]]:
+        """The configured channels, each delivered (and retried) on its own."""
         s = self._settings
+        channels: list[tuple[str, Send]] = []
+        if s.alert_webhook_url:
+            channels.append(
+                ("webhook", lambda item: self._post(slack_payload(item, s.cluster_name)))
+            )
         if s.smtp_host and s.alert_email_to:
+            channels.append(("email", lambda item: asyncio.to_thread(self._send_mail, item)))
+        return channels
+
+    async def _deliver(self, channel: str, send: Send, item: Body) -> bool:
+        """Up to SEND_ATTEMPTS tries with backoff; False (logged) when all failed.
+
+        A dead webhook must not stop the e-mail (nor the other way round).
+        """
+        try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(SEND_ATTEMPTS),
                 wait=wait_exponential(multiplier=0.5, max=10),
                 reraise=True,
             ):
                 with attempt:
-                    await asyncio.to_thread(self._send_mail, item)
+                    await send(item)
+        except Exception as exc:  # a dead channel must not stop us
+            # Never the exception's text: it may carry the (secret) webhook URL.
+            log.warning(
+                "alerts.delivery_failed",
+                channel=channel,
+                kind=item["kind"],
+                error=type(exc).__name__,
+                status=getattr(exc, "status", None),
+                failed=self.stats.failed + 1,
+            )
+            return False
+        return True
 
     async def _post(self, payload: Body) -> None:
         timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_S)
