@@ -34,6 +34,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.QueryCanceledError,
+    # The server ended the session (e.g. FATAL "terminating connection due to
+    # administrator command" on shutdown) while the connection was idle: asyncpg parks
+    # it in an error state until the socket closes, and a query sent in that window
+    # fails with "cannot switch to state ...; another operation is in progress". The
+    # connection is unusable, not the program broken: reconnect like any lost session.
+    asyncpg.exceptions.InternalClientError,
+    # The server refused us: wrong password, or no pg_hba.conf entry (e.g. TLS required
+    # and sslmode=disable). Credentials and pg_hba are fixed on the server side, often
+    # without touching the cluster's configuration: report the database as unreachable
+    # (/health, `db.unavailable`) and retry, rather than crash the instance and its HTTP
+    # endpoints.
+    asyncpg.InvalidAuthorizationSpecificationError,
 )
 
 

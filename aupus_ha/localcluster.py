@@ -46,6 +46,11 @@ class InstanceProcess:
     log_dir: Path
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # Command prefix the process is started under, e.g. ("ip", "netns", "exec", ns) to
+    # run it in a network namespace; it must exec the command (keep the pid).
+    wrap: tuple[str, ...] = ()
+    # Address the HTTP server binds to and probes go to (the namespace's own address).
+    http_host: str = "127.0.0.1"
 
     @property
     def log_path(self) -> Path:
@@ -57,11 +62,11 @@ class InstanceProcess:
             **self.env,
             "INSTANCE_ID": self.name,
             "HTTP_PORT": str(self.http_port),
-            "HTTP_HOST": "127.0.0.1",
+            "HTTP_HOST": self.http_host,
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aupus_ha", "run", *extra_args],
+            [*self.wrap, sys.executable, "-m", "aupus_ha", "run", *extra_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -103,7 +108,7 @@ class InstanceProcess:
 
     async def get(self, path: str, timeout: float = 1.0) -> tuple[int, dict[str, Any] | None]:
         """Status and JSON body of a route; (0, None) when nothing answers."""
-        url = f"http://127.0.0.1:{self.http_port}{path}"
+        url = f"http://{self.http_host}:{self.http_port}{path}"
         try:
             client_timeout = aiohttp.ClientTimeout(total=timeout)
             async with aiohttp.ClientSession(timeout=client_timeout) as s, s.get(url) as resp:
