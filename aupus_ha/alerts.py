@@ -139,7 +139,10 @@ class AlertManager:
             found.append(spool)
         elif self._inst.keeps_readings:
             clear.append(self._spool_kind)
-        if not local_only:
+        if local_only:
+            # Nobody else would notice a cluster without a leader: every instance checks.
+            await self._leader_condition(found, clear)
+        else:
             await self._cluster_conditions(found, clear)
         opened: list[str] = []
         for cond in found:
@@ -168,13 +171,7 @@ class AlertManager:
             meta = {k: recent.get(k) for k in ("lastDataTimestamp", "hoursSinceLastData")}
             msg = f"no recent data: {recent['message']}"
             found.append(Condition("no_recent_data", level, INGESTION, msg, _plain(meta)))
-        term = await store.leadership(HEALTH_QUERY_TIMEOUT_S)
-        leader = term.get("leader_instance_id") if term.get("released_at") is None else None
-        if leader:
-            clear.append("no_leader")
-        else:
-            meta = {"epoch": term.get("epoch")}
-            found.append(Condition("no_leader", CRITICAL, LEADERSHIP, "no leader", meta))
+        await self._leader_condition(found, clear)
         window = await store.ingestion_window(DAY_S, HOUR_S, HEALTH_QUERY_TIMEOUT_S)
         enabled, with_data = (
             window.get("equipment_enabled", 0),
@@ -195,6 +192,17 @@ class AlertManager:
             found.append(Condition("low_quality", WARNING, INGESTION, msg, meta))
         else:
             clear.append("low_quality")
+
+    async def _leader_condition(self, found: list[Condition], clear: list[str]) -> None:
+        store = self._inst.store
+        assert store is not None
+        term = await store.leadership(HEALTH_QUERY_TIMEOUT_S)
+        leader = term.get("leader_instance_id") if term.get("released_at") is None else None
+        if leader:
+            clear.append("no_leader")
+        else:
+            meta = {"epoch": term.get("epoch")}
+            found.append(Condition("no_leader", CRITICAL, LEADERSHIP, "no leader", meta))
 
     async def _events(self, *, local_only: bool) -> list[str]:
         """Handovers newer than the last check and new fenced write attempts: one-off rows."""

@@ -98,6 +98,7 @@ class Settings:
     smtp_user: str | None = None
     smtp_pass: Secret = field(default_factory=lambda: Secret(""))
     alert_email_to: str | None = None
+    smtp_tls_ca: str | None = None
     db_connect_timeout_s: float = 5.0
     recent_data_warning_s: float = 600.0
     recent_data_critical_s: float = 7200.0
@@ -247,10 +248,10 @@ def _mqtt_endpoint(env: Mapping[str, str]) -> MqttEndpoint | None:
     return MqttEndpoint(host, port, tls, user, Secret(password))
 
 
-def _tls_ca(env: Mapping[str, str]) -> str | None:
-    path = env.get("MQTT_TLS_CA", "").strip()
+def _tls_ca(env: Mapping[str, str], name: str) -> str | None:
+    path = env.get(name, "").strip()
     if path and not Path(path).is_file():
-        raise ConfigError(f"MQTT_TLS_CA={path!r} is not a readable file (accepts a PEM CA bundle)")
+        raise ConfigError(f"{name}={path!r} is not a readable file (accepts a PEM CA bundle)")
     return path or None
 
 
@@ -324,7 +325,7 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         instance_id=_parse_identifier("INSTANCE_ID", get("INSTANCE_ID", socket.gethostname())),
         cluster_name=_parse_identifier("CLUSTER_NAME", get("CLUSTER_NAME", "aupus")),
         mqtt_mode=mode,
-        mqtt_tls_ca=_tls_ca(env),
+        mqtt_tls_ca=_tls_ca(env, "MQTT_TLS_CA"),
         mqtt_tls_insecure=_parse_bool("MQTT_TLS_INSECURE", get("MQTT_TLS_INSECURE", "false")),
         http_host=get("HTTP_HOST", "0.0.0.0"),  # noqa: S104
         http_port=num("HTTP_PORT", get("HTTP_PORT", "3000"), int, 0, 65535),
@@ -358,6 +359,7 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         smtp_port=num("SMTP_PORT", get("SMTP_PORT", "587"), int, 1, 65535),
         smtp_user=env.get("SMTP_USER") or None,
         smtp_pass=Secret(env.get("SMTP_PASS", "")),
+        smtp_tls_ca=_tls_ca(env, "SMTP_TLS_CA"),
         alert_email_to=env.get("ALERT_EMAIL_TO") or None,
         db_connect_timeout_s=num(
             "DB_CONNECT_TIMEOUT_S", get("DB_CONNECT_TIMEOUT_S", "5"), float, 0.5, 120

@@ -51,28 +51,29 @@ def _default(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
-class _Plain:
-    """A view answered as its bare JSON body (keeps the view for the legacy mirror)."""
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
-    def __init__(self, view: View) -> None:
-        self.view = view
 
-    async def __call__(self, request: web.Request) -> web.Response:
-        body, status = await self.view(request)
+def _plain(view: View) -> Handler:
+    """A view answered as its bare JSON body."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body, status = await view(request)
         return _json(body, status)
 
+    return handler
 
-class _Enveloped:
+
+def _enveloped(view: View) -> Handler:
     """A view answered in the legacy envelope, with the same status code."""
 
-    def __init__(self, view: View) -> None:
-        self.view = view
-
-    async def __call__(self, request: web.Request) -> web.Response:
-        body, status = await self.view(request)
+    async def handler(request: web.Request) -> web.Response:
+        body, status = await view(request)
         request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
         meta = {"timestamp": datetime.now(UTC), "requestId": request_id}
         return _json({"success": status < 400, "data": body, "meta": meta}, status)
+
+    return handler
 
 
 class HttpServer:
@@ -84,32 +85,30 @@ class HttpServer:
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
-        health = [
-            web.get("/health", _Plain(self.health)),
-            web.get("/health/leader", _Plain(self.leader)),
-            web.get("/health/standby", _Plain(self.standby)),
-            web.get("/health/cluster", _Plain(self.cluster)),
-            web.get("/health/mqtt", _Plain(self.mqtt)),
-            web.get("/health/database", _Plain(self.database)),
-            web.get("/health/dados-recentes", _Plain(self.recent_data)),
-            web.get("/health/metrics", _Plain(self.metrics_view)),
-            web.get("/health/metrics/simple", _Plain(self.metrics_simple)),
-            web.get("/health/alerts", _Plain(self.alerts)),
+        views: list[tuple[str, View]] = [
+            ("/health", self.health),
+            ("/health/leader", self.leader),
+            ("/health/standby", self.standby),
+            ("/health/cluster", self.cluster),
+            ("/health/mqtt", self.mqtt),
+            ("/health/database", self.database),
+            ("/health/dados-recentes", self.recent_data),
+            ("/health/metrics", self.metrics_view),
+            ("/health/metrics/simple", self.metrics_simple),
+            ("/health/alerts", self.alerts),
         ]
-        mirrors = [
-            web.get(LEGACY_PREFIX + route.path, _Enveloped(route.handler.view))
-            for route in health
-            if isinstance(route, web.RouteDef) and isinstance(route.handler, _Plain)
-        ]
-        checks = [web.post("/health/alerts/check", _Plain(self.alerts_check))]
-        mirrors += [web.post(LEGACY_PREFIX + "/health/alerts/check", _Enveloped(self.alerts_check))]
+        health = [web.get(path, _plain(view)) for path, view in views]
+        # Every /health route again under /api/v1, in the legacy envelope.
+        mirrors = [web.get(LEGACY_PREFIX + path, _enveloped(view)) for path, view in views]
+        checks = [web.post("/health/alerts/check", _plain(self.alerts_check))]
+        mirrors += [web.post(LEGACY_PREFIX + "/health/alerts/check", _enveloped(self.alerts_check))]
         app.router.add_routes(health)
         app.router.add_routes(mirrors)
         app.router.add_routes(checks)
         app.router.add_routes(
             [
                 web.get("/metrics", self.prometheus),
-                web.post("/admin/step-down", _Plain(self.step_down)),
+                web.post("/admin/step-down", _plain(self.step_down)),
             ]
         )
         return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,10 @@ Body = dict[str, Any]
 COLORS = {"INFO": "#439fe0", "WARNING": "#daa038", "CRITICAL": "#d00000", "RESOLVED": "#2eb886"}
 QUEUE_MAX = 200
 SEND_TIMEOUT_S = 10.0
-SEND_ATTEMPTS = 4
+# About a minute of retries (0.5, 1, 2, 4, 8, 16, 30 s apart): a webhook or mail relay
+# restarting does not cost the notification. Later ones wait in the bounded queue.
+SEND_ATTEMPTS = 8
+SMTPS_PORT = 465
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -76,9 +80,10 @@ class Notifier:
             self._ready.clear()
             while self._queue:
                 item = self._queue.popleft()
-                delivered = [
-                    await self._deliver(name, send, item) for name, send in self._channels()
-                ]
+                # Concurrently: a webhook retrying for a minute never delays the mail.
+                delivered = await asyncio.gather(
+                    *(self._deliver(name, send, item) for name, send in self._channels())
+                )
                 if all(delivered):
                     self.stats.sent += 1
                 else:
@@ -104,7 +109,7 @@ class Notifier:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(SEND_ATTEMPTS),
-                wait=wait_exponential(multiplier=0.5, max=10),
+                wait=wait_exponential(multiplier=0.5, max=30),
                 reraise=True,
             ):
                 with attempt:
@@ -139,9 +144,19 @@ class Notifier:
         msg["From"] = s.smtp_user or f"aupus-ha@{s.smtp_host}"
         msg["To"] = s.alert_email_to
         msg.set_content(_text(item))
-        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SEND_TIMEOUT_S) as smtp:
-            if s.smtp_port != 25:
-                smtp.starttls()
+        # The server's certificate is verified (system CAs, or SMTP_TLS_CA): SMTP_PASS
+        # must not be sent to whoever sits in the middle.
+        context = ssl.create_default_context(cafile=s.smtp_tls_ca)
+        smtp: smtplib.SMTP
+        if s.smtp_port == SMTPS_PORT:
+            smtp = smtplib.SMTP_SSL(
+                s.smtp_host, s.smtp_port, timeout=SEND_TIMEOUT_S, context=context
+            )
+        else:
+            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SEND_TIMEOUT_S)
+        with smtp:
+            if s.smtp_port not in (25, SMTPS_PORT):
+                smtp.starttls(context=context)
             if s.smtp_user:
                 smtp.login(s.smtp_user, s.smtp_pass.reveal())
             smtp.send_message(msg)

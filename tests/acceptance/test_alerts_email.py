@@ -44,6 +44,7 @@ class Mailbox:
     """What the SMTP server received, and who logged in."""
 
     port: int = field(default_factory=free_port)
+    ca_file: str = ""  # the CA the instance verifies this server's certificate with
     messages: list[EmailMessage] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
     recipients: list[list[str]] = field(default_factory=list)
@@ -80,10 +81,22 @@ def _body(message: EmailMessage) -> str:
 
 
 @pytest.fixture(scope="module")
-def tls_context() -> ssl.SSLContext:
-    ca = trustme.CA()
+def smtp_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def smtp_ca_file(smtp_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The CA the instance must verify the SMTP server's certificate with."""
+    path = tmp_path_factory.mktemp("smtp-ca") / "ca.pem"
+    smtp_ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tls_context(smtp_ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    smtp_ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     return context
 
 
@@ -100,19 +113,20 @@ def _controller(box: Mailbox, tls: ssl.SSLContext) -> Controller:
 
 
 @pytest.fixture
-def mailbox(tls_context: ssl.SSLContext) -> Iterator[Mailbox]:
-    box = Mailbox()
+def mailbox(tls_context: ssl.SSLContext, smtp_ca_file: str) -> Iterator[Mailbox]:
+    box = Mailbox(ca_file=smtp_ca_file)
     controller = _controller(box, tls_context)
     controller.start()
     yield box
     controller.stop()
 
 
-def _mail_env(port: int, **extra: str) -> dict[str, str]:
+def _mail_env(box: Mailbox, **extra: str) -> dict[str, str]:
     return {
+        "SMTP_TLS_CA": box.ca_file,
         "ADMIN_TOKEN": TOKEN,
         "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(port),
+        "SMTP_PORT": str(box.port),
         "SMTP_USER": USER,
         "SMTP_PASS": PASSWORD,
         "ALERT_EMAIL_TO": TO,
@@ -140,12 +154,12 @@ async def _check(inst: InstanceProcess) -> dict[str, Any]:
 
 
 async def _stale_cluster(
-    spawn: ClusterFactory, database_url: str, port: int, **extra: str
+    spawn: ClusterFactory, database_url: str, box: Mailbox, **extra: str
 ) -> tuple[InstanceProcess, str]:
     """A leader whose only reading is STALE_S old; returns it and the equipment id."""
     equipment = await seed_equipment(database_url, 1)
     await _insert_reading(database_url, equipment[0][0], STALE_S)
-    leader = spawn("node-a", **_mail_env(port, **extra))
+    leader = spawn("node-a", **_mail_env(box, **extra))
     await wait_single_leader([leader])
     return leader, equipment[0][0]
 
@@ -154,7 +168,7 @@ async def test_an_open_and_a_resolved_alert_are_mailed(
     spawn: ClusterFactory, database_url: str, mailbox: Mailbox
 ) -> None:
     """Subject `[CRITICAL] DataIngestion: ...`, body with kind and metadata; then RESOLVED."""
-    leader, equipamento_id = await _stale_cluster(spawn, database_url, mailbox.port)
+    leader, equipamento_id = await _stale_cluster(spawn, database_url, mailbox)
     body = await _check(leader)
     assert body["opened"] == ["no_recent_data"], body
 
@@ -214,9 +228,9 @@ class RefusingServer:
 
 @pytest.fixture
 async def refusing_then_up(
-    tls_context: ssl.SSLContext,
+    tls_context: ssl.SSLContext, smtp_ca_file: str
 ) -> AsyncIterator[tuple[RefusingServer, Mailbox]]:
-    box = Mailbox()
+    box = Mailbox(ca_file=smtp_ca_file)
     async with RefusingServer(box.port) as refusing:
         yield refusing, box
 
@@ -233,7 +247,7 @@ async def test_delivery_retries_until_the_smtp_server_comes_up(
     would fail and only the later handover notification would arrive.
     """
     refusing, box = refusing_then_up
-    leader, _ = await _stale_cluster(spawn, database_url, box.port)
+    leader, _ = await _stale_cluster(spawn, database_url, box)
     body = await _check(leader)
     assert body["opened"] == ["no_recent_data"], body
     await wait_until(lambda: refusing.attempts >= 1, DELIVERY_TIMEOUT_S, "no SMTP attempt")
@@ -251,13 +265,11 @@ async def test_delivery_retries_until_the_smtp_server_comes_up(
 async def test_a_dead_webhook_does_not_stop_the_email(
     spawn: ClusterFactory, database_url: str, mailbox: Mailbox
 ) -> None:
-    """Webhook and e-mail are separate channels: the webhook failing still sends the mail."""
+    """Webhook and e-mail are separate channels: a failing webhook does not hold the mail."""
     dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    leader, _ = await _stale_cluster(spawn, database_url, mailbox.port, ALERT_WEBHOOK_URL=dead)
+    leader, _ = await _stale_cluster(spawn, database_url, mailbox, ALERT_WEBHOOK_URL=dead)
     await _check(leader)
     await wait_until(lambda: mailbox.about("no_recent_data"), DELIVERY_TIMEOUT_S, "no mail")
-    await wait_until(
-        lambda: leader.find("alerts.delivery_failed", channel="webhook"),
-        DELIVERY_TIMEOUT_S,
-        "the webhook failure was not logged per channel",
-    )
+    # Delivered while the webhook is still being retried (about a minute of backoff):
+    # the channels run side by side, the mail never waits for the webhook to give up.
+    assert not leader.find("alerts.delivery_failed", channel="webhook")

@@ -9,7 +9,6 @@ right one; step-down runs last (it hands the leadership over).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -78,11 +77,7 @@ def _operations(schema: OpenApiSchema) -> dict[tuple[str, str], Operation]:
 def served_routes() -> set[tuple[str, str]]:
     """(method, path) of every route the aiohttp app registers (HEAD comes with GET)."""
     # build_app only wires handlers; no attribute of the instance is read before a request.
-    # http.py's handler objects are callables, not coroutine functions: aiohttp warns
-    # (DeprecationWarning) and wraps them; that is not what this test pins.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        app = HttpServer(cast(Instance, object())).build_app()
+    app = HttpServer(cast(Instance, object())).build_app()
     return {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
 
 

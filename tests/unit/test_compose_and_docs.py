@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
+
+from aupus_ha.app import Instance
+from aupus_ha.http import HttpServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PY = ROOT / "aupus_ha" / "config.py"
-HTTP_PY = ROOT / "aupus_ha" / "http.py"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
 RUNBOOK = ROOT / "docs" / "runbook.pt-BR.md"
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
@@ -24,7 +27,7 @@ COMPOSE_ONLY_VARIABLES = {"POSTGRES_PASSWORD"}  # the example database's own pas
 
 NAME = r"[A-Z][A-Z0-9_]*"
 # env.get("X", ...), get("X", ...), env["X"]: every way config.py reads a variable.
-_READ = re.compile(rf"""(?:\bget\(|\benv\[)\s*["']({NAME})["']""")
+_READ = re.compile(rf"""(?:\bget\(|\benv\[|\b_tls_ca\(env,)\s*["']({NAME})["']""")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -293,7 +296,12 @@ def test_dockerfile_runs_unprivileged() -> None:
 
 def test_runbook_endpoint_table_matches_http_routes() -> None:
     """The runbook's endpoint table lists exactly the routes http.py serves today."""
-    served = set(re.findall(r"web\.get\(\s*\"([^\"]+)\"", HTTP_PY.read_text(encoding="utf-8")))
+    app = HttpServer(cast(Instance, object())).build_app()  # wiring only: nothing is read
+    served = {
+        r.resource.canonical
+        for r in app.router.routes()
+        if r.method == "GET" and r.resource and not r.resource.canonical.startswith("/api/v1")
+    }
     listed = set(re.findall(r"^\| `GET (/[^`\s]*)`", RUNBOOK.read_text(encoding="utf-8"), re.M))
     assert served, "no routes found in http.py"
     assert listed == served
