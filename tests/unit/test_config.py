@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from aupus_ha.config import ConfigError, Secret, load_settings, mask_url
@@ -120,3 +122,67 @@ def test_overrides_are_validated_like_the_environment() -> None:
     with pytest.raises(ConfigError, match="HTTP_PORT"):
         load_settings(dict(BASE), overrides={"HTTP_PORT": "70000"})
     assert load_settings(dict(BASE), overrides={"INSTANCE_ID": "x1"}).instance_id == "x1"
+
+
+# --- TLS settings: valid spellings, and every invalid value is one exit-2 line ------------
+
+
+def test_tls_spellings(tmp_path: Path) -> None:
+    """mqtts:// and ssl:// mean TLS on 8883; MQTT_TLS switches mqtt:// (or the legacy
+    host) to TLS but cannot switch mqtts:// off; MQTT_TLS_CA keeps an existing file."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    for url in ("mqtts://u:p@b", "ssl://u:p@b"):
+        mqtt = load_settings({**BASE, "MQTT_URL": url}).mqtt
+        assert mqtt is not None and (mqtt.tls, mqtt.port) == (True, 8883)
+    mqtt = load_settings({**BASE, "MQTT_URL": "mqtt://b", "MQTT_TLS": "yes"}).mqtt
+    assert mqtt is not None and (mqtt.tls, mqtt.port) == (True, 8883)
+    mqtt = load_settings({**BASE, "MQTT_URL": "mqtts://b:9000", "MQTT_TLS": "false"}).mqtt
+    assert mqtt is not None and (mqtt.tls, mqtt.port) == (True, 9000)
+    s = load_settings({**BASE, "MQTT_TLS_CA": str(ca), "MQTT_TLS_INSECURE": "off"})
+    assert s.mqtt_tls_ca == str(ca) and not s.mqtt_tls_insecure
+
+
+TLS_SECRET = "pw-tls-secret-31"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MQTT_TLS", "maybe"),
+        ("MQTT_TLS_INSECURE", "perhaps"),
+        ("MQTT_TLS_CA", "/nonexistent/ca.pem"),
+        ("MQTT_TLS_CA", "<directory>"),
+        ("MQTT_URL", f"https://user:{TLS_SECRET}@broker"),
+        ("MQTT_URL", f"mqtts://user:{TLS_SECRET}@broker:99999"),
+        ("DATABASE_URL", f"mysql://app:{TLS_SECRET}@db/aupus?sslmode=require"),
+    ],
+)
+def test_invalid_tls_values_exit_2_with_one_line(
+    name: str,
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`aupus-ha` exits 2 before connecting anywhere, with one line on stderr that names
+    the variable (and never shows a password that was part of the bad value)."""
+    from aupus_ha import cli
+
+    for var in ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("MQTT_TLS", "MQTT_TLS_CA", "MQTT_TLS_INSECURE"):
+        monkeypatch.delenv(var, raising=False)
+    env = {**BASE, "MQTT_URL": "mqtts://user:pw@broker:8883", "INSTANCE_ID": "cfg-test"}
+    env[name] = str(tmp_path) if value == "<directory>" else value
+    for var, val in env.items():
+        monkeypatch.setenv(var, val)
+    monkeypatch.chdir(tmp_path)  # no ./.env
+    code = cli.main(["migrate"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("aupus-ha: configuration error: "), lines
+    assert name in lines[0]
+    assert TLS_SECRET not in err + out
