@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
@@ -155,7 +156,10 @@ def _secrets(settings: Settings) -> list[str]:
     ]
     if settings.mqtt is not None:
         found.append(settings.mqtt.password)
-    return [s.reveal() for s in found]
+    # The password inside DATABASE_URL too: an error text may quote it without the URL.
+    db = urlsplit(settings.database_url.reveal())
+    embedded = [unquote(db.password or ""), *parse_qs(db.query).get("password", [])]
+    return [s.reveal() for s in found] + [p for p in embedded if p]
 
 
 def _exit_code(run: Callable[[], int]) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from aupus_ha import constants
 
@@ -206,7 +206,24 @@ def _parse_database_url(raw: str) -> Secret:
         raise ConfigError(
             "DATABASE_URL is invalid (accepts postgresql://user:password@host:port/database)"
         )
+    _check_tls_query(parse_qs(parts.query))
     return Secret(value)
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_tls_query(query: Mapping[str, list[str]]) -> None:
+    """Bad TLS options fail at start (exit 2), not as an endless "database unavailable"."""
+    for mode in query.get("sslmode", []):
+        if mode not in SSLMODES:
+            raise ConfigError(
+                f"DATABASE_URL sslmode={mode!r} is invalid (accepts {', '.join(SSLMODES)})"
+            )
+    for name in ("sslrootcert", "sslcert", "sslkey"):
+        for path in query.get(name, []):
+            if path != "system" and not Path(path).is_file():
+                raise ConfigError(f"DATABASE_URL {name}={path!r} is not a readable file")
 
 
 def _parse_mqtt_url(raw: str, tls_flag: bool) -> MqttEndpoint:
@@ -218,9 +235,11 @@ def _parse_mqtt_url(raw: str, tls_flag: bool) -> MqttEndpoint:
         )
     tls = schemes[parts.scheme] or tls_flag
     try:
-        port = parts.port or (8883 if tls else 1883)
+        port = parts.port if parts.port is not None else (8883 if tls else 1883)
     except ValueError:
-        raise ConfigError("MQTT_URL has an invalid port (accepts 1..65535)") from None
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError("MQTT_URL has an invalid port (accepts 1..65535)")
     return MqttEndpoint(
         host=parts.hostname,
         port=port,

@@ -1,4 +1,4 @@
-"""Spool settings: a wrong value stops the start (exit 2), not the first acknowledgement."""
+"""Settings checked at start: spool and TLS values stop the start (exit 2), not later."""
 
 from __future__ import annotations
 
@@ -38,3 +38,20 @@ def test_spool_dir_must_be_a_writable_directory(tmp_path: Path) -> None:
         load_settings({**BASE, "SPOOL_DIR": str(a_file / "spool")})
     created_later = tmp_path / "not" / "yet"
     assert load_settings({**BASE, "SPOOL_DIR": str(created_later)}).spool_dir == created_later
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u@h/db?sslmode=bogus", "sslmode='bogus'"),
+        ("postgresql://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem", "sslrootcert"),
+    ],
+)
+def test_bad_database_tls_options_stop_the_start(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({**BASE, "DATABASE_URL": url})
+
+
+def test_mqtt_port_zero_is_refused() -> None:
+    with pytest.raises(ConfigError, match="MQTT_URL has an invalid port"):
+        load_settings({**BASE, "MQTT_URL": "mqtts://broker:0"})
