@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aupus_ha.embedded import EmbeddedPostgres
 from aupus_ha.localcluster import FAST_TIMINGS, InstanceProcess
 
 ClusterFactory = Callable[..., InstanceProcess]
@@ -40,3 +41,12 @@ def spawn(base_env: dict[str, str], tmp_path: Path) -> Iterator[ClusterFactory]:
     yield factory
     for inst in started:
         inst.stop_now()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test alone: it gets stopped, paused and started."""
+    server = EmbeddedPostgres()
+    server.start()
+    yield server
+    server.cleanup()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from aupus_ha.embedded import EmbeddedPostgres
 from aupus_ha.localcluster import (
@@ -18,15 +15,6 @@ from aupus_ha.localcluster import (
     wait_all_stored,
     wait_single_leader,
 )
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL of this test alone: it gets stopped and started."""
-    server = EmbeddedPostgres()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 async def test_database_restart_loses_nothing(

@@ -46,15 +46,6 @@ Starter = Callable[..., InstanceProcess]
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL of this test alone: it gets stopped, paused and started."""
-    server = EmbeddedPostgres()
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
 def start(tmp_path: Path) -> Iterator[Starter]:
     """Start `aupus-ha run` processes with a given environment; all killed afterwards."""
     started: list[InstanceProcess] = []

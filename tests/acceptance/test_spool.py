@@ -9,12 +9,10 @@ messages; only the spools hold them. After a restart every reading is stored onc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aupus_ha.embedded import EmbeddedPostgres
@@ -29,15 +27,6 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres()
-    server.start()
-    yield server
-    server.cleanup()
-
 
 TOKEN = "spool-test-token"
 
