@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from aupus_ha import constants
 from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.interrupt import Interrupted, until_interrupted
 from aupus_ha.localcluster import (
     InstanceProcess,
     fetch,
@@ -492,25 +493,9 @@ def main(options: DemoOptions) -> int:
 
 
 async def _main(options: DemoOptions) -> int:
-    """The demo, with SIGINT and SIGTERM both ending it through its teardown."""
-    task = asyncio.current_task()
-    assert task is not None
-    interrupted: list[int] = []
-    loop = asyncio.get_running_loop()
-
-    def interrupt(sig: signal.Signals) -> None:
-        interrupted.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt, sig)
+    """The demo; SIGINT and SIGTERM end it through its teardown."""
     try:
-        return await run_demo(options)
-    except asyncio.CancelledError:
-        if not interrupted:
-            raise
+        return await until_interrupted(run_demo(options))
+    except Interrupted as stop:
         print("\ninterrupted: everything stopped", file=sys.stderr)
-        return 128 + interrupted[0]
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        return 128 + stop.signum

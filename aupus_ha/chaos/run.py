@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from aupus_ha.chaos.monitor import (
 )
 from aupus_ha.chaos.options import INSTANCE_KINDS, ChaosOptions, options_from_args
 from aupus_ha.chaos.report import ChaosReport, Readings, render
+from aupus_ha.interrupt import Interrupted, until_interrupted
 from aupus_ha.localcluster import wait_single_leader, wait_until
 
 _STORED_SEQS = """
@@ -251,24 +251,8 @@ def write_json(report: ChaosReport, path: Path) -> None:
 
 
 async def _main(options: ChaosOptions) -> ChaosReport | None:
-    """The run, with SIGINT and SIGTERM both ending it through its teardown."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    interrupted: list[int] = []
-
-    def interrupt(sig: signal.Signals) -> None:
-        interrupted.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt, sig)
+    """The run; SIGINT and SIGTERM end it through its teardown (None: interrupted)."""
     try:
-        return await run_chaos(options)
-    except asyncio.CancelledError:
-        if not interrupted:
-            raise
+        return await until_interrupted(run_chaos(options))
+    except Interrupted:
         return None
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
