@@ -41,6 +41,7 @@ from aupus_ha.logs import get_logger
 from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
+from aupus_ha.runtime import tune_gc
 from aupus_ha.spool import Spool, SpoolLocked
 from aupus_ha.store import KeyConvention, Store, detect_convention
 from aupus_ha.topics import TopicCatalog
@@ -230,6 +231,7 @@ class Instance:
         if self.settings.may_lead:
             self._spawn("flusher", self.flusher.run())
         if self.keeps_readings:
+            tune_gc()  # after start-up: the heap so far is frozen out of collections
             self._spawn("spool", self.spool.run())
             self._spawn("replay", self.durable.run_replay())
         if self.settings.mqtt_enabled:

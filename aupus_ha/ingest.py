@@ -33,6 +33,7 @@ log = get_logger(__name__)
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 PUBACK_SUCCESS = 0
 PUBACK_UNSPECIFIED_ERROR = 0x80
+PUBACK_HEADER = 0x40  # first byte of an MQTT PUBACK packet (type 4, no flags)
 
 
 class BrokerUnavailable(Exception):
@@ -115,6 +116,7 @@ class MqttIngest:
             await _quiet_disconnect(client)
             log.warning("mqtt.connect_failed", broker=ep.display(), error=type(exc).__name__)
             raise BrokerUnavailable(str(exc)) from exc
+        _coalesce_pubacks(client)
         self._client = client
         self._closed = asyncio.Event()
         self.stats.connects += 1
@@ -239,6 +241,46 @@ class MqttIngest:
         )
         if refused:
             log.error("mqtt.subscribe_refused", topics=refused[:20], count=len(refused))
+
+
+class PubackCoalescer:
+    """PUBACKs written in one event-loop step leave in one `send()`.
+
+    gmqtt writes each PUBACK to the socket on its own: one system call per message, the
+    largest single cost of the intake under load. A group commit releases hundreds of
+    PUBACKs in the same step, so they are collected and written together at the end of
+    it. Any other packet (PINGREQ, SUBSCRIBE, DISCONNECT…) first writes the PUBACKs
+    collected so far, then itself, at once: order on the wire is unchanged, and nothing
+    is left behind when the connection is closed.
+    """
+
+    __slots__ = ("_loop", "_pending", "_write")
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not data or data[0] != PUBACK_HEADER:
+            self.flush()
+            self._write(data)
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._write(data)
+
+
+def _coalesce_pubacks(client: gmqtt.Client) -> None:
+    protocol = getattr(getattr(client, "_connection", None), "_protocol", None)
+    if protocol is not None and hasattr(protocol, "write_data"):
+        protocol.write_data = PubackCoalescer(protocol.write_data).write
 
 
 def _disarm_reconnect(client: gmqtt.Client) -> None:

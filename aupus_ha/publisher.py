@@ -56,7 +56,11 @@ class Publisher:
 
     @property
     def unacknowledged(self) -> int:
-        return len(self._client._persistent_storage.get_all())
+        storage = self._client._persistent_storage
+        # gmqtt's heap storage keeps the in-flight table in `_messages`; its `get_all()`
+        # copies the whole table (up to `window` entries) on every call.
+        messages = getattr(storage, "_messages", None)
+        return len(messages) if messages is not None else len(storage.get_all())
 
     async def wait_acknowledged(self, timeout: float = 30.0, *, max_pending: int = 0) -> None:
         """Wait until at most `max_pending` messages await their PUBACK."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from aupus_ha.bench.report import FaultResult, PhaseResult, Usage
 from aupus_ha.bench.sampling import ResourceSampler
 from aupus_ha.bench.servers import Servers, open_pool
 from aupus_ha.bench.source import ReadingSource
+from aupus_ha.bench.spoolstats import Counters, group_commit, snapshot
 from aupus_ha.bench.tasks import background
 from aupus_ha.localcluster import (
     FAST_TIMINGS,
@@ -45,6 +47,8 @@ class RunContext:
     phases: list[PhaseResult] = field(default_factory=list)
     faults: list[FaultResult] = field(default_factory=list)
     published: int = 0
+    # phase -> (monotonic start, the instances' spool counters then)
+    spool_marks: dict[str, tuple[float, dict[str, Counters]]] = field(default_factory=dict)
 
 
 def node_env(servers: Servers, fast_timings: bool) -> dict[str, str]:
@@ -114,6 +118,7 @@ async def sample_once(ctx: RunContext) -> None:
 
 
 async def start_window(ctx: RunContext, name: str) -> None:
+    ctx.spool_marks[name] = (time.monotonic(), await snapshot(ctx.nodes))
     groups = await _process_groups(ctx)
     await asyncio.to_thread(ctx.sampler.start_window, name, groups)
 
@@ -121,6 +126,15 @@ async def start_window(ctx: RunContext, name: str) -> None:
 async def end_window(ctx: RunContext, name: str) -> dict[str, Usage]:
     groups = await _process_groups(ctx)
     return await asyncio.to_thread(ctx.sampler.end_window, name, groups)
+
+
+async def spool_window(ctx: RunContext, name: str) -> dict[str, dict[str, float]]:
+    """The spool's group commit per instance since `start_window(name)`."""
+    mark = ctx.spool_marks.pop(name, None)
+    if mark is None:
+        return {}
+    started, before = mark
+    return group_commit(before, await snapshot(ctx.nodes), time.monotonic() - started)
 
 
 async def sample_forever(ctx: RunContext) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from aupus_ha.bench.cluster import RunContext, end_window, start_window
+from aupus_ha.bench.cluster import RunContext, end_window, spool_window, start_window
 from aupus_ha.bench.constants import BACKLOG_CAP
 from aupus_ha.bench.publishing import BacklogGate, Gate, PublishResult, for_seconds, publish_stream
 from aupus_ha.bench.report import PhaseResult
@@ -77,6 +77,7 @@ async def finish_phase(
     ctx: RunContext, name: str, rate: float | None, started: float, sent: PublishResult
 ) -> PhaseResult:
     await drain(ctx, started, sent.sent)
+    spool = await spool_window(ctx, name)
     resources = await end_window(ctx, name)
     ended = time.time()
     stats = await ctx.db.fetchrow(PHASE_STATS, sent.first_seq, sent.end_seq, timeout=120)
@@ -98,6 +99,7 @@ async def finish_phase(
         cpu_us_per_reading={
             g: round(1e6 * u.cpu_s / max(1, sent.sent), 1) for g, u in resources.items()
         },
+        spool=spool,
     )
     ctx.phases.append(result)
     ctx.say.say(

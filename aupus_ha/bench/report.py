@@ -4,7 +4,7 @@ ratios of end-to-end figures to the same run's raw limits."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import orjson
 
@@ -14,6 +14,8 @@ class Usage:
     cpu_pct: float  # of one core, averaged over the phase
     peak_rss_mb: float
     cpu_s: float  # CPU seconds over the phase
+    # RSS at the start, 25 %, 50 %, 75 % and end of the phase: growth over a long run
+    rss_trend_mb: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -31,6 +33,8 @@ class PhaseResult:
     flushes: dict[str, float]
     resources: dict[str, Usage]
     cpu_us_per_reading: dict[str, float]
+    # per instance: the spool's group commit over the phase (bench/spoolstats.py)
+    spool: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

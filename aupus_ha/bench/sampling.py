@@ -15,6 +15,7 @@ class _Window:
     started: float
     cpu_at_start: dict[str, float]
     peak_rss: dict[str, int] = field(default_factory=dict)
+    rss_series: dict[str, list[int]] = field(default_factory=dict)
 
 
 MACHINE = "whole machine"
@@ -59,6 +60,7 @@ class ResourceSampler:
                 cpu_pct=round(100 * cpu / seconds, 1),
                 peak_rss_mb=round(window.peak_rss.get(group, 0) / 2**20, 1),
                 cpu_s=round(cpu, 3),
+                rss_trend_mb=_trend(window.rss_series.get(group, [])),
             )
             for group, cpu in used.items()
         }
@@ -69,6 +71,7 @@ class ResourceSampler:
             rss = sum(self._account(name, pid, primed) for pid in pids)
             for window in self._windows.values():
                 window.peak_rss[name] = max(window.peak_rss.get(name, 0), rss)
+                window.rss_series.setdefault(name, []).append(rss)
         busy = _machine_busy_s()
         if self._machine_last is not None:
             self._cpu[MACHINE] += max(0.0, busy - self._machine_last)
@@ -94,6 +97,15 @@ class ResourceSampler:
         self._cpu[group] = self._cpu.get(group, 0.0) + max(0.0, delta)
         self._last[pid] = cpu
         return rss
+
+
+def _trend(series: Sequence[int], points: int = 5) -> list[float]:
+    """Evenly spaced samples of a series (first and last included), in MB."""
+    if not series:
+        return []
+    last = len(series) - 1
+    picks = sorted({round(i * last / (points - 1)) for i in range(points)})
+    return [round(series[i] / 2**20, 1) for i in picks]
 
 
 def _machine_busy_s() -> float:

@@ -23,6 +23,8 @@ def render_table(report: BenchReport) -> str:
         _phase_lines(report),
         _resource_lines(report),
         _cost_lines(report),
+        _memory_lines(report),
+        _spool_lines(report),
         _flush_lines(report),
         _failover_lines(report),
         _ratio_lines(report),
@@ -93,6 +95,41 @@ def _cost_lines(report: BenchReport) -> str:
     for key, value in report.costs.items():
         lines.append(f"  baseline {key.replace('_', ' '):<50s}{value:>10,.1f}")
     return "\n".join(lines)
+
+
+def _memory_lines(report: BenchReport) -> str:
+    """RSS of each instance at 0/25/50/75/100 % of each phase: is memory growing?"""
+    if not report.phases:
+        return ""
+    lines = ["instance RSS MB at 0/25/50/75/100 % of the phase"]
+    for p in report.phases:
+        for group, usage in p.resources.items():
+            if group.startswith("node-") and usage.rss_trend_mb:
+                trend = " ".join(f"{v:>6.0f}" for v in usage.rss_trend_mb)
+                lines.append(f"  {p.name + ' ' + group:<32s}{trend}")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+SPOOL_ROWS = (
+    ("records_per_s", "records/s"),
+    ("fsyncs_per_s", "fsyncs/s"),
+    ("records_per_fsync", "records per fsync"),
+    ("ms_per_fsync", "ms per fsync"),
+    ("fsync_busy_pct", "% of the time in fsync"),
+)
+
+
+def _spool_lines(report: BenchReport) -> str:
+    """The spool's group commit per instance (from its /metrics), over each phase."""
+    nodes = sorted({n for p in report.phases for n in p.spool})
+    if not nodes:
+        return ""
+    rows = [
+        (f"{node} {label}", [_number(p.spool.get(node, {}).get(key)) for p in report.phases])
+        for node in nodes
+        for key, label in SPOOL_ROWS
+    ]
+    return "\n".join(_per_phase("spool group commit (SPOOL_FSYNC)", report.phases, rows))
 
 
 def _flush_lines(report: BenchReport) -> str:
