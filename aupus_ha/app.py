@@ -168,7 +168,8 @@ class Instance:
         await self._refresh_topics(log_invalid=True)
         if self.keeps_readings:
             # After the database: replayed readings need its key convention.
-            self.durable.open(self.convention.apply)
+            legacy = self.convention.legacy_timestamps or self.convention.legacy_fim
+            self.durable.open(self.convention.apply if legacy else None)
         return True
 
     @property

@@ -34,12 +34,12 @@ class DurableIntake:
     def __init__(self, buffer: PendingBuffer, spool: Spool) -> None:
         self._buffer = buffer
         self._spool = spool
-        self._convention: Convention = _unchanged
+        self._convention: Convention | None = None  # None: keys are stored as decoded
         self._backlog = asyncio.Event()
         self.replayed = 0
         self.spilled = 0
 
-    def open(self, convention: Convention) -> None:
+    def open(self, convention: Convention | None) -> None:
         """Open the spool; anything an earlier process left is queued for replay."""
         self._convention = convention
         self._spool.open(self._on_durable)
@@ -74,7 +74,7 @@ class DurableIntake:
         self._hand_over(record, decoded)
 
     def _hand_over(self, record: Record, decoded: Decoded) -> None:
-        if decoded.readings:
+        if self._convention is not None and decoded.readings:
             decoded.readings = [self._convention(r) for r in decoded.readings]
         segment = record.position.segment
         self._spool.taken(segment, len(decoded.readings) + len(decoded.rejects))
@@ -106,7 +106,3 @@ class DurableIntake:
             self._hand_over(record, decoded)
         self.replayed += len(records)
         self._spool.advance(records, damaged_rest=damaged)
-
-
-def _unchanged(reading: Reading) -> Reading:
-    return reading
