@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sim = sub.add_parser("simulate", help="publish a simulated fleet of meters and inverters")
-    sim.add_argument("--broker", help="mqtt:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)")
+    sim.add_argument(
+        "--broker", help="mqtt:// or mqtts:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)"
+    )
+    sim.add_argument("--ca", help="CA file for an mqtts:// broker (default: MQTT_TLS_CA)")
     sim.add_argument("--meters", type=int, default=10, help="M-160 meters (a summary every 30 s)")
     sim.add_argument("--unwrapped-meters", type=int, default=0, help="of them, without `Resumo`")
     sim.add_argument("--inverters", type=int, default=5, help="inverters (a reading every 60 s)")

@@ -8,17 +8,20 @@ means "the broker has it".
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import gmqtt
 
 from aupus_ha.logs import get_logger
 
 log = get_logger(__name__)
+
+TLS_SCHEMES = ("mqtts", "ssl")
 
 
 @dataclass(slots=True)
@@ -34,18 +37,27 @@ class PublishReport:
 class Publisher:
     """A gmqtt client that can wait until all its QoS 1 messages are acknowledged."""
 
-    def __init__(self, url: str, *, client_id: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, client_id: str | None = None, ca_file: str | None = None
+    ) -> None:
+        """`url`: mqtt:// or mqtts:// (TLS, the broker's certificate verified against
+        the system CAs or `ca_file`), with optional user:password."""
         parts = urlsplit(url)
+        tls = parts.scheme in TLS_SCHEMES
         self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 1883
-        self._username = parts.username
-        self._password = parts.password
+        self._port = parts.port or (8883 if tls else 1883)
+        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        self._ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if tls else False
+        )
         self._client = gmqtt.Client(client_id or f"aupus-pub-{uuid.uuid4().hex[:10]}")
 
     async def __aenter__(self) -> Publisher:
         if self._username:
             self._client.set_auth_credentials(self._username, self._password)
-        await asyncio.wait_for(self._client.connect(self._host, self._port), timeout=10)
+        connecting = self._client.connect(self._host, self._port, ssl=self._ssl)
+        await asyncio.wait_for(connecting, timeout=10)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -42,7 +42,7 @@ import asyncpg
 import orjson
 
 from aupus_ha import constants
-from aupus_ha.config import load_dotenv_file
+from aupus_ha.config import load_dotenv_file, mask_url
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.publisher import Publisher
 from aupus_ha.timestamps import BRASILIA, TimestampError, parse_timestamp
@@ -492,6 +492,7 @@ async def run_simulation(
     stop: asyncio.Event | None = None,
     on_message: Callable[[SimMessage], None] | None = None,
     window: int = 500,
+    ca_file: str | None = None,
 ) -> SimReport:
     """Publish the fleet at QoS 1 until `count` messages, `duration` real seconds or `stop`.
 
@@ -502,7 +503,7 @@ async def run_simulation(
     clock = _Clock(origin, speedup, duration)
     stop = stop or asyncio.Event()
     report = SimReport()
-    async with Publisher(broker_url) as publisher:
+    async with Publisher(broker_url, ca_file=ca_file) as publisher:
         for message in fleet.messages(origin, count):
             if not await clock.wait_until(message.at, stop):
                 break
@@ -529,6 +530,7 @@ class SimulateOptions:
     duration: float | None
     speedup: float
     register_dsn: str | None
+    ca_file: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
@@ -536,10 +538,14 @@ class SimulateOptions:
         dotenv = load_dotenv_file(args.env_file or Path(".env"))  # a missing file is no error
         env = {**dotenv, **os.environ}
         broker = args.broker or env.get("MQTT_URL") or DEFAULT_BROKER
-        if urlsplit(broker).scheme != "mqtt":
+        if urlsplit(broker).scheme not in ("mqtt", "mqtts"):
             raise ValueError(
-                f"--broker: only mqtt://[user:pass@]host[:port] is supported, got {broker!r}"
+                "--broker: accepts mqtt://[user:pass@]host[:port] or mqtts://... (TLS), "
+                f"got {mask_url(broker)!r}"
             )
+        ca_file = args.ca or env.get("MQTT_TLS_CA") or None
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise ValueError(f"--ca: {ca_file!r} is not a readable file")
         if args.speedup < 0 or (args.count or 0) < 0 or (args.duration or 0) < 0:
             raise ValueError("--speedup, --count and --duration must not be negative")
         dsn = args.register
@@ -555,7 +561,16 @@ class SimulateOptions:
             unwrapped_meters=args.unwrapped_meters,
             topic_prefix=args.topic_prefix,
         )
-        return cls(broker, fleet, _start(args.start), args.count, args.duration, args.speedup, dsn)
+        return cls(
+            broker,
+            fleet,
+            _start(args.start),
+            args.count,
+            args.duration,
+            args.speedup,
+            dsn,
+            ca_file,
+        )
 
 
 def _start(text: str | None) -> datetime | None:
@@ -602,6 +617,7 @@ async def _main(options: SimulateOptions) -> int:
         duration=options.duration,
         speedup=options.speedup,
         stop=stop,
+        ca_file=options.ca_file,
     )
     print(report.line())
     horizon = datetime.now(UTC) + timedelta(seconds=constants.FUTURE_TOLERANCE_S)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import asyncpg
-import gmqtt
 import pytest
 import trustme
 
@@ -47,6 +45,7 @@ from aupus_ha.localcluster import (
     wait_all_stored,
     wait_until,
 )
+from aupus_ha.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
 from tests.conftest import run_async
 
@@ -142,20 +141,15 @@ def drop_database(servers: TlsServers, name: str) -> None:
 async def publish_tls(
     servers: TlsServers, messages: list[tuple[str, bytes]], timeout: float = 30
 ) -> None:
-    """QoS 1 over TLS with the broker's password; returns once every PUBACK arrived."""
-    client = gmqtt.Client(f"tls-pub-{uuid.uuid4().hex[:10]}")
-    client.set_auth_credentials(servers.mqtt_user, servers.mqtt_password)
-    context = ssl.create_default_context(cafile=str(servers.ca))
+    """QoS 1 over TLS with the broker's password (the project's own Publisher, as
+    `aupus-ha simulate` uses it); returns once every PUBACK arrived."""
     broker = servers.mosquitto
-    await asyncio.wait_for(client.connect(broker.host, broker.port, ssl=context), 10)
-    try:
+    user, password = quote(servers.mqtt_user), quote(servers.mqtt_password)
+    url = f"mqtts://{user}:{password}@{broker.host}:{broker.port}"
+    async with Publisher(url, ca_file=str(servers.ca)) as publisher:
         for topic, payload in messages:
-            client.publish(topic, payload, qos=1)
-        await wait_until(
-            lambda: not client._persistent_storage.get_all(), timeout, "PUBACKs missing"
-        )
-    finally:
-        await asyncio.wait_for(client.disconnect(), 5)
+            publisher.publish(topic, payload)
+        await publisher.wait_acknowledged(timeout)
 
 
 # --- fixtures -------------------------------------------------------------------------------

@@ -233,6 +233,7 @@ def _args(**overrides: object) -> argparse.Namespace:
     values: dict[str, object] = {
         "env_file": Path("/nonexistent"),
         "broker": "mqtt://127.0.0.1:1883",
+        "ca": None,
         "meters": 1,
         "unwrapped_meters": 0,
         "inverters": 1,
@@ -252,7 +253,8 @@ def _args(**overrides: object) -> argparse.Namespace:
     "overrides",
     [
         {"bad_ratio": 1.5},
-        {"broker": "mqtts://broker:8883"},
+        {"broker": "http://broker:8883"},
+        {"broker": "mqtts://broker:8883", "ca": "/nonexistent/ca.pem"},
         {"speedup": -1.0},
         {"start": "31/02/2026 10:00:00"},
         {"unwrapped_meters": 2},
