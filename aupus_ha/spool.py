@@ -130,6 +130,7 @@ class Spool:
         self._replay_cursor: Position | None = None
         self._inflight: asyncio.Future[Any] | None = None
         self._broken = False  # the last write failed: start a new segment first
+        self._full_noted = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -200,7 +201,9 @@ class Spool:
         """Queue a record; returns once it is durable and was handed to `on_durable`."""
         if not self._room.is_set():
             self.stats.full_waits += 1
-            log.warning("spool.full", bytes=self.total_bytes, max_bytes=self.max_bytes)
+            if not self._full_noted:  # once per episode, not once per waiting message
+                self._full_noted = True
+                log.warning("spool.full", bytes=self.total_bytes, max_bytes=self.max_bytes)
             await self._room.wait()
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._queue.append(_Append(body, item, done))
@@ -324,6 +327,9 @@ class Spool:
 
     def _update_room(self) -> None:
         if self.total_bytes < self.max_bytes:
+            if self._full_noted:
+                log.info("spool.room_again", bytes=self.total_bytes, max_bytes=self.max_bytes)
+            self._full_noted = False
             self._room.set()
         else:
             self._room.clear()

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from aupus_ha.embedded import EmbeddedPostgres
+from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
@@ -37,7 +37,7 @@ def _spool(alert: dict[str, Any]) -> bool:
 
 def alert_of(listed: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     assert listed is not None, "no /health/alerts body"
-    found = [a for a in listed["alerts"] if a["kind"] == kind]
+    found: list[dict[str, Any]] = [a for a in listed["alerts"] if a["kind"] == kind]
     assert found, listed
     return found[0]
 
@@ -129,3 +129,38 @@ async def test_acknowledged_readings_survive_kill_9_of_every_instance(
     finally:
         for node in nodes:
             node.stop_now()
+
+
+async def test_a_full_spool_stops_acknowledging_and_loses_nothing(
+    own_postgres: EmbeddedPostgres, mosquitto: EmbeddedMosquitto, tmp_path: Path
+) -> None:
+    """At SPOOL_MAX_BYTES the instance stops acknowledging: the broker keeps the rest
+    in the instance's session queue, and everything is stored once writing resumes."""
+    dsn = own_postgres.dsn()
+    equipment = await seed_equipment(dsn, 10)
+    env = {
+        "DATABASE_URL": dsn,
+        "MQTT_URL": mosquitto.url,
+        "LOG_FORMAT": "json",
+        "CLUSTER_NAME": "spool-full",
+        "BUFFER_MAX_MESSAGES": "100",
+        "SPOOL_MAX_BYTES": str(1024**2),  # about 3,000 records of these readings
+        **FAST_TIMINGS,
+    }
+    node = InstanceProcess("node-a", env, tmp_path).start()
+    try:
+        await wait_single_leader([node])
+        await asyncio.to_thread(own_postgres.stop)
+        messages = generic_messages(equipment, 600)  # 6,000 readings: twice what fits
+        assert await publish(mosquitto.url, messages, rate=3000) == len(messages)
+        await wait_until(lambda: node.find("spool.full"), 60, "the spool never filled")
+        spooled = await spooled_records(node)
+        assert 0 < spooled < len(messages)  # the rest waits, unacknowledged, at the broker
+
+        await asyncio.to_thread(own_postgres.start)
+        await wait_all_stored(dsn, {(e, ts) for _, _, e, ts in messages}, timeout=90)
+        keys = await stored_keys(dsn)
+        assert len(keys) == len(set(keys)) == len(messages)
+        assert node.alive() and node.find("spool.room_again")
+    finally:
+        node.stop_now()
