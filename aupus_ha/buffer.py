@@ -66,7 +66,8 @@ class PendingBuffer:
     # --- intake -------------------------------------------------------------------
 
     async def wait_for_space(self) -> None:
-        """Backpressure: the MQTT intake waits here (and delays its PUBACK) when full."""
+        """Until the buffer has room: the spool replay waits here before handing over
+        records that stayed on disk while it was full."""
         await self._space.wait()
 
     @property

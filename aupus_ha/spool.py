@@ -87,7 +87,6 @@ class _Segment:
     path: Path
     size: int
     sealed: bool
-    recovered: bool  # written by an earlier process: nothing of it is in memory yet
     outstanding: int = 0  # entries from this segment still in the buffer
 
 
@@ -147,7 +146,7 @@ class Spool:
             if size == 0:
                 path.unlink()
                 continue
-            self._segments[number] = _Segment(number, path, size, sealed=True, recovered=True)
+            self._segments[number] = _Segment(number, path, size, sealed=True)
         self.stats.recovered_segments = len(self._segments)
         if self._segments:
             self._replay_cursor = Position(min(self._segments), 0)
@@ -281,7 +280,7 @@ class Spool:
 
     def _install_segment(self, number: int, handle: IO[bytes]) -> None:
         self._current_file = handle
-        self._current = _Segment(number, self._segment_path(number), 0, False, False)
+        self._current = _Segment(number, self._segment_path(number), 0, sealed=False)
         self._segments[number] = self._current
         self._current_opened = time.monotonic()
 
