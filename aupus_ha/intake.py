@@ -100,7 +100,7 @@ class DurableIntake:
                 decoded = spool_codec.decode(record.body)
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 # A whole record with a valid checksum that we cannot read: written by
-                # another version. Kept on disk (the segment is not deleted) and logged.
+                # another version. Logged with its position and skipped.
                 log.error("spool.unreadable_record", position=record.position, error=str(exc))
                 continue
             self._hand_over(record, decoded)
