@@ -129,7 +129,18 @@ def encode_dados(obj: Mapping[str, object]) -> bytes:
     # Cheap byte search first; the walk only confirms the rare hit (an escaped "\u0000").
     if b"\\u0000" in dados and _has_nul(obj):
         raise DecodeError(REASON_UNSTORABLE, "a string holds \\u0000, which jsonb refuses")
-    return dados
+    return right_sized(dados)
+
+
+def right_sized(data: bytes) -> bytes:
+    """A copy of `data` that occupies only its length.
+
+    orjson (3.12+) returns bytes whose allocation is its whole working buffer (4 KB or
+    more) with only the length trimmed: a 300-byte `dados` kept in the pending buffer
+    held 4 KB, and a standby holding tens of thousands of readings held hundreds of MB.
+    The copy costs ~0.2 µs.
+    """
+    return bytes(memoryview(data))
 
 
 def reading_time(raw: object, received_at: datetime) -> tuple[datetime, bool]:

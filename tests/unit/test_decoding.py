@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -579,3 +580,29 @@ def test_type_schema_makes_failing_readings_ruim_with_errors_kept() -> None:
     assert "power" in orjson.loads(bad.readings[0].dados)["_validacao"][0]
     assert compile_schema('{"type": 12}') is None  # not a valid schema: no check
     assert compile_schema(None) is None
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def test_kept_dados_occupy_only_their_length() -> None:
+    """A buffered reading's `dados` must not pin the encoder's working buffer: orjson's
+    bytes carry a 4 KB+ allocation behind a short length, 13x the reading (a standby
+    holding 50,000 readings held 200 MB more)."""
+    payload = fixture("generic_reading.json")
+    decoder = Decoder(max_payload_bytes=LIMIT)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        kept = [decoder.decode(TOPIC, payload, EQUIPMENT, RECEIVED) for _ in range(500)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    dados = [d.readings[0].dados for d in kept]
+    held = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if stat.traceback[0].filename.endswith("decoding.py")
+    )
+    per_reading = held / len(kept)
+    assert per_reading < 3 * len(dados[0]) + 512, (per_reading, len(dados[0]))
