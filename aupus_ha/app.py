@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -293,8 +294,9 @@ class Instance:
 
     # --- intake ----------------------------------------------------------------------------
 
-    async def on_message(self, topic: str, payload: bytes) -> None:
-        """Decode and buffer one message; returns once it is safe to PUBACK."""
+    def on_message(self, topic: str, payload: bytes) -> Awaitable[object] | None:
+        """Decode one message and queue it for the spool; what it returns completes once
+        it is safe to PUBACK (None: nothing to keep, PUBACK now)."""
         received = datetime.now(UTC)
         decoded = self.decoder.decode(topic, payload, self.catalog.equipment_for(topic), received)
         stats = self.intake
@@ -306,8 +308,8 @@ class Instance:
             code = reject.reason.split(":", 1)[0]
             stats.by_reason[code] = stats.by_reason.get(code, 0) + 1
         if not self.settings.may_lead:
-            return  # development mode shows data but never writes: nothing to keep
-        await self.durable.accept(decoded)  # durable on this host: may be PUBACKed
+            return None  # development mode shows data but never writes: nothing to keep
+        durable = self.durable.accept(decoded)
         if (
             self.flusher is not None
             and self.buffer.readings_pending >= self.settings.batch_max
@@ -315,6 +317,7 @@ class Instance:
             and self.ha.is_leader()  # a standby trims on its own clock, never per message
         ):
             self.flusher.nudge()
+        return durable
 
     # --- topics ------------------------------------------------------------------------------
 

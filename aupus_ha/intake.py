@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aupus_ha import spool_codec
 from aupus_ha.buffer import PendingBuffer
@@ -51,10 +51,12 @@ class DurableIntake:
         """Are there acknowledged entries on disk that are not in memory yet?"""
         return self._spool.replay_cursor is not None
 
-    async def accept(self, decoded: Decoded) -> None:
-        """Returns once the message is durable on this host: then it may be PUBACKed."""
+    def accept(self, decoded: Decoded) -> Awaitable[object] | None:
+        """What completes once the message is durable on this host (then it may be
+        PUBACKed); None when there is nothing to keep."""
         if decoded.readings or decoded.rejects:
-            await self._spool.append(spool_codec.encode(decoded), decoded)
+            return self._spool.append(spool_codec.encode(decoded), decoded)
+        return None
 
     def _on_durable(self, record: Record, decoded: Decoded) -> None:
         if self.backlog:

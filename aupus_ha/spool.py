@@ -30,7 +30,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -196,18 +196,32 @@ class Spool:
 
     # --- appending ----------------------------------------------------------------------
 
-    async def append(self, body: bytes, item: Any) -> Position:
-        """Queue a record; returns once it is durable and was handed to `on_durable`."""
+    def append(self, body: bytes, item: Any) -> Awaitable[Position]:
+        """Queue a record; the awaitable completes once it is durable and was handed to
+        `on_durable`.
+
+        Not a coroutine on purpose: with room on disk (the usual case) it returns the
+        commit's own future, so the MQTT intake can PUBACK from that future's callback
+        without a Task per message (ingest.py). A full spool returns a coroutine that
+        waits for room first.
+        """
         if not self._room.is_set():
-            self.stats.full_waits += 1
-            if not self._full_noted:  # once per episode, not once per waiting message
-                self._full_noted = True
-                log.warning("spool.full", bytes=self.total_bytes, max_bytes=self.max_bytes)
-            await self._room.wait()
+            return self._append_when_room(body, item)
+        return self._enqueue(body, item)
+
+    async def _append_when_room(self, body: bytes, item: Any) -> Position:
+        self.stats.full_waits += 1
+        if not self._full_noted:  # once per episode, not once per waiting message
+            self._full_noted = True
+            log.warning("spool.full", bytes=self.total_bytes, max_bytes=self.max_bytes)
+        await self._room.wait()
+        return await self._enqueue(body, item)
+
+    def _enqueue(self, body: bytes, item: Any) -> asyncio.Future[Position]:
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._queue.append(_Append(body, item, done))
         self._queued.set()
-        return await done
+        return done
 
     async def _commit(self, batch: list[_Append]) -> None:
         segment, handle = self._current, self._current_file

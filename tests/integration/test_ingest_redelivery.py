@@ -49,3 +49,56 @@ async def test_a_failed_handler_gets_the_message_again(mosquitto: EmbeddedMosqui
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await ingest.close()
+
+
+async def test_the_direct_path_acknowledges_only_what_completed(
+    mosquitto: EmbeddedMosquitto,
+) -> None:
+    """QoS 1 without a Task per message: the PUBACK leaves when the handler's future
+    completes. A message whose future is still pending when the connection drops is
+    redelivered; one whose future completed is not; a failed one drops the connection."""
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u@127.0.0.1/db",
+            "MQTT_URL": mosquitto.url,
+            "INSTANCE_ID": f"direct-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    loop = asyncio.get_running_loop()
+    calls: list[bytes] = []
+    held: asyncio.Future[object] = loop.create_future()  # never completes
+
+    def on_message(topic: str, payload: bytes) -> asyncio.Future[object] | None:
+        calls.append(payload)
+        if calls.count(payload) > 1:
+            return None  # redelivered: acknowledge at once
+        if payload == b"held":
+            return held
+        done: asyncio.Future[object] = loop.create_future()
+        if payload == b"fail":
+            loop.call_soon(done.set_exception, OSError("spool write failed"))
+        else:
+            loop.call_soon(done.set_result, None)
+        return done
+
+    ingest = MqttIngest(settings, on_message)
+    ingest.set_topics(["direct/t"])
+    task = asyncio.create_task(ingest.run())
+    try:
+        await async_wait_for(lambda: ingest.stats.subscribed, 10, message="no SUBACK")
+        assert ingest.direct_acks, "gmqtt's Task-per-message path is in use"
+        async with Publisher(mosquitto.url) as pub:
+            pub.publish("direct/t", b"held")
+            pub.publish("direct/t", b"acked")
+            await async_wait_for(lambda: len(calls) == 2, 10, message="not delivered")
+            pub.publish("direct/t", b"fail")
+            await pub.wait_acknowledged(timeout=10)
+        await async_wait_for(lambda: calls.count(b"fail") == 2, 20, message="not redelivered")
+        assert calls.count(b"held") == 2  # its future never completed: no PUBACK was sent
+        assert calls.count(b"acked") == 1
+        assert ingest.stats.handler_errors == 1 and ingest.stats.connects >= 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await ingest.close()

@@ -165,7 +165,7 @@ async def test_settled_segments_are_deleted_and_a_full_spool_waits(tmp_path: Pat
         for _ in range(4):
             await spool.append(b"x" * 40, None)
         assert spool.total_bytes == 4 * 48  # full
-        blocked = asyncio.create_task(spool.append(b"late", None))
+        blocked = asyncio.ensure_future(spool.append(b"late", None))
         try:
             await asyncio.sleep(0)  # one loop step: it reaches the wait (checked next)
             assert not blocked.done() and spool.stats.full_waits == 1
@@ -212,6 +212,12 @@ def test_the_codec_gives_back_identical_entries(
     assert back.rejects == rejects
 
 
+async def durable(intake: DurableIntake, decoded: Decoded) -> None:
+    pending = intake.accept(decoded)
+    assert pending is not None
+    await pending
+
+
 async def test_a_full_buffer_spills_to_disk_and_replays_in_order(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=256)
     buffer = PendingBuffer(max_items=5, on_settled=spool.settle)
@@ -220,7 +226,7 @@ async def test_a_full_buffer_spills_to_disk_and_replays_in_order(tmp_path: Path)
     tasks = [asyncio.create_task(spool.run()), asyncio.create_task(intake.run_replay())]
     try:
         for n in range(20):
-            await intake.accept(message(n))
+            await durable(intake, message(n))
         assert len(buffer) == 5 and intake.backlog  # the other 15 are on disk only
         order: list[int] = []
         while len(order) < 20:  # the "leader": commits the oldest, the replay refills
@@ -232,7 +238,7 @@ async def test_a_full_buffer_spills_to_disk_and_replays_in_order(tmp_path: Path)
             buffer.committed(batch, [])
         assert order == list(range(20))
         assert not intake.backlog
-        await intake.accept(message(99))  # caught up: straight into memory again
+        await durable(intake, message(99))  # caught up: straight into memory again
         assert buffer.readings_pending == 1
     finally:
         for task in tasks:
