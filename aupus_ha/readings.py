@@ -25,7 +25,7 @@ class Equipment:
     mqtt_schema: object | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Reading:
     """One row of `equipamentos_dados`.
 
@@ -33,6 +33,10 @@ class Reading:
     the column's convention (legacy databases keep Brasília local time to the second).
     `dados` is the JSON object already encoded, so it is serialised once per reading
     no matter how often the row is retried or probed.
+
+    Treated as immutable (changes go through `dataclasses.replace`) but not declared
+    `frozen`: a frozen dataclass sets each field through `object.__setattr__`, and that
+    `__init__` cost 1.4 µs against 0.4 µs, once per reading on every instance.
     """
 
     equipamento_id: str
