@@ -120,7 +120,7 @@ class MqttIngest:
             await _quiet_disconnect(client)
             log.warning("mqtt.connect_failed", broker=ep.display(), error=type(exc).__name__)
             raise BrokerUnavailable(str(exc)) from exc
-        _coalesce_pubacks(client)
+        coalesce_pubacks(client)
         self._client = client
         self._closed = asyncio.Event()
         self.stats.connects += 1
@@ -148,7 +148,7 @@ class MqttIngest:
                 self._endpoint.username, self._endpoint.password.reveal() or None
             )
         client.on_message = self._handle
-        self.direct_acks = _install_direct_qos1(client, self._deliver_qos1)
+        self.direct_acks = install_direct_qos1(client, self._deliver_qos1)
         client.on_disconnect = self._disconnected
         client.on_subscribe = self._subscribed
         return client
@@ -215,7 +215,7 @@ class MqttIngest:
             self._handler_failed(client, topic, exc)
             return
         if pending is None:
-            _send_puback(client, mid)
+            send_puback(client, mid)
             return
         # A Future passes through unchanged; a coroutine (spool full) becomes a Task.
         asyncio.ensure_future(pending).add_done_callback(
@@ -227,7 +227,7 @@ class MqttIngest:
     ) -> None:
         failure = done.exception() if not done.cancelled() else asyncio.CancelledError()
         if failure is None:
-            _send_puback(client, mid)  # on a replaced connection gmqtt drops it: redelivered
+            send_puback(client, mid)  # on a replaced connection gmqtt drops it: redelivered
         else:
             self._handler_failed(client, topic, failure)
 
@@ -317,22 +317,23 @@ class PubackCoalescer:
             self._write(data)
 
 
-def _coalesce_pubacks(client: gmqtt.Client) -> None:
+def coalesce_pubacks(client: gmqtt.Client) -> None:
     protocol = getattr(getattr(client, "_connection", None), "_protocol", None)
     if protocol is not None and hasattr(protocol, "write_data"):
         protocol.write_data = PubackCoalescer(protocol.write_data).write
 
 
-def _install_direct_qos1(
+def install_direct_qos1(
     client: gmqtt.Client, deliver: Callable[[gmqtt.Client, int, bytes, str, Any], None]
 ) -> bool:
     """Route QoS 1 PUBLISHes to `deliver` instead of gmqtt's Task-per-message path.
 
     gmqtt runs a coroutine callback as a Task and sends the PUBACK from the Task's
-    done-callback: creating and stepping that Task (and checking the reason code against
-    an enum) was ~10 % of an instance's CPU. Its handler dispatches QoS 1 through one
-    method, which is replaced on this client's handler only. False (gmqtt's own path
-    stays) when this gmqtt version has no such method.
+    done-callback; the Task, the chain of awaiting coroutines and gmqtt's reason-code
+    check against an enum cost ~30 % of an instance's CPU per reading
+    (docs/performance.md). Its handler dispatches QoS 1 through one method, which is
+    replaced on this client's handler only. False (gmqtt's own path stays) when this
+    gmqtt version has no such method.
     """
     handler = getattr(client, "_package_handler", None)
     if not (hasattr(handler, "_handle_qos_1_publish_packet") and hasattr(handler, "_send_puback")):
@@ -341,7 +342,7 @@ def _install_direct_qos1(
     return True
 
 
-def _send_puback(client: gmqtt.Client, mid: int) -> None:
+def send_puback(client: gmqtt.Client, mid: int) -> None:
     client._package_handler._send_puback(mid, PUBACK_SUCCESS)
 
 

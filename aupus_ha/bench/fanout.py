@@ -16,6 +16,7 @@ from aupus_ha.bench.constants import CHUNK, FANOUT_WINDOW, RECEIVE_MAXIMUM, STAL
 from aupus_ha.bench.sampling import cpu_seconds
 from aupus_ha.bench.source import ReadingSource
 from aupus_ha.bench.tasks import background, end_process
+from aupus_ha.ingest import coalesce_pubacks, install_direct_qos1, send_puback
 from aupus_ha.publisher import Publisher
 
 
@@ -146,14 +147,21 @@ class _FanoutSender:
 
 
 async def count_messages(url: str, topic_filter: str, qos: int) -> None:
-    """The subscriber process: the instances' client settings and an empty callback."""
+    """The subscriber process: the instances' client settings and intake path (deferred
+    PUBACK sent from a callback, PUBACKs coalesced), and an empty callback."""
     count, last = 0, 0.0
 
-    async def on_message(*_: object) -> int:
+    async def on_message(*_: object) -> int:  # QoS 0
         nonlocal count, last
         count += 1
         last = time.time()
         return 0
+
+    def on_qos1(client: gmqtt.Client, mid: int, *_: object) -> None:
+        nonlocal count, last
+        count += 1
+        last = time.time()
+        send_puback(client, mid)
 
     subscribed = asyncio.Event()
     client = gmqtt.Client(
@@ -163,7 +171,10 @@ async def count_messages(url: str, topic_filter: str, qos: int) -> None:
     )
     client.on_message = on_message
     client.on_subscribe = lambda *_: subscribed.set()
+    if not install_direct_qos1(client, on_qos1):
+        raise RuntimeError("this gmqtt has no QoS 1 dispatch method to route")
     await asyncio.wait_for(client.connect(*_host_port(url)), timeout=10)
+    coalesce_pubacks(client)
     client.subscribe(gmqtt.Subscription(topic_filter, qos=qos))
     await asyncio.wait_for(subscribed.wait(), timeout=10)
     sys.stdout.write("ready\n")
