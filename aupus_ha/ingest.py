@@ -80,6 +80,9 @@ class MqttIngest:
         # leader hands over to a standby that still hears the devices (ha.py).
         self._keepalive = max(1, round(settings.lease_ttl_s / 2))
         self.direct_acks = False  # QoS 1 PUBACKs without a Task per message (installed)
+        # Appends of the direct path that wait for room in a full spool (owned here, so
+        # `close` can cancel them; those messages are then never acknowledged).
+        self._waiting_for_room: set[asyncio.Future[object]] = set()
 
     @property
     def connected(self) -> bool:
@@ -181,6 +184,10 @@ class MqttIngest:
 
     async def close(self) -> None:
         await self._drop_client()
+        waiting, self._waiting_for_room = self._waiting_for_room, set()
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     # --- messages ----------------------------------------------------------------------
 
@@ -217,15 +224,20 @@ class MqttIngest:
         if pending is None:
             send_puback(client, mid)
             return
-        # A Future passes through unchanged; a coroutine (spool full) becomes a Task.
-        asyncio.ensure_future(pending).add_done_callback(
-            functools.partial(self._acknowledge, client, mid, topic)
-        )
+        if isinstance(pending, asyncio.Future):
+            done = pending
+        else:  # a coroutine: the spool is full and the append waits for room
+            done = asyncio.ensure_future(pending)
+            self._waiting_for_room.add(done)
+            done.add_done_callback(self._waiting_for_room.discard)
+        done.add_done_callback(functools.partial(self._acknowledge, client, mid, topic))
 
     def _acknowledge(
         self, client: gmqtt.Client, mid: int, topic: str, done: asyncio.Future[object]
     ) -> None:
-        failure = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if done.cancelled():
+            return  # shutting down: never acknowledged, the broker redelivers it
+        failure = done.exception()
         if failure is None:
             send_puback(client, mid)  # on a replaced connection gmqtt drops it: redelivered
         else:

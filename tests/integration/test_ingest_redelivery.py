@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 from aupus_ha.config import load_settings
 from aupus_ha.embedded import EmbeddedMosquitto
@@ -102,3 +104,60 @@ async def test_the_direct_path_acknowledges_only_what_completed(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await ingest.close()
+
+
+async def test_a_message_waiting_for_room_is_cancelled_at_close_and_redelivered(
+    mosquitto: EmbeddedMosquitto,
+) -> None:
+    """A full spool makes the handler return a coroutine (waiting for room): the intake
+    owns it as a task, `close` cancels it without calling it a failure, and the message,
+    never acknowledged, comes back to the next process of the same instance."""
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u@127.0.0.1/db",
+            "MQTT_URL": mosquitto.url,
+            "INSTANCE_ID": f"room-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    room = asyncio.Event()  # never set: the spool stays full
+    calls: list[bytes] = []
+
+    async def wait_for_room() -> None:
+        await room.wait()
+
+    def full_spool(topic: str, payload: bytes) -> Coroutine[Any, Any, None]:
+        calls.append(payload)
+        return wait_for_room()
+
+    first = MqttIngest(settings, full_spool)
+    first.set_topics(["room/t"])
+    task = asyncio.create_task(first.run())
+    try:
+        await async_wait_for(lambda: first.stats.subscribed, 10, message="no SUBACK")
+        async with Publisher(mosquitto.url) as pub:
+            pub.publish("room/t", b"waits")
+            await pub.wait_acknowledged(timeout=10)
+        await async_wait_for(lambda: calls == [b"waits"], 10, message="not delivered")
+        assert len(first._waiting_for_room) == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await first.close()
+    assert not first._waiting_for_room and first.stats.handler_errors == 0
+
+    again: list[bytes] = []
+
+    def accept(topic: str, payload: bytes) -> None:
+        again.append(payload)
+
+    second = MqttIngest(settings, accept)
+    second.set_topics(["room/t"])
+    task = asyncio.create_task(second.run())
+    try:
+        await async_wait_for(lambda: again == [b"waits"], 20, message="not redelivered")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await second.close()
