@@ -248,9 +248,10 @@ class MqttIngest:
         # message. Drop the connection instead, so no PUBACK reaches the broker and it
         # redelivers the message to our session.
         self.stats.handler_errors += 1
+        if client is not self._client or self._lost.is_set():
+            return  # its connection is already being dropped, and that was logged
         log.error("mqtt.handler_failed", topic=topic, exc_info=exc)
-        if client is self._client:
-            self._lost.set()
+        self._lost.set()
 
     # --- subscriptions -------------------------------------------------------------------
 

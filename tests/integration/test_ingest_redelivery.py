@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from aupus_ha.config import load_settings
 from aupus_ha.embedded import EmbeddedMosquitto
 from aupus_ha.ingest import MqttIngest
@@ -161,3 +163,46 @@ async def test_a_message_waiting_for_room_is_cancelled_at_close_and_redelivered(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await second.close()
+
+
+async def test_a_failed_group_commit_is_logged_once_and_all_of_it_redelivered(
+    mosquitto: EmbeddedMosquitto,
+) -> None:
+    """A spool write fails for every message of its group commit at once: one log line for
+    the dropped connection, every message counted, every one redelivered."""
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u@127.0.0.1/db",
+            "MQTT_URL": mosquitto.url,
+            "INSTANCE_ID": f"batch-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    loop = asyncio.get_running_loop()
+    commit: asyncio.Future[object] = loop.create_future()  # one group commit for all
+    calls: list[bytes] = []
+
+    def on_message(topic: str, payload: bytes) -> asyncio.Future[object] | None:
+        calls.append(payload)
+        return commit if calls.count(payload) == 1 else None
+
+    ingest = MqttIngest(settings, on_message)
+    ingest.set_topics(["batch/t"])
+    task = asyncio.create_task(ingest.run())
+    try:
+        await async_wait_for(lambda: ingest.stats.subscribed, 10, message="no SUBACK")
+        async with Publisher(mosquitto.url) as pub:
+            for n in range(5):
+                pub.publish("batch/t", b"m%d" % n)
+            await pub.wait_acknowledged(timeout=10)
+        await async_wait_for(lambda: len(calls) == 5, 10, message="not delivered")
+        with capture_logs() as logs:
+            commit.set_exception(OSError("No space left on device"))
+            await async_wait_for(lambda: len(calls) == 10, 20, message="not redelivered")
+        assert sorted(calls[5:]) == sorted(calls[:5])
+        assert ingest.stats.handler_errors == 5
+        assert [e["event"] for e in logs].count("mqtt.handler_failed") == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await ingest.close()
