@@ -136,6 +136,7 @@ class MqttIngest:
             broker=ep.display(),
             client_id=client._client_id,
             topics_requested=len(self._wanted),
+            direct_acks=self.direct_acks,  # False: gmqtt's slower Task-per-message path
         )
 
     def _new_client(self) -> gmqtt.Client:
