@@ -63,8 +63,9 @@ class Publisher:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.wait_for(self._client.disconnect(), timeout=5)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self._client.publish(topic, payload, qos=1)
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Queue a message; only QoS 1 ones are waited for by `wait_acknowledged`."""
+        self._client.publish(topic, payload, qos=qos)
 
     @property
     def unacknowledged(self) -> int:

@@ -159,3 +159,26 @@ async def test_a_message_waiting_for_room_is_cancelled_at_close_and_redelivered(
     again: list[bytes] = []
     async with subscribed_intake(settings, lambda topic, payload: again.append(payload)):
         await async_wait_for(lambda: again == [b"waits"], 20, message="not redelivered")
+
+
+async def test_qos0_messages_take_gmqtts_path_with_the_same_handler(
+    mosquitto: EmbeddedMosquitto,
+) -> None:
+    """Devices that publish at QoS 0 reach the same handler through gmqtt's own path,
+    which awaits what the handler returns (nothing to acknowledge)."""
+    loop = asyncio.get_running_loop()
+    durable: list[bytes] = []
+
+    def on_message(topic: str, payload: bytes) -> asyncio.Future[object]:
+        done: asyncio.Future[object] = loop.create_future()
+        loop.call_soon(lambda: (durable.append(payload), done.set_result(None)))
+        return done
+
+    async with subscribed_intake(intake_settings(mosquitto, "qos0"), on_message) as ingest:
+        async with Publisher(mosquitto.url) as pub:
+            pub.publish(TOPIC, b"at-most-once", qos=0)
+            pub.publish(TOPIC, b"at-least-once")
+            await pub.wait_acknowledged(timeout=10)
+        await async_wait_for(lambda: len(durable) == 2, 10, message="not delivered")
+        assert sorted(durable) == [b"at-least-once", b"at-most-once"]
+        assert ingest.stats.messages == 2 and ingest.stats.handler_errors == 0
