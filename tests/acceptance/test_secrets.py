@@ -36,12 +36,7 @@ from aupus_ha.localcluster import (
     wait_until,
 )
 from tests.acceptance.conftest import ClusterFactory
-from tests.acceptance.test_tls import (
-    TlsServers,
-    create_database,
-    drop_database,
-    make_tls_servers,
-)
+from tests.acceptance.test_tls import TlsServers, fresh_database, running_tls_servers
 
 MQTT_SECRET = "mqttSECRET4b1f9x"
 MQTT_WRONG = "mqttWRONG77ac2q"
@@ -68,20 +63,17 @@ ROUTES = (
 
 @pytest.fixture(scope="module")
 def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
-    servers = make_tls_servers(
-        tmp_path_factory.mktemp("tls-secrets"), mqtt_password=MQTT_SECRET, db_password=DB_SECRET
-    )
-    try:
+    directory = tmp_path_factory.mktemp("tls-secrets")
+    with running_tls_servers(
+        directory, mqtt_password=MQTT_SECRET, db_password=DB_SECRET
+    ) as servers:
         yield servers
-    finally:
-        servers.cleanup()
 
 
 @pytest.fixture
 def tls_db(tls_servers: TlsServers) -> Iterator[str]:
-    name = create_database(tls_servers)
-    yield name
-    drop_database(tls_servers, name)
+    with fresh_database(tls_servers) as name:
+        yield name
 
 
 class Webhook:

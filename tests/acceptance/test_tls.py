@@ -17,6 +17,7 @@ process keeps running until it is told to stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import uuid
@@ -91,10 +92,12 @@ class TlsServers:
             self.postgres.cleanup()
 
 
-def make_tls_servers(
+@contextlib.contextmanager
+def running_tls_servers(
     directory: Path, *, mqtt_password: str = MQTT_PASSWORD, db_password: str = DB_PASSWORD
-) -> TlsServers:
-    """Start both servers (skips when no PostgreSQL build with SSL is installed)."""
+) -> Iterator[TlsServers]:
+    """Both servers, running for the block (skips when no PostgreSQL build with SSL is
+    installed); stopped and removed after it."""
     bin_dir = postgres_bin_dir_with_ssl()
     if bin_dir is None:
         pytest.skip("needs a PostgreSQL built with SSL (Debian package `postgresql`)")
@@ -112,10 +115,9 @@ def make_tls_servers(
     try:
         postgres.start()
         mosquitto.start()
-    except BaseException:
+        yield servers
+    finally:
         servers.cleanup()
-        raise
-    return servers
 
 
 async def _admin(servers: TlsServers, *statements: str) -> None:
@@ -127,15 +129,16 @@ async def _admin(servers: TlsServers, *statements: str) -> None:
         await conn.close(timeout=5)
 
 
-def create_database(servers: TlsServers) -> str:
+@contextlib.contextmanager
+def fresh_database(servers: TlsServers) -> Iterator[str]:
+    """Name of a new database on the TLS-only server, dropped after the block."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     run_async(lambda: _admin(servers, f"CREATE DATABASE {name}"))
-    return name
-
-
-def drop_database(servers: TlsServers, name: str) -> None:
-    if servers.postgres.is_running:
-        run_async(lambda: _admin(servers, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    try:
+        yield name
+    finally:
+        if servers.postgres.is_running:
+            run_async(lambda: _admin(servers, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 async def publish_tls(
@@ -157,19 +160,14 @@ async def publish_tls(
 
 @pytest.fixture(scope="module")
 def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServers]:
-    servers = make_tls_servers(tmp_path_factory.mktemp("tls"))
-    try:
+    with running_tls_servers(tmp_path_factory.mktemp("tls")) as servers:
         yield servers
-    finally:
-        servers.cleanup()
 
 
 @pytest.fixture
 def tls_db(tls_servers: TlsServers) -> Iterator[str]:
-    """Name of a fresh database on the TLS-only server, dropped after the test."""
-    name = create_database(tls_servers)
-    yield name
-    drop_database(tls_servers, name)
+    with fresh_database(tls_servers) as name:
+        yield name
 
 
 @pytest.fixture
