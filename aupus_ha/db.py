@@ -10,8 +10,9 @@ dead peer is noticed in seconds rather than after the Linux default of ~2 h 11 m
 from __future__ import annotations
 
 import asyncio
+import enum
 import socket
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -19,34 +20,134 @@ from aupus_ha.config import Settings
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached or did not answer in time."""
+    """The database cannot do this work now: it is unreachable, or in a state that
+    passes (read-only, disk full, out of connection slots, shutting down, a conflict to
+    retry). The work is retried with backoff; the process keeps running."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
-# Errors that mean "the database or the network is not there", as opposed to a bug or
-# bad data. Retried with backoff; they never crash the process.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+class ErrorKind(enum.Enum):
+    """What to do about one exception raised while talking to the database."""
+
+    TRANSIENT = "transient"  # the database's state: retry the same work later, back off
+    ITEM = "item"  # the item's data: isolate it (ingest_rejects), write the rest
+    OTHER = "other"  # neither (a privilege, a missing table, a server bug): back off, log
+
+
+# The one SQLSTATE table (docs/architecture.md, "Database errors"). A whole class when
+# every code in it is a state of the server or the session, single codes otherwise.
+TRANSIENT_SQLSTATE_CLASSES: Final = frozenset(
+    {
+        "08",  # connection exception
+        "40",  # transaction rollback: 40001 serialization failure, 40P01 deadlock
+        "53",  # insufficient resources: 53100 disk full, 53300 too many connections
+        "57",  # operator intervention: 57P01-57P03 shutdown, 57P05 idle session, 57014
+    }
+)
+TRANSIENT_SQLSTATES: Final = frozenset(
+    {
+        "25006",  # read-only transaction: a failover onto a replica, default_..._read_only
+        "25P03",  # idle-in-transaction session timeout
+        "55P03",  # lock not available (lock_timeout)
+        "58030",  # I/O error on the server's storage
+    }
+)
+# Refused for what one row holds: bisect the batch down to it and keep it as a reject.
+ITEM_SQLSTATE_CLASSES: Final = frozenset(
+    {
+        "22",  # data exception: a value the column cannot hold
+        "23",  # integrity constraint (unique conflicts are ON CONFLICT, never errors)
+        "54",  # program limit exceeded: a value too large for the server
+    }
+)
+
+# Errors without a SQLSTATE that mean "the database or the network is not there".
+_TRANSPORT_ERRORS: Final[tuple[type[BaseException], ...]] = (
     OSError,
     TimeoutError,
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
-    asyncpg.exceptions.QueryCanceledError,
     # The server ended the session (e.g. FATAL "terminating connection due to
     # administrator command" on shutdown) while the connection was idle: asyncpg parks
     # it in an error state until the socket closes, and a query sent in that window
     # fails with "cannot switch to state ...; another operation is in progress". The
     # connection is unusable, not the program broken: reconnect like any lost session.
     asyncpg.exceptions.InternalClientError,
-    # The server refused us: wrong password, or no pg_hba.conf entry (e.g. TLS required
-    # and sslmode=disable). Credentials and pg_hba are fixed on the server side, often
-    # without touching the cluster's configuration: report the database as unreachable
-    # (/health, `db.unavailable`) and retry, rather than crash the instance and its HTTP
-    # endpoints.
-    asyncpg.InvalidAuthorizationSpecificationError,
 )
+# The server refused us: wrong password, or no pg_hba.conf entry (e.g. TLS required and
+# sslmode=disable). Credentials and pg_hba are fixed on the server side, often without
+# touching the cluster's configuration: report the database as unreachable (/health,
+# `db.unavailable`) and retry, rather than crash the instance and its HTTP endpoints.
+_TRANSIENT_CODES_BY_POLICY: Final = frozenset({"28000", "28P01"})
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a server error (or of a DatabaseUnavailable made from one)."""
+    code = getattr(exc, "sqlstate", None)
+    if isinstance(exc, asyncpg.PostgresError | DatabaseUnavailable) and isinstance(code, str):
+        return code
+    return None
+
+
+def _transient_code(code: str) -> bool:
+    return (
+        code[:2] in TRANSIENT_SQLSTATE_CLASSES
+        or code in TRANSIENT_SQLSTATES
+        or code in _TRANSIENT_CODES_BY_POLICY
+    )
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """The one place that decides between backing off and isolating an item."""
+    if isinstance(exc, DatabaseUnavailable):
+        return ErrorKind.TRANSIENT
+    code = sqlstate(exc)
+    if code is not None:
+        if _transient_code(code):
+            return ErrorKind.TRANSIENT
+        return ErrorKind.ITEM if code[:2] in ITEM_SQLSTATE_CLASSES else ErrorKind.OTHER
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, asyncpg.PostgresError):
+        return ErrorKind.OTHER  # a server error without a code: not one item's fault
+    # Any other exception was raised by our own code while turning items into SQL (a
+    # rollup overflowing, an encoder refusing a value): blame the items, isolate them.
+    return ErrorKind.ITEM
+
+
+def _server_error_classes() -> tuple[type[BaseException], ...]:
+    """asyncpg's exception class for every SQLSTATE the table calls transient."""
+    found: list[type[BaseException]] = []
+    for name in asyncpg.exceptions.__all__:
+        cls = getattr(asyncpg.exceptions, name)
+        code = getattr(cls, "sqlstate", None)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, asyncpg.PostgresError)
+            and isinstance(code, str)
+            and _transient_code(code)
+        ):
+            found.append(cls)
+    return tuple(found)
+
+
+# For `except` clauses: the errors `classify` calls TRANSIENT, as types (asyncpg has one
+# class per SQLSTATE it knows). Retried with backoff; they never crash the process. A
+# code asyncpg does not know arrives as UnknownPostgresError: code that must survive it
+# catches broadly and asks `classify`.
+CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    _TRANSPORT_ERRORS + _server_error_classes()
+)
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable:
+    """`exc` as the DatabaseUnavailable to raise (keeps its SQLSTATE for the logs)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc
+    return DatabaseUnavailable(describe_error(exc), sqlstate=sqlstate(exc))
 
 
 def _server_settings(settings: Settings, app_name: str) -> dict[str, str]:
@@ -123,7 +224,7 @@ async def connect(settings: Settings, app_name: str, *, tune: bool = True) -> as
             statement_cache_size=0,  # behind a misconfigured pooler, fail clearly, not oddly
         )
     except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(describe_error(exc)) from exc
+        raise unavailable(exc) from exc
     if tune:
         _tune_client_socket(conn, settings)
     await _init_connection(conn)
@@ -149,13 +250,16 @@ async def create_pool(settings: Settings, app_name: str, *, max_size: int = 4) -
             max_inactive_connection_lifetime=60,
         )
     except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(describe_error(exc)) from exc
+        raise unavailable(exc) from exc
     return pool
 
 
 def describe_error(exc: BaseException) -> str:
     """A short, secret-free description of a database error for logs."""
     name = type(exc).__name__
+    code = sqlstate(exc)
+    if code is not None and not isinstance(exc, DatabaseUnavailable):
+        name = f"{name} [{code}]"
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{name}: {text}"[:300] if text else name
 

@@ -36,6 +36,13 @@ A timestamp may be in any form `parse_timestamp` accepts; absent or null, the ar
 time (`received_at`, aware UTC) is used and the row is `matchable=False`. The type's
 `mqtt_schema` is not applied here.
 
+Numbers that reach a computation or a numeric column must be finite and within
+`MAX_ABS_NUMBER` (1e15) in magnitude, else the message is rejected as
+`number_out_of_range` (naming the field): every numeric leaf the inverter rollup
+averages (the groups in `rollup.MEAN_GROUPS`), and the M-160's `energia_total`. A
+mean or sum of such values cannot overflow a double, and every double column holds
+them. Numbers that only reach `dados` (jsonb stores exact decimals) are kept as sent.
+
 `dados` must be storable as `jsonb`: nesting deeper than orjson encodes (254) or a
 string holding `\\u0000` (jsonb refuses it) is rejected as `unstorable_json`, so one
 message can never fail a whole flush batch.
@@ -48,6 +55,7 @@ also has `flush(now)` (`FlushingFamily`), `Decoder.flush` collects what is due.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -68,13 +76,18 @@ REASON_NOT_OBJECT: Final = "not_an_object"
 REASON_NO_FAMILY: Final = "no_family"  # only with a family list lacking a fallback
 REASON_INVALID_SUMMARY: Final = "invalid_summary"
 REASON_UNSTORABLE: Final = "unstorable_json"
+REASON_NUMBER_OUT_OF_RANGE: Final = "number_out_of_range"
 REASON_DECODER_ERROR: Final = "decoder_error"
 REASON_TIMESTAMP_UNPARSEABLE: Final = timestamps.REASON_UNPARSEABLE
 REASON_TIMESTAMP_OUT_OF_RANGE: Final = timestamps.REASON_OUT_OF_RANGE
 REASON_TIMESTAMP_WRONG_TYPE: Final = timestamps.REASON_WRONG_TYPE
 
 MAX_DETAIL_CHARS: Final = 160
-M160_WINDOW_S: Final = 30  # one summary covers 30 s: power = energy / (30/3600) h
+M160_WINDOW_S: Final = 30
+# The largest magnitude of a number that is averaged or stored in a numeric column:
+# 1e15 W is a million times the largest power plant, and sums of millions of such
+# values stay far below the double's range (1.8e308), so no rollup can overflow.
+MAX_ABS_NUMBER: Final = 1e15  # one summary covers 30 s: power = energy / (30/3600) h
 
 _INT32_MAX: Final = 2**31 - 1  # num_leituras is an `integer` column
 _VOLTAGES: Final = ("Va", "Vb", "Vc")
@@ -215,6 +228,7 @@ class InverterFamily:
     def decode(
         self, obj: dict[str, object], equipment: Equipment, received_at: datetime
     ) -> list[Reading]:
+        _check_averaged_numbers(obj)
         timestamp, matchable = reading_time(obj.get("timestamp"), received_at)
         minute = rollup.bucket_start(timestamp)
         return [
@@ -368,7 +382,26 @@ def _optional_number(summary: dict[str, object], key: str) -> float | None:
     if not _is_number(value):
         kind = _JSON_KINDS.get(type(value), "unknown")
         raise DecodeError(REASON_INVALID_SUMMARY, f"{key} is {kind}, not a number")
-    return float(value)
+    number = float(value)
+    _check_magnitude(key, number)
+    return number
+
+
+def _check_averaged_numbers(obj: dict[str, object]) -> None:
+    """Every number the rollup averages must be finite and within MAX_ABS_NUMBER."""
+    for group in rollup.MEAN_GROUPS:
+        values = obj.get(group)
+        if isinstance(values, dict):
+            for name, value in values.items():
+                if _is_number(value):
+                    _check_magnitude(f"{group}.{name}", value)
+
+
+def _check_magnitude(field: str, value: float) -> None:
+    if not (math.isfinite(value) and abs(value) <= MAX_ABS_NUMBER):
+        raise DecodeError(
+            REASON_NUMBER_OUT_OF_RANGE, f"{field} is {value!r}, beyond ±{MAX_ABS_NUMBER:g}"
+        )
 
 
 def _optional_count(summary: dict[str, object], key: str) -> int | None:

@@ -1,0 +1,100 @@
+"""Numbers that would break a rollup or a numeric column are refused at decode time.
+
+Issue 17, defect 1: two inverter samples of one minute with `active_total` 1e308 made
+the minute's mean overflow at flush and stopped every instance. The decoder now refuses
+such a message with a reason, so it lands in `ingest_rejects` instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aupus_ha import rollup
+from aupus_ha.decoding import MAX_ABS_NUMBER, REASON_NUMBER_OUT_OF_RANGE, Decoder
+from aupus_ha.readings import Decoded, Equipment
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TOPIC = "t/inv"
+RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+
+def _decode(obj: dict[str, object]) -> Decoded:
+    decoder = Decoder(max_payload_bytes=64 * 1024)
+    return decoder.decode(TOPIC, orjson.dumps(obj), [Equipment("inv-1", TOPIC)], RECEIVED)
+
+
+def _inverter(**groups: dict[str, object]) -> dict[str, object]:
+    base: dict[str, object] = orjson.loads((FIXTURES / "inverter_reading.json").read_bytes())
+    for name, values in groups.items():
+        base[name] = {**base[name], **values}  # type: ignore[dict-item]
+    return base
+
+
+def _reason(decoded: Decoded) -> str:
+    assert decoded.readings == [] and len(decoded.rejects) == 1, decoded
+    return decoded.rejects[0].reason
+
+
+def test_huge_active_power_is_refused_with_a_reason() -> None:
+    """The issue's trigger: `power.active_total` 1e308 is a reject, not a sample."""
+    reason = _reason(_decode(_inverter(power={"active_total": 1e308})))
+    assert reason.startswith(f"{REASON_NUMBER_OUT_OF_RANGE}: power.active_total")
+
+
+def test_every_averaged_group_is_guarded() -> None:
+    """Any numeric leaf the rollup averages, in any averaged group and of either sign."""
+    for group in rollup.MEAN_GROUPS:
+        reason = _reason(_decode(_inverter(**{group: {"x": -1e16}})))
+        assert reason.startswith(f"{REASON_NUMBER_OUT_OF_RANGE}: {group}.x"), reason
+
+
+def test_the_bound_itself_is_accepted() -> None:
+    """|x| == MAX_ABS_NUMBER is still a reading, and tiny numbers are fine."""
+    decoded = _decode(_inverter(power={"active_total": MAX_ABS_NUMBER, "tiny": 5e-324}))
+    assert decoded.rejects == [] and len(decoded.readings) == 1
+
+
+def test_m160_energy_out_of_range_is_refused() -> None:
+    """`energia_total` feeds energia_kwh and potencia_ativa_kw: bounded the same way."""
+    m160 = orjson.loads((FIXTURES / "m160_resumo.json").read_bytes())
+    m160["Resumo"]["energia_total"] = 1e300
+    reason = _reason(_decode(m160))
+    assert reason.startswith(f"{REASON_NUMBER_OUT_OF_RANGE}: energia_total")
+
+
+def test_generic_payloads_keep_huge_numbers() -> None:
+    """A generic reading's numbers reach only jsonb (exact numeric): nothing to refuse."""
+    decoded = _decode({"timestamp": "2026-11-29T02:59:00Z", "x": 1e308, "y": -1e30})
+    assert decoded.rejects == [] and len(decoded.readings) == 1
+
+
+finite = st.floats(
+    min_value=-MAX_ABS_NUMBER, max_value=MAX_ABS_NUMBER, allow_nan=False, allow_infinity=False
+)
+anything = st.one_of(finite, st.integers(), st.floats(), st.text(max_size=3), st.none())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "b", "active_total"]), anything), max_size=20))
+def test_no_accepted_sample_can_break_a_rollup(powers: list[dict[str, object]]) -> None:
+    """Whatever the decoder accepts, the minute's row can be built from it."""
+    samples = {}
+    for second, power in enumerate(powers):
+        obj = {"timestamp": RECEIVED.timestamp() - 60 + second, "power": {"active_total": 1, **power}}
+        try:
+            payload = orjson.dumps(obj)
+        except orjson.JSONEncodeError:
+            continue  # an integer beyond 64 bits cannot be sent by orjson
+        decoded = Decoder(max_payload_bytes=64 * 1024).decode(
+            TOPIC, payload, [Equipment("inv-1", TOPIC)], RECEIVED
+        )
+        for reading in decoded.readings:
+            assert reading.sample_at is not None
+            samples[rollup.sample_key(reading.sample_at)] = orjson.loads(reading.dados)
+    row = rollup.build_row(samples)
+    assert row.num_leituras == len(samples)
