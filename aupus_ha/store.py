@@ -2,15 +2,20 @@
 
 A flush is one transaction that first checks the epoch `FOR SHARE` (the fence), COPYs
 the batch into a per-connection staging table, and inserts from it with
-`ON CONFLICT DO NOTHING`. A row the database refuses (bad data, a legacy constraint) is
-isolated by bisection and turned into a reject, so one poison row can never block the
-buffer — the legacy service's 84,335-reading pile-up.
+`ON CONFLICT DO NOTHING`. An item the batch fails on — the database refuses its data
+(SQLSTATE class 22, 23, 54: bad data, a legacy constraint) or our own code raises while
+turning it into a row (a rollup that overflows) — is isolated by bisection and turned
+into a reject, so one poison item can never block the buffer (the legacy service's
+84,335-reading pile-up) nor stop the writer. Every other failure is the database's
+state (`db.classify`) and is raised as `DatabaseUnavailable`: the whole batch is
+retried with backoff, nothing is rejected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -18,14 +23,25 @@ import asyncpg
 import orjson
 
 from aupus_ha import constants, rollup
-from aupus_ha.db import CONNECTION_ERRORS, DatabaseUnavailable, describe_error
+from aupus_ha.db import (
+    CONNECTION_ERRORS,
+    DatabaseUnavailable,
+    ErrorKind,
+    classify,
+    describe_error,
+    unavailable,
+)
+from aupus_ha.logs import get_logger
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Equipment, Reading, ReadingKey, Reject, RejectKey
 from aupus_ha.schemas import compile_schema
 from aupus_ha.timestamps import to_legacy_local
 
+log = get_logger(__name__)
+
 # A pooled connection or a plain one: the flush helpers work on either.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+Item = Reading | Reject
 
 STAGING_COLUMNS = (
     "equipamento_id",
@@ -64,13 +80,17 @@ class _Tally:
     rows: int = 0
     merged: int = 0
     plain_rows: int = 0
-    refused: list[Reject] = field(default_factory=list)
+    refused: list[Reject] = field(default_factory=list)  # readings turned into rejects
+    refused_plain: int = 0  # of which plain readings (not rollup samples)
+    dropped: int = 0  # rejects that could not be stored even once escaped (logged)
 
     def add(self, other: _Tally) -> _Tally:
         self.rows += other.rows
         self.merged += other.merged
         self.plain_rows += other.plain_rows
         self.refused += other.refused
+        self.refused_plain += other.refused_plain
+        self.dropped += other.dropped
         return self
 
 
@@ -121,33 +141,78 @@ class Store:
     async def flush(
         self, readings: list[Reading], rejects: list[Reject], epoch: int
     ) -> FlushResult:
-        """Write one batch under the epoch fence; isolates rows the database refuses."""
+        """Write one batch under the epoch fence, isolating the items it fails on.
+
+        Raises `Fenced`, or `DatabaseUnavailable` for every failure that is not one
+        item's (`db.classify`): the caller keeps the batch and retries it later.
+        """
         started = time.perf_counter()
         try:
-            tally = await self._flush_isolating(readings, rejects, epoch)
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
+            tally = await self._flush_isolating([*readings, *rejects], epoch)
+        except Fenced:
+            raise
+        except Exception as exc:  # every failure becomes "retry later"
+            raise unavailable(exc) from exc
         ms = (time.perf_counter() - started) * 1000
         plain = sum(1 for r in readings if not r.is_rollup_sample)
         refused = len(tally.refused)
-        duplicates = max(0, plain - tally.plain_rows - refused)
+        duplicates = max(0, plain - tally.plain_rows - tally.refused_plain)
         return FlushResult(
-            tally.rows, duplicates, len(rejects) + refused, refused, ms, tally.merged
+            tally.rows,
+            duplicates,
+            len(rejects) - tally.dropped + refused,
+            refused,
+            ms,
+            tally.merged,
         )
 
-    async def _flush_isolating(
-        self, readings: list[Reading], rejects: list[Reject], epoch: int
-    ) -> _Tally:
+    async def _flush_isolating(self, items: Sequence[Item], epoch: int) -> _Tally:
+        """Flush `items` in one transaction; when it fails for an item, bisect down to
+        the items it fails on (about 2·log2(n) transactions per poison item)."""
+        if not items:
+            return _Tally()
+        readings = [i for i in items if isinstance(i, Reading)]
+        rejects = [i for i in items if isinstance(i, Reject)]
         try:
             return await self._flush_once(readings, rejects, epoch)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            if len(readings) <= 1:
-                refused = [_refused(r, exc) for r in readings]
-                await self._flush_once([], rejects + refused, epoch)
-                return _Tally(refused=refused)
-        middle = len(readings) // 2
-        first = await self._flush_isolating(readings[:middle], rejects, epoch)
-        return first.add(await self._flush_isolating(readings[middle:], [], epoch))
+        except Fenced:
+            raise
+        except Exception as exc:  # classified: all but an item's re-raise
+            if classify(exc) is not ErrorKind.ITEM:
+                raise
+            failure = exc
+        if len(items) == 1:
+            return await self._store_refused(items[0], failure, epoch)
+        middle = len(items) // 2
+        first = await self._flush_isolating(items[:middle], epoch)
+        return first.add(await self._flush_isolating(items[middle:], epoch))
+
+    async def _store_refused(self, item: Item, failure: BaseException, epoch: int) -> _Tally:
+        """The one item a flush fails on, kept as a reject that can be stored."""
+        error = describe_error(failure)
+        if isinstance(item, Reading):
+            reject = _refused(item, failure)
+            log.warning(
+                "flush.item_refused",
+                equipamento_id=item.equipamento_id.strip(),
+                timestamp_dados=item.timestamp_dados.isoformat(),
+                error=error,
+            )
+        else:
+            reject = _escaped(item)
+            log.warning("flush.reject_escaped", topic=reject.topic, error=error)
+        try:
+            await self._flush_once([], [reject], epoch)
+        except Fenced:
+            raise
+        except Exception as exc:  # classified: all but an item's re-raise
+            if classify(exc) is not ErrorKind.ITEM:
+                raise
+            log.error("flush.reject_dropped", topic=reject.topic, error=describe_error(exc))
+            return _Tally(dropped=1)
+        if isinstance(item, Reading):
+            return _Tally(refused=[reject], refused_plain=int(not item.is_rollup_sample))
+        return _Tally()
 
     async def _flush_once(
         self, readings: list[Reading], rejects: list[Reject], epoch: int
@@ -206,8 +271,8 @@ class Store:
             invalid |= invalid_new.intersection(new)
             row = rollup.build_row(rollup.merge_samples(old_samples, new), invalid)
             if key in stored:
-                if row.dados == bytes(stored[key]):
-                    continue  # every sample was already in
+                if _same_json(row.dados, stored[key]):
+                    continue  # every sample was already in: leave the row (and ha_epoch)
                 merged += 1
             writes.append(
                 (
@@ -393,12 +458,34 @@ def _record(r: Reading) -> tuple[object, ...]:
     )
 
 
+def _same_json(ours: bytes, stored: bytes) -> bool:
+    """Equal as JSON values: jsonb gives its own normalised text back (spaces, key
+    order, `1e15` spelled out), never orjson's bytes."""
+    return bool(orjson.loads(ours) == orjson.loads(stored))
+
+
+def _text_safe(text: str) -> str:
+    """`text` without NUL, which a PostgreSQL text column cannot hold."""
+    return text.replace("\x00", "\\x00")
+
+
 def _refused(reading: Reading, exc: BaseException) -> Reject:
     return Reject(
-        topic=f"equipamento/{reading.equipamento_id.strip()}",
+        topic=f"equipamento/{_text_safe(reading.equipamento_id.strip())}",
         payload=reading.dados,
-        reason=f"store_refused: {describe_error(exc)}"[:500],
+        reason=_text_safe(f"store_refused: {describe_error(exc)}")[:500],
         received_at=datetime.now().astimezone(),
+    )
+
+
+def _escaped(reject: Reject) -> Reject:
+    """A reject the database refused (a NUL in its topic): escaped, same identity hash."""
+    return Reject(
+        topic=_text_safe(reject.topic),
+        payload=reject.payload,
+        reason=_text_safe(reject.reason)[:500],
+        received_at=reject.received_at,
+        payload_sha256=reject.payload_sha256,
     )
 
 

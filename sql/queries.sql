@@ -254,11 +254,12 @@ WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
 ORDER BY e.id;
 
 -- name: column_types
--- The types of the key columns of equipamentos_dados (fresh vs legacy convention).
+-- The types of the key columns of equipamentos_dados and of timestamp_fim (fresh vs
+-- legacy convention: a legacy timestamp_fim may be `timestamp without time zone`).
 SELECT column_name, data_type
 FROM information_schema.columns
 WHERE table_schema = current_schema() AND table_name = 'equipamentos_dados'
-  AND column_name IN ('equipamento_id', 'timestamp_dados');
+  AND column_name IN ('equipamento_id', 'timestamp_dados', 'timestamp_fim');
 
 -- name: leadership
 -- $1 cluster_name.

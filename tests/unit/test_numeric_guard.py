@@ -80,12 +80,13 @@ anything = st.one_of(finite, st.integers(), st.floats(), st.text(max_size=3), st
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(["a", "b", "active_total"]), anything), max_size=20))
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "active_total"]), anything), max_size=20))
 def test_no_accepted_sample_can_break_a_rollup(powers: list[dict[str, object]]) -> None:
     """Whatever the decoder accepts, the minute's row can be built from it."""
     samples = {}
     for second, power in enumerate(powers):
-        obj = {"timestamp": RECEIVED.timestamp() - 60 + second, "power": {"active_total": 1, **power}}
+        at = RECEIVED.timestamp() - 60 + second
+        obj = {"timestamp": at, "power": {"active_total": 1, **power}}
         try:
             payload = orjson.dumps(obj)
         except orjson.JSONEncodeError:
