@@ -43,7 +43,8 @@ from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.runtime import tune_gc
-from aupus_ha.spool import Spool, SpoolLocked
+from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
+from aupus_ha.spool import Spool, SpoolRefused
 from aupus_ha.store import KeyConvention, Store, detect_convention
 from aupus_ha.topics import TopicCatalog
 
@@ -87,7 +88,12 @@ class Instance:
             fsync=settings.spool_fsync,
         )
         self.buffer = PendingBuffer(settings.buffer_max_messages, on_settled=self.spool.settle)
-        self.durable = DurableIntake(self.buffer, self.spool)
+        self.reject_policy = RejectPolicy(
+            RejectLimiter(settings.reject_rate_per_min / 60, settings.reject_burst),
+            settings.reject_payload_prefix_bytes,
+        )
+        self.durable = DurableIntake(self.buffer, self.spool, self.reject_policy)
+        self.progress = FlushProgress(self.buffer)
         self.decoder = Decoder(max_payload_bytes=settings.max_payload_bytes)
         self.catalog = TopicCatalog()
         self.intake = IntakeStats()
@@ -119,7 +125,9 @@ class Instance:
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         from aupus_ha.http import HttpServer  # late: http imports this module's types
+        from aupus_ha.httpguard import raise_open_files_limit
 
+        raise_open_files_limit()  # slow HTTP clients must not starve the spool of files
         http = HttpServer(self)
         await http.start()
         try:
@@ -128,7 +136,9 @@ class Instance:
             self._start_tasks()
             failed = await self._wait_stop_or_failure()
             await self._shutdown()
-            if isinstance(self._fatal, IdentityClash | IdentityLost | PoolerDetected | SpoolLocked):
+            if isinstance(
+                self._fatal, IdentityClash | IdentityLost | PoolerDetected | SpoolRefused
+            ):
                 raise self._fatal
             return constants.EXIT_FAILURE if failed else constants.EXIT_OK
         finally:
@@ -224,8 +234,9 @@ class Instance:
             flush_seconds=self.metrics.flush_seconds,
         )
 
+        self.store.reject_prefix_bytes = self.settings.reject_payload_prefix_bytes
     def _start_tasks(self) -> None:
-        assert self.ha is not None and self.flusher is not None
+        assert self.ha is not None and self.flusher is not None and self.store is not None
         self._spawn("ha", self.ha.run())
         self._spawn("topics", self._topics_loop())
         self._spawn("alerts", self.alerts.run())
@@ -233,6 +244,9 @@ class Instance:
         if self.settings.may_lead:
             self._spawn("flusher", self.flusher.run())
         if self.keeps_readings:
+            retention_s = self.settings.reject_retention_days * 86_400
+            retention = RejectRetention(self.store, self.ha.is_leader, retention_s)
+            self._spawn("rejects-retention", retention.run())
             tune_gc()  # after start-up: the heap so far is frozen out of collections
             self._spawn("spool", self.spool.run())
             self._spawn("replay", self.durable.run_replay())

@@ -16,7 +16,7 @@ from aupus_ha.config import ConfigError, Settings, load_settings
 from aupus_ha.db import DatabaseUnavailable
 from aupus_ha.election import IdentityClash, IdentityLost, PoolerDetected
 from aupus_ha.logs import configure_logging
-from aupus_ha.spool import SpoolLocked
+from aupus_ha.spool import SpoolRefused
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,7 +169,7 @@ def _exit_code(run: Callable[[], int]) -> int:
     """The documented exit codes: 2 for configuration/identity, 1 for an unreachable DB."""
     try:
         return run()
-    except (IdentityClash, IdentityLost, PoolerDetected, ConfigError, SpoolLocked) as exc:
+    except (IdentityClash, IdentityLost, PoolerDetected, ConfigError, SpoolRefused) as exc:
         print(f"aupus-ha: {exc}", file=sys.stderr)
         return constants.EXIT_CONFIG
     except DatabaseUnavailable as exc:

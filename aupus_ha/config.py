@@ -16,12 +16,23 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from aupus_ha import constants
+from aupus_ha.spool_files import directory_problem
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the variable."""
+
+
+# Who sees topic lists, host details and raw database errors on the health routes:
+# `token` = only requests carrying ADMIN_TOKEN; `public` = everybody (a knowing choice).
+HEALTH_DETAILS_TOKEN = "token"  # noqa: S105 - a setting's value, not a secret
+HEALTH_DETAILS_PUBLIC = "public"
+HEALTH_DETAILS_CHOICES = (HEALTH_DETAILS_TOKEN, HEALTH_DETAILS_PUBLIC)
+# A server refuses to start with a shorter ADMIN_TOKEN (http.py): short ones are
+# guessable and slip under log scrubbing. Clients (`step-down`) may hold any value.
+ADMIN_TOKEN_MIN_LENGTH = 12
 
 
 class Secret:
@@ -77,6 +88,9 @@ class Settings:
     mqtt_tls_insecure: bool = False
     http_host: str = "0.0.0.0"  # noqa: S104 - a health endpoint must be reachable by the LB
     http_port: int = 3000
+    http_max_connections: int = 200
+    http_header_timeout_s: float = 10.0
+    health_details: str = HEALTH_DETAILS_TOKEN
     lease_ttl_s: float = 5.0
     heartbeat_s: float = 1.0
     renew_deadline_s: float = 3.5
@@ -90,6 +104,10 @@ class Settings:
     spool_max_bytes: int = 1024**3
     spool_fsync: bool = True
     log_format: str = "json"
+    reject_payload_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
+    reject_rate_per_min: float = constants.REJECT_RATE_PER_MIN
+    reject_burst: int = constants.REJECT_BURST
+    reject_retention_days: float = constants.REJECT_RETENTION_DAYS
     log_level: str = "info"
     admin_token: Secret = field(default_factory=lambda: Secret(""))
     alert_webhook_url: Secret = field(default_factory=lambda: Secret(""))
@@ -180,6 +198,10 @@ def _parse_directory(name: str, raw: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{name}={raw!r}: {existing} is not writable by this user")
     return path
+    if existing == path:  # what the spool will hold must be nobody else's to write
+        problem = directory_problem(path)
+        if problem is not None:
+            raise ConfigError(f"{name}={raw!r} is refused: {problem}")
 
 
 def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -348,6 +370,15 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         mqtt_tls_insecure=_parse_bool("MQTT_TLS_INSECURE", get("MQTT_TLS_INSECURE", "false")),
         http_host=get("HTTP_HOST", "0.0.0.0"),  # noqa: S104
         http_port=num("HTTP_PORT", get("HTTP_PORT", "3000"), int, 0, 65535),
+        http_max_connections=num(
+            "HTTP_MAX_CONNECTIONS", get("HTTP_MAX_CONNECTIONS", "200"), int, 4, 100_000
+        ),
+        http_header_timeout_s=num(
+            "HTTP_HEADER_TIMEOUT_S", get("HTTP_HEADER_TIMEOUT_S", "10"), float, 0.5, 300
+        ),
+        health_details=_parse_choice(
+            "HEALTH_DETAILS", get("HEALTH_DETAILS", HEALTH_DETAILS_TOKEN), HEALTH_DETAILS_CHOICES
+        ),
         lease_ttl_s=lease_ttl,
         heartbeat_s=heartbeat,
         renew_deadline_s=renew,
@@ -371,6 +402,20 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT", "json"), ("json", "console")),
         log_level=_parse_choice(
             "LOG_LEVEL", get("LOG_LEVEL", "info"), ("debug", "info", "warning", "error")
+        ),
+        reject_payload_prefix_bytes=num(
+            "REJECT_PAYLOAD_PREFIX_BYTES",
+            get("REJECT_PAYLOAD_PREFIX_BYTES", str(constants.REJECT_PAYLOAD_PREFIX_BYTES)),
+            int,
+            0,
+            1024**2,
+        ),
+        reject_rate_per_min=num(
+            "REJECT_RATE_PER_MIN", get("REJECT_RATE_PER_MIN", "60"), float, 0.01, 1_000_000
+        ),
+        reject_burst=num("REJECT_BURST", get("REJECT_BURST", "20"), int, 1, 1_000_000),
+        reject_retention_days=num(
+            "REJECT_RETENTION_DAYS", get("REJECT_RETENTION_DAYS", "30"), float, 0.001, 36_500
         ),
         admin_token=Secret(env.get("ADMIN_TOKEN", "")),
         alert_webhook_url=Secret(env.get("ALERT_WEBHOOK_URL", "")),

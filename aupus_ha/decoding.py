@@ -435,7 +435,8 @@ def _json_failure(payload: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str
 def _too_large(topic: str, payload: bytes, received_at: datetime, limit: int) -> Decoded:
     digest = hashlib.sha256(payload).hexdigest()  # the whole message's identity
     reason = _reason(REASON_TOO_LARGE, f"{len(payload)} bytes > limit {limit}")
-    return Decoded(rejects=[Reject(topic, payload[:limit], reason, received_at, digest)])
+    kept = payload[:limit]
+    return Decoded(rejects=[Reject(topic, kept, reason, received_at, digest, len(payload))])
 
 
 def _reject(topic: str, payload: bytes, received_at: datetime, code: str, detail: str) -> Decoded:

@@ -83,6 +83,10 @@ class HealthViews:
         ingest = inst.mqtt
         connected = bool(ingest and ingest.connected)
         topics = len(ingest.stats.subscribed) if ingest else 0
+        if ingest is not None and ingest.reconnect_loop:
+            # "connected" most of the time, yet nothing gets through: unhealthy.
+            message = "reconnect loop: the broker connection keeps being dropped"
+            return {"status": "flapping", "subscribedTopics": topics, "message": message}
         message = (
             f"connected to the broker, {topics} topic(s) subscribed"
             if connected

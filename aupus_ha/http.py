@@ -9,6 +9,7 @@ handlers here stay thin.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,9 +19,10 @@ import orjson
 from aiohttp import web
 
 from aupus_ha import admin
-from aupus_ha.config import ConfigError
+from aupus_ha.config import ADMIN_TOKEN_MIN_LENGTH, ConfigError, Secret
 from aupus_ha.db import DatabaseUnavailable
 from aupus_ha.health import HealthViews
+from aupus_ha.httpguard import ConnectionGuard, http_connection_limit
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -76,15 +78,26 @@ def _enveloped(view: View) -> Handler:
     return handler
 
 
+def refuse_short_admin_token(token: Secret) -> None:
+    """A guessable ADMIN_TOKEN stops the server at start (exit 2, one line)."""
+    if token and len(token.reveal()) < ADMIN_TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"ADMIN_TOKEN is too short ({len(token.reveal())} characters; accepts at least "
+            f"{ADMIN_TOKEN_MIN_LENGTH}, e.g. the output of `openssl rand -hex 24`)"
+        )
+
+
 class HttpServer:
     def __init__(self, instance: Instance) -> None:
         self._instance = instance
         self._views = HealthViews(instance)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.guard: ConnectionGuard | None = None
         self.port: int | None = None
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[self._guarded])
         views: list[tuple[str, View]] = [
             ("/health", self.health),
             ("/health/leader", self.leader),
@@ -115,24 +128,54 @@ class HttpServer:
 
     async def start(self) -> None:
         settings = self._instance.settings
-        self._runner = web.AppRunner(self.build_app(), access_log=None)
+        refuse_short_admin_token(settings.admin_token)
+        # aiohttp's keepalive timeout also closes idle keep-alive connections; the guard
+        # bounds the wait for every request (and the number of connections) on its own.
+        self._runner = web.AppRunner(
+            self.build_app(), access_log=None, keepalive_timeout=settings.http_header_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, settings.http_host, settings.http_port, reuse_address=True)
+        factory = self._runner.server
+        assert factory is not None  # set by setup()
+        self.guard = ConnectionGuard(
+            factory,  # aiohttp's Server: a protocol factory
+            max_connections=http_connection_limit(settings.http_max_connections),
+            header_timeout_s=settings.http_header_timeout_s,
+        )
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            self._server = await loop.create_server(
+                self.guard, settings.http_host, settings.http_port, reuse_address=True
+            )
         except OSError as exc:
             raise ConfigError(
                 f"HTTP_PORT={settings.http_port} cannot be bound on {settings.http_host} "
                 f"({exc.strerror or exc}); choose a free port"
             ) from exc
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
+        sockets = list(self._server.sockets or ())
         self.port = sockets[0].getsockname()[1] if sockets else settings.http_port
-        log.info("http.listening", host=settings.http_host, port=self.port)
+        log.info(
+            "http.listening",
+            host=settings.http_host,
+            port=self.port,
+            max_connections=self.guard.max_connections,
+            header_timeout_s=self.guard.header_timeout_s,
+        )
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @web.middleware
+    async def _guarded(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.guard is None:
+            return await handler(request)
+        response: web.StreamResponse = await self.guard.middleware(request, handler)
+        return response
 
     # --- views: (body, status) ------------------------------------------------------------
 
@@ -172,10 +215,13 @@ class HttpServer:
         inst = self._instance
         ingest = inst.mqtt
         check = self._views.mqtt_check()
-        connected = check["status"] == "connected"
+        looping = check["status"] == "flapping"
+        connected = bool(ingest and ingest.connected)
         body = {
             "status": "connected" if connected else "disconnected",
             "message": check["message"],
+            "reconnectLoop": looping,
+            "maxPacketBytes": ingest.stats.max_packet_bytes if ingest else None,
             "instance_id": inst.settings.instance_id,
             "mode": inst.settings.mqtt_mode,
             "subscribedTopics": len(ingest.stats.subscribed) if ingest else 0,
@@ -193,7 +239,7 @@ class HttpServer:
                 "disconnects": ingest.stats.disconnects if ingest else 0,
             },
         }
-        ok = connected or not inst.settings.mqtt_enabled
+        ok = (connected and not looping) or not inst.settings.mqtt_enabled
         return body, 200 if ok else 503
 
     async def database(self, request: web.Request) -> tuple[Body, int]:

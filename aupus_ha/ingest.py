@@ -17,6 +17,7 @@ import contextlib
 import functools
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,15 @@ MessageHandler = Callable[[str, bytes], Awaitable[object] | None]
 PUBACK_SUCCESS = 0
 PUBACK_UNSPECIFIED_ERROR = 0x80
 PUBACK_HEADER = 0x40  # first byte of an MQTT PUBACK packet (type 4, no flags)
+# Room above MAX_PAYLOAD_BYTES in the announced maximum packet size: fixed header (5),
+# topic (up to 65,535 + 2), packet id and MQTT 5 properties. A payload just above
+# MAX_PAYLOAD_BYTES still arrives and is rejected (and counted) by the decoder.
+PACKET_HEADROOM_BYTES = 128 * 1024
+MQTT_MAX_PACKET_BYTES = 268_435_460  # the protocol's own limit (4-byte remaining length)
+# A connection dropped this many times within the window is a loop, not bad luck
+# (e.g. a message that cannot be delivered, or two processes sharing a client id).
+FLAP_DISCONNECTS = 5
+FLAP_WINDOW_S = 120.0
 
 
 class BrokerUnavailable(Exception):
@@ -51,6 +61,33 @@ class MqttStats:
     handler_errors: int = 0
     connected_since: float | None = None
     subscribed: set[str] = field(default_factory=set)
+    max_packet_bytes: int = 0  # announced to the broker at connect
+
+
+class FlapDetector:
+    """Says whether the connection is in a reconnect loop: `limit` drops within `window_s`.
+
+    A loop shows up as "connected" most of the time, so the state alone hides it; the
+    rate of drops does not. It clears by itself once the window passes without drops.
+    """
+
+    def __init__(self, limit: int = FLAP_DISCONNECTS, window_s: float = FLAP_WINDOW_S) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._drops: deque[float] = deque(maxlen=limit)
+
+    def dropped(self, now: float) -> bool:
+        """Record a drop; True when this one starts a loop (to log it once)."""
+        before = self.looping(now)
+        self._drops.append(now)
+        return self.looping(now) and not before
+
+    def looping(self, now: float) -> bool:
+        return len(self._drops) == self._limit and now - self._drops[0] <= self._window_s
+
+
+def max_packet_bytes(max_payload_bytes: int) -> int:
+    return min(max_payload_bytes + PACKET_HEADROOM_BYTES, MQTT_MAX_PACKET_BYTES)
 
 
 def client_id_for(instance_id: str, cluster_name: str) -> str:
@@ -73,7 +110,8 @@ class MqttIngest:
         # SUBSCRIBE packets awaiting their SUBACK, by packet id: a topic only counts as
         # subscribed (and is reported so) once the broker has granted it.
         self._pending_subscribe: dict[int, list[str]] = {}
-        self.stats = MqttStats()
+        self.stats = MqttStats(max_packet_bytes=max_packet_bytes(settings.max_payload_bytes))
+        self.flaps = FlapDetector()
         self._closed = asyncio.Event()  # set when the current connection is dropped
         # gmqtt closes a connection after 2 x keepalive without data in: a broker lost
         # behind a silent partition must be noticed within about the lease TTL, so the
@@ -87,6 +125,10 @@ class MqttIngest:
     @property
     def connected(self) -> bool:
         return self._client is not None and self.stats.connected_since is not None
+
+    @property
+    def reconnect_loop(self) -> bool:
+        return self.flaps.looping(time.monotonic())
 
     # --- supervised connection loop -----------------------------------------------------
 
@@ -124,6 +166,7 @@ class MqttIngest:
             log.warning("mqtt.connect_failed", broker=ep.display(), error=type(exc).__name__)
             raise BrokerUnavailable(str(exc)) from exc
         coalesce_pubacks(client)
+        count_bytes_as_liveness(client)
         self._client = client
         self._closed = asyncio.Event()
         self.stats.connects += 1
@@ -146,6 +189,10 @@ class MqttIngest:
             optimistic_acknowledgement=False,
             session_expiry_interval=constants.MQTT_SESSION_EXPIRY_S,
             receive_maximum=self._settings.mqtt_receive_maximum,
+            # MQTT 5: the broker must not send us a packet above this; it drops an
+            # oversized message for our session instead of delivering it at every
+            # reconnect (a 48 MiB one stalled every instance, issue 16).
+            maximum_packet_size=self.stats.max_packet_bytes,
         )
         if self._endpoint.username:
             client.set_auth_credentials(
@@ -173,6 +220,13 @@ class MqttIngest:
         self.stats.disconnects += 1
         self.stats.connected_since = None
         log.warning("mqtt.disconnected", broker=self._endpoint.display())
+        if self.flaps.dropped(time.monotonic()):
+            log.error(
+                "mqtt.reconnect_loop",
+                broker=self._endpoint.display(),
+                disconnects=FLAP_DISCONNECTS,
+                window_s=FLAP_WINDOW_S,
+            )
         self._lost.set()
 
     async def _drop_client(self) -> None:
@@ -335,6 +389,22 @@ def coalesce_pubacks(client: gmqtt.Client) -> None:
     protocol = getattr(getattr(client, "_connection", None), "_protocol", None)
     if protocol is not None and hasattr(protocol, "write_data"):
         protocol.write_data = PubackCoalescer(protocol.write_data).write
+
+
+def count_bytes_as_liveness(client: gmqtt.Client) -> None:
+    """Every chunk received counts as traffic for gmqtt's keepalive, not only a complete
+    packet: a large packet still arriving must not look like a dead broker."""
+    connection: Any = getattr(client, "_connection", None)
+    protocol = getattr(connection, "_protocol", None)
+    if protocol is None or not hasattr(connection, "_last_data_in"):
+        return
+    received = protocol.data_received
+
+    def data_received(data: bytes) -> None:
+        connection._last_data_in = time.monotonic()
+        received(data)
+
+    protocol.data_received = data_received
 
 
 def install_direct_qos1(

@@ -201,3 +201,23 @@ class _InstanceCollector(Collector):
         yield _counter(
             "spool_fsync_seconds", "Time spent in spool fsyncs.", spool.stats.fsync_seconds
         )
+        yield _counter(
+            "spool_write_failures",
+            "Spool group commits that failed (not acknowledged).",
+            spool.stats.write_failures,
+        )
+        yield _counter(
+            "spool_segment_create_failures",
+            "Spool segments that could not be created.",
+            spool.stats.rotation_failures,
+        )
+        yield _counter(
+            "spool_bad_records",
+            "Spool records skipped at replay (unreadable, wrong types, unknown format).",
+            spool.stats.bad_records,
+        )
+        yield _counter(
+            "rejects_rate_limited",
+            "Rejects counted but not kept (beyond REJECT_RATE_PER_MIN for their topic).",
+            self._instance.reject_policy.limiter.suppressed,
+        )

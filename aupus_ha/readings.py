@@ -74,6 +74,9 @@ class Reject:
     reason: str
     received_at: datetime
     payload_sha256: str = field(default="")
+    # Size of the whole message when `payload` holds only its first bytes (rejects.py
+    # stores a bounded prefix); None: `payload` is the whole message.
+    payload_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not self.payload_sha256:

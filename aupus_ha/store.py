@@ -129,6 +129,10 @@ class Store:
     """Domain queries over the pool. Never used for the lock."""
 
     def __init__(
+    # Bytes of a reject's payload stored (REJECT_PAYLOAD_PREFIX_BYTES, set at start): the
+    # intake bounds its rejects already; this bounds the rows the database refused too.
+    reject_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
+
         self, pool: asyncpg.Pool, queries: Queries, *, cluster_name: str, instance_id: str
     ) -> None:
         self._pool = pool
@@ -297,7 +301,7 @@ class Store:
             [
                 (
                     r.topic,
-                    r.payload,
+                    r.payload[: self.reject_prefix_bytes],
                     r.payload_sha256,
                     r.reason,
                     r.received_at,
@@ -313,11 +317,26 @@ class Store:
     async def committed_readings(self, readings: list[Reading]) -> list[ReadingKey]:
         """Which of these readings are already stored (by whichever leader)."""
         plain = [r for r in readings if not r.is_rollup_sample]
+                    r.payload_bytes if r.payload_bytes is not None else len(r.payload),
         samples = [r for r in readings if r.is_rollup_sample]
         found: list[ReadingKey] = []
         try:
             if plain:
                 rows = await self._pool.fetch(
+    async def delete_old_rejects(self, older_than_s: float, limit: int) -> int:
+        """Delete up to `limit` of the oldest rejects stored more than `older_than_s`
+        ago (the leader's retention, rejects.py); returns how many went."""
+        try:
+            status = await self._pool.execute(
+                self._q["delete_old_rejects"],
+                older_than_s,
+                limit,
+                timeout=constants.DB_CALL_TIMEOUT_S,
+            )
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(describe_error(exc)) from exc
+        return int(status.split()[-1])
+
                     self._q["probe_readings"],
                     [r.equipamento_id for r in plain],
                     [r.timestamp_dados for r in plain],
