@@ -2,11 +2,19 @@
 
     decoded message -> spool append (group-committed fsync) -> pending buffer -> PUBACK
 
+Before anything is spooled, a message's rejects go through the reject policy
+(`rejects.py`: rate-limited per topic, payload cut to a bounded prefix), so a flood of
+bad messages costs neither disk nor memory nor database rows beyond those bounds.
+
 The hand-over to the buffer happens in file order, right when a record becomes durable.
 While the buffer is full (nobody can write: the database is down, or the leader is not
 progressing), records stay on disk only: the spool's replay cursor marks the first of
 them, and the replay task hands them over, in order, as the buffer drains. The same
 replay path brings back what an earlier process of this instance left in its spool.
+
+No single record can stop the replay: one that cannot be read (another version's,
+damaged in a way its checksum missed, or forged by someone who could write the
+directory) is skipped, counted (`spool.stats.bad_records`) and logged with its position.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from aupus_ha import spool_codec
 from aupus_ha.buffer import PendingBuffer
 from aupus_ha.logs import get_logger
 from aupus_ha.readings import Decoded, Reading
+from aupus_ha.rejects import RejectPolicy
 from aupus_ha.spool import Record, Spool
 
 log = get_logger(__name__)
@@ -26,14 +35,20 @@ log = get_logger(__name__)
 # Bytes read from the spool per replay step (~3,000 generic readings): how far a replay
 # may overshoot BUFFER_MAX_MESSAGES.
 REPLAY_CHUNK_BYTES = 1024 * 1024
+# Unreadable records logged one by one at error level per process; the rest are counted
+# (a forged or foreign segment may hold thousands).
+BAD_RECORDS_LOGGED = 20
 
 Convention = Callable[[Reading], Reading]
 
 
 class DurableIntake:
-    def __init__(self, buffer: PendingBuffer, spool: Spool) -> None:
+    def __init__(
+        self, buffer: PendingBuffer, spool: Spool, rejects: RejectPolicy | None = None
+    ) -> None:
         self._buffer = buffer
         self._spool = spool
+        self._rejects = rejects  # None: every reject is kept whole (tests, tools)
         self._convention: Convention | None = None  # None: keys are stored as decoded
         self._backlog = asyncio.Event()
         self.replayed = 0
@@ -54,6 +69,8 @@ class DurableIntake:
     def accept(self, decoded: Decoded) -> Awaitable[object] | None:
         """What completes once the message is durable on this host (then it may be
         PUBACKed); None when there is nothing to keep."""
+        if decoded.rejects and self._rejects is not None:
+            decoded.rejects = self._rejects.keep(decoded.rejects)
         if decoded.readings or decoded.rejects:
             return self._spool.append(spool_codec.encode(decoded), decoded)
         return None
@@ -73,14 +90,19 @@ class DurableIntake:
             self._backlog.set()
             self.spilled += 1
             return
-        self._hand_over(record, decoded)
+        self._hand_over(record, self._converted(decoded))
 
-    def _hand_over(self, record: Record, decoded: Decoded) -> None:
+    def _converted(self, decoded: Decoded) -> Decoded:
         if self._convention is not None and decoded.readings:
             decoded.readings = [self._convention(r) for r in decoded.readings]
+        return decoded
+
+    def _hand_over(self, record: Record, decoded: Decoded, *, replayed: bool = False) -> None:
         segment = record.position.segment
         self._spool.taken(segment, len(decoded.readings) + len(decoded.rejects))
-        self._buffer.add(decoded, time.monotonic(), segment)
+        # A replayed record arrived before now, by an unknown amount: the buffer keeps
+        # the leader's published flush progress back until it is written.
+        self._buffer.add(decoded, time.monotonic(), segment, replayed=replayed)
 
     # --- replay -------------------------------------------------------------------------
 
@@ -98,13 +120,26 @@ class DurableIntake:
     async def _replay_step(self) -> None:
         records, damaged = await self._spool.read_backlog(REPLAY_CHUNK_BYTES)
         for record in records:
-            try:
-                decoded = spool_codec.decode(record.body)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                # A whole record with a valid checksum that we cannot read: written by
-                # another version. Logged with its position and skipped.
-                log.error("spool.unreadable_record", position=record.position, error=str(exc))
-                continue
-            self._hand_over(record, decoded)
+            decoded = self._readable(record)
+            if decoded is not None:
+                self._hand_over(record, decoded, replayed=True)
         self.replayed += len(records)
         self._spool.advance(records, damaged_rest=damaged)
+
+    def _readable(self, record: Record) -> Decoded | None:
+        """The record's message with the key convention applied, or None (skipped)."""
+        try:
+            return self._converted(spool_codec.decode(record.body))
+        except Exception as exc:  # any single record, whatever is wrong with it
+            stats = self._spool.stats
+            stats.bad_records += 1
+            level = log.error if stats.bad_records <= BAD_RECORDS_LOGGED else log.debug
+            level(
+                "spool.unreadable_record",
+                segment=record.position.segment,
+                offset=record.position.offset,
+                bytes=len(record.body),
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                skipped_so_far=stats.bad_records,
+            )
+            return None

@@ -17,6 +17,14 @@ when it is sealed (a newer one is being written), fully handed to the buffer, an
 entry that came from it has been settled (committed by us, confirmed as committed by the
 leader, or dropped as a duplicate).
 
+A failing disk never stops the writer (`run`): a write that fails (ENOSPC, EDQUOT, EIO)
+fails its group commit — nothing of it is acknowledged, the broker redelivers — and the
+torn bytes it may have left are cut off, so the segment stays usable; a segment that
+cannot be created (EMFILE, no inode, a read-only remount) leaves the writer on the
+current one. Both are retried with backoff, counted and logged, and end by themselves
+when the resource comes back. File-system details (modes, `O_NOFOLLOW`, `O_EXCL`, the
+directory checks) live in `spool_files`.
+
 The spool knows bytes and positions, not readings: `spool_codec` turns decoded messages
 into record bodies and back.
 """
@@ -25,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import struct
 import time
@@ -33,23 +40,45 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from aupus_ha.logs import get_logger
+from aupus_ha.spool_files import (
+    SEGMENT_SUFFIX,
+    SegmentFile,
+    SpoolLocked,
+    SpoolRefused,
+    SpoolUntrusted,
+    existing_segments,
+    open_lock,
+    prepare_directory,
+    read_at,
+)
+
+__all__ = [
+    "HEADER",
+    "Position",
+    "Record",
+    "Spool",
+    "SpoolLocked",
+    "SpoolRefused",
+    "SpoolStats",
+    "SpoolUntrusted",
+]
 
 log = get_logger(__name__)
 
 HEADER = struct.Struct("<II")  # body length, crc32(body)
-SEGMENT_SUFFIX = ".seg"
-LOCK_NAME = "spool.lock"
 # A body longer than this cannot be a record of ours: the header itself is damaged.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 4 * 1024 * 1024
-WRITE_RETRY_S = 1.0
+# Backoff after a failed write or segment creation: from the first to the cap, doubling.
+WRITE_RETRY_FIRST_S = 0.1
+WRITE_RETRY_MAX_S = 5.0
 
 
-class SpoolLocked(RuntimeError):
-    """Another live process already writes this spool directory."""
+class FsyncFailed(OSError):
+    """fsync reported an error: what the file holds is unknown, so it takes no more."""
 
 
 class Position(NamedTuple):
@@ -79,6 +108,10 @@ class SpoolStats:
     recovered_segments: int = 0
     damaged_bytes: int = 0  # unreadable tails skipped during replay
     full_waits: int = 0
+    write_failures: int = 0  # group commits that failed (not acknowledged)
+    rotation_failures: int = 0  # segments that could not be created
+    bad_records: int = 0  # checksummed records the replay could not read (skipped)
+    ignored_files: int = 0  # `.seg` entries that are not regular files (symlinks...)
 
 
 @dataclass(slots=True)
@@ -117,9 +150,10 @@ class Spool:
         self.stats = SpoolStats()
         self._segments: dict[int, _Segment] = {}
         self._current: _Segment | None = None
-        self._current_file: IO[bytes] | None = None
+        self._current_file: SegmentFile | None = None
         self._current_opened = 0.0
-        self._lock_file: IO[bytes] | None = None
+        self._next_number = 1
+        self._lock_fd: int | None = None
         self._queue: list[_Append] = []
         self._queued = asyncio.Event()
         self._room = asyncio.Event()
@@ -128,21 +162,29 @@ class Spool:
         # Segments before this position may be deleted; the replay moves it forward.
         self._replay_cursor: Position | None = None
         self._inflight: asyncio.Future[Any] | None = None
-        self._broken = False  # the last write failed: start a new segment first
+        self._broken = False  # the current segment takes no more appends
         self._full_noted = False
+        self._failures = 0  # consecutive failed commits: the backoff step
+        self._create_streak = 0  # consecutive failed segment creations
+        self._rotate_not_before = 0.0  # no creation attempt before (monotonic)
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def open(self, on_durable: DurableHandler) -> None:
-        """Lock the directory, find what an earlier process left, start a new segment.
+        """Check and lock the directory, find what an earlier process left, start a new
+        segment (or leave that to the writer if the file system refuses one now).
 
         Runs before the event loop has work to do (start-up): plain file calls are fine.
+        Raises SpoolRefused (untrusted directory, or locked by another process).
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_directory(self.directory)
+        prepare_directory(self.directory)
+        self._lock_fd = open_lock(self.directory)
         self._on_durable = on_durable
-        for number, path in _existing_segments(self.directory):
-            size = path.stat().st_size
+        found, ignored, highest = existing_segments(self.directory)
+        if ignored:
+            self.stats.ignored_files += len(ignored)
+            log.error("spool.ignored_files", names=ignored, directory=str(self.directory))
+        for number, path, size in found:
             if size == 0:
                 path.unlink()
                 continue
@@ -156,8 +198,11 @@ class Spool:
                 bytes=self.total_bytes,
                 directory=str(self.directory),
             )
-        number = max(self._segments, default=0) + 1
-        self._install_segment(number, _open_segment(self._segment_path(number), self.fsync))
+        self._next_number = highest + 1
+        try:
+            self._install_segment(self._create_next())
+        except OSError as exc:
+            self._creation_failed(exc)  # the writer creates one when it can
         self._update_room()
 
     async def close(self) -> None:
@@ -167,32 +212,52 @@ class Spool:
                 await self._inflight
         handle, self._current_file = self._current_file, None
         if handle is not None:
-            await asyncio.to_thread(_close_file, handle, self.fsync)
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+            await asyncio.to_thread(_close_quietly, handle, self.fsync)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def run(self) -> None:
-        """The writer: one write + fsync per batch of queued appends (group commit)."""
+        """The writer: one write + fsync per batch of queued appends (group commit).
+
+        Never ends on an OSError: the batch it hit is failed (not acknowledged, the
+        broker redelivers it), and the next attempt waits a growing delay.
+        """
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queued.wait(), timeout=self.segment_max_age_s)
             self._queued.clear()
             batch, self._queue = self._queue, []
             try:
-                if self._needs_rotation():
-                    await self._rotate()
+                await self._ensure_segment()
                 if batch:
                     await self._commit(batch)
             except OSError as exc:
-                # Disk full or an I/O error: these messages are not acknowledged (the
-                # broker redelivers them); the writer stays up and tries a new segment.
-                log.error("spool.write_failed", error=str(exc), directory=str(self.directory))
-                for append in batch:
-                    if not append.done.done():
-                        append.done.set_exception(exc)
-                self._broken = True
-                await asyncio.sleep(WRITE_RETRY_S)
+                self._fail(batch, exc)
+                await asyncio.sleep(self._backoff())
+                continue
+            if self._failures and batch:
+                log.info("spool.write_recovered", after_failures=self._failures)
+                self._failures = 0
+
+    def _fail(self, batch: list[_Append], exc: OSError) -> None:
+        self.stats.write_failures += 1
+        self._failures += 1
+        # Once per episode at error level; the rest of the episode is counted only.
+        level = log.error if self._failures == 1 else log.debug
+        level(
+            "spool.write_failed",
+            error=str(exc),
+            errno=exc.errno,
+            directory=str(self.directory),
+            messages=len(batch),
+        )
+        for append in batch:
+            if not append.done.done():
+                append.done.set_exception(exc)
+
+    def _backoff(self) -> float:
+        return min(WRITE_RETRY_MAX_S, WRITE_RETRY_FIRST_S * 2.0 ** min(self._failures - 1, 16))
 
     # --- appending ----------------------------------------------------------------------
 
@@ -230,8 +295,11 @@ class Spool:
         start = segment.size
         try:
             await self._in_thread(self._write, handle, b"".join(frames))
+        except FsyncFailed:
+            self._broken = True  # unknown what reached the disk: never append after it
+            raise
         except OSError:
-            self._broken = True  # a torn frame may be on disk: never append after it
+            await self._cut_torn_tail(handle, start)
             raise
         # Synchronous from here: positions, hand-off and acknowledgement happen in file
         # order, in one step of the event loop, so a replay cursor is never overtaken.
@@ -247,6 +315,14 @@ class Spool:
         self.stats.bytes_written += offset - start
         self._update_room()
 
+    async def _cut_torn_tail(self, handle: SegmentFile, durable_end: int) -> None:
+        """A failed write may have left part of a frame: cut it, or stop using the file."""
+        try:
+            await self._in_thread(handle.cut, durable_end)
+        except OSError as exc:
+            log.warning("spool.segment_abandoned", error=str(exc))
+            self._broken = True
+
     async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         # Shielded: cancelling the writer must not abandon a write half-way; `close`
         # waits for it before closing the file.
@@ -257,46 +333,93 @@ class Spool:
             if self._inflight.done():
                 self._inflight = None
 
-    def _write(self, handle: IO[bytes], data: bytes) -> None:
-        handle.write(data)
-        handle.flush()
+    def _write(self, handle: SegmentFile, data: bytes) -> None:
+        handle.append(data)
         if self.fsync:
             began = time.perf_counter()
-            os.fsync(handle.fileno())
+            try:
+                handle.sync()
+            except OSError as exc:
+                raise FsyncFailed(exc.errno, exc.strerror) from exc
             self.stats.fsync_seconds += time.perf_counter() - began
             self.stats.fsyncs += 1
 
     # --- segments -------------------------------------------------------------------------
 
-    def _needs_rotation(self) -> bool:
+    async def _ensure_segment(self) -> None:
+        """Rotate when the current segment is full, old or unusable. Raises OSError only
+        when there is no usable segment at all; a rotation that merely could not happen
+        now leaves the writer on the current segment."""
+        must = self._current_file is None or self._broken
+        if not must and not self._rotation_due():
+            return
+        if not must and time.monotonic() < self._rotate_not_before:
+            return
+        try:
+            handle = await self._in_thread(self._create_next)
+        except OSError as exc:
+            self._creation_failed(exc)
+            if must:
+                raise
+            return
+        old, old_handle = self._current, self._current_file
+        self._install_segment(handle)
+        if old is not None:
+            old.sealed = True
+            self._maybe_delete(old)
+        if old_handle is not None:
+            # Everything acknowledged in it was fsynced already: a close error loses nothing.
+            await self._in_thread(_close_quietly, old_handle, False)
+
+    def _rotation_due(self) -> bool:
         current = self._current
-        if self._broken:
-            return True
         if current is None or current.size == 0:
             return False
         too_old = time.monotonic() - self._current_opened >= self.segment_max_age_s
         return current.size >= self.segment_bytes or too_old
 
-    async def _rotate(self) -> None:
-        old, old_handle = self._current, self._current_file
-        assert old is not None and old_handle is not None
-        number = old.number + 1
-        new_handle = await self._in_thread(
-            _swap_files, old_handle, self._segment_path(number), self.fsync
+    def _create_next(self) -> tuple[int, SegmentFile]:
+        """A new segment numbered after every name seen (plain file calls: the writer
+        runs it in a thread). A name already taken, even by a symlink, is never opened:
+        its number is skipped at the next attempt."""
+        number = self._next_number
+        try:
+            handle = SegmentFile.create(self._segment_path(number), self.fsync)
+        except FileExistsError:
+            self._next_number = number + 1
+            raise
+        self._next_number = number + 1
+        return number, handle
+
+    def _creation_failed(self, exc: OSError) -> None:
+        self.stats.rotation_failures += 1
+        self._create_streak += 1
+        delay = WRITE_RETRY_FIRST_S * 2.0 ** min(self._create_streak - 1, 16)
+        self._rotate_not_before = time.monotonic() + min(WRITE_RETRY_MAX_S, delay)
+        usable = self._current is not None and not self._broken
+        # Once per episode at warning level; the rest of the episode is counted only.
+        level = log.warning if self._create_streak == 1 else log.debug
+        level(
+            "spool.segment_create_failed",
+            error=str(exc),
+            errno=exc.errno,
+            directory=str(self.directory),
+            writing_to=self._current.path.name if usable and self._current else None,
         )
-        self._install_segment(number, new_handle)
-        self._broken = False
-        old.sealed = True
-        self._maybe_delete(old)
 
     def _segment_path(self, number: int) -> Path:
         return self.directory / f"{number:016d}{SEGMENT_SUFFIX}"
 
-    def _install_segment(self, number: int, handle: IO[bytes]) -> None:
+    def _install_segment(self, created: tuple[int, SegmentFile]) -> None:
+        number, handle = created
         self._current_file = handle
         self._current = _Segment(number, self._segment_path(number), 0, sealed=False)
         self._segments[number] = self._current
         self._current_opened = time.monotonic()
+        self._broken = False
+        if self._create_streak:
+            log.info("spool.segment_created", segment=self._current.path.name)
+        self._create_streak = 0
 
     # --- settlement ---------------------------------------------------------------------------
 
@@ -410,9 +533,7 @@ def _read_records(
 ) -> tuple[list[Record], int]:
     """Whole, checksummed records in [offset, end) (up to about `max_bytes`), and how many
     bytes from the first unreadable one to `end` (a torn or corrupt tail), else 0."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(max(0, min(end - offset, max_bytes)))
+    data = read_at(path, offset, max(0, min(end - offset, max_bytes)))
     records: list[Record] = []
     pos = 0
     while pos < len(data):
@@ -443,53 +564,13 @@ def _length_at(data: bytes) -> int:
     return int(HEADER.unpack_from(data, 0)[0]) if len(data) >= HEADER.size else HEADER.size
 
 
-def _open_segment(path: Path, fsync: bool) -> IO[bytes]:
-    handle = path.open("ab")
-    if fsync:
-        _fsync_directory(path.parent)  # the new file's name is durable too
-    return handle
-
-
-def _swap_files(old: IO[bytes], new_path: Path, fsync: bool) -> IO[bytes]:
+def _close_quietly(handle: SegmentFile, fsync: bool) -> None:
+    """Close a segment; errors are logged, not raised (its acknowledged part was fsynced)."""
     try:
-        _close_file(old, fsync)
-    except OSError:  # the old file is the one that failed: its synced part is safe
-        with contextlib.suppress(OSError):
-            old.close()
-    return _open_segment(new_path, fsync)
-
-
-def _close_file(handle: IO[bytes], fsync: bool) -> None:
-    handle.flush()
-    if fsync:
-        os.fsync(handle.fileno())
-    handle.close()
-
-
-def _existing_segments(directory: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in directory.glob(f"*{SEGMENT_SUFFIX}"):
-        with contextlib.suppress(ValueError):
-            found.append((int(path.stem), path))
-    return sorted(found)
-
-
-def _lock_directory(directory: Path) -> IO[bytes]:
-    handle = (directory / LOCK_NAME).open("ab")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise SpoolLocked(
-            f"spool directory {directory} is in use by another running process "
-            "(two instances with the same SPOOL_DIR, CLUSTER_NAME and INSTANCE_ID?)"
-        ) from None
-    return handle
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
+        if fsync:
+            handle.sync()
+    except OSError as exc:
+        log.warning("spool.close_failed", error=str(exc))
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            handle.close()

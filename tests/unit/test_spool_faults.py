@@ -1,0 +1,145 @@
+"""The spool on a real file system that runs out: inodes (segment creation fails, as with
+EMFILE or a read-only remount) and bytes (ENOSPC/EDQUOT on write).
+
+A small tmpfs is mounted for each test (the tests run as root) and unmounted after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aupus_ha.spool import Spool
+from tests.helpers import async_wait_for
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, **options: str) -> Iterator[Path]:
+    """A tmpfs of its own at `where` (e.g. size=64k, nr_inodes=3), unmounted on exit."""
+    where.mkdir()
+    opts = ",".join(["mode=0700", *(f"{k}={v}" for k, v in options.items())])
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(where: Path, **options: str) -> None:
+    opts = ",".join(["remount", *(f"{k}={v}" for k, v in options.items())])
+    subprocess.run(["mount", "-o", opts, str(where)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write a filler file until the file system says ENOSPC; returns it."""
+    filler = directory.parent / f"{directory.name}-filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    return filler
+
+
+async def stop(spool: Spool, writer: asyncio.Task[None]) -> None:
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    await spool.close()
+
+
+async def replay_all(directory: Path) -> tuple[list[bytes], int]:
+    again = Spool(directory, max_bytes=1 << 30)
+    again.open(lambda record, item: None)
+    bodies: list[bytes] = []
+    try:
+        while again.replay_cursor is not None:
+            records, damaged = await again.read_backlog(4096)
+            bodies += [r.body for r in records]
+            again.advance(records, damaged_rest=damaged)
+    finally:
+        await again.close()
+    return bodies, again.stats.damaged_bytes
+
+
+async def test_a_segment_that_cannot_be_created_keeps_the_writer_on_the_current_one(
+    tmp_path: Path,
+) -> None:
+    """Defect 8: rotation fails (no inode left: the same path as EMFILE or a read-only
+    remount). The writer keeps appending to the current segment, stays alive, and
+    rotates once the file system has room again."""
+    with tmpfs(tmp_path / "fs", nr_inodes="3") as fs:  # root, spool dir, lock file
+        directory = fs / "spool"
+        directory.mkdir(mode=0o700)
+        remount(fs, nr_inodes="4")  # now: exactly one segment file fits
+        spool = Spool(directory, max_bytes=1 << 30, segment_bytes=1)  # rotate every batch
+        spool.open(lambda record, item: spool.taken(record.position.segment, 1))
+        writer = asyncio.create_task(spool.run())
+        try:
+            for n in range(20):
+                position = await asyncio.wait_for(spool.append(b"body-%d" % n, None), 5)
+                assert position.segment == 1  # no second segment can exist
+            assert not writer.done()
+            assert spool.stats.rotation_failures >= 1
+            remount(fs, nr_inodes="16")
+            await async_wait_for(
+                lambda: _appended_beyond(spool, 1),
+                timeout=15,
+                message="no rotation once inodes returned",
+            )
+            assert not writer.done()
+        finally:
+            await stop(spool, writer)
+        bodies, damaged = await replay_all(directory)
+        assert bodies[:20] == [b"body-%d" % n for n in range(20)] and damaged == 0
+
+
+async def _appended_beyond(spool: Spool, segment: int) -> bool:
+    position = await asyncio.wait_for(spool.append(b"probe", None), 5)
+    return position.segment > segment
+
+
+async def test_a_full_file_system_fails_the_commit_and_recovers_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    """ENOSPC on write: the group commit fails (no acknowledgement), the writer stays up
+    and nothing torn is left behind; once space returns, appends are durable again and
+    a replay gives back exactly the acknowledged records."""
+    with tmpfs(tmp_path / "fs", size="256k") as fs:
+        directory = fs / "spool"
+        directory.mkdir(mode=0o700)
+        spool = Spool(directory, max_bytes=1 << 30)
+        spool.open(lambda record, item: spool.taken(record.position.segment, 1))
+        writer = asyncio.create_task(spool.run())
+        acknowledged: list[bytes] = []
+        try:
+            await asyncio.wait_for(spool.append(b"before", None), 5)
+            acknowledged.append(b"before")
+            filler = fill(directory)
+            failures = 0
+            for n in range(5):
+                with contextlib.suppress(OSError):
+                    await asyncio.wait_for(spool.append(b"x" * 9000 + b"%d" % n, None), 10)
+                    acknowledged.append(b"x" * 9000 + b"%d" % n)
+                    continue
+                failures += 1
+            assert failures > 0 and not writer.done()
+            assert spool.stats.write_failures >= failures
+            filler.unlink()
+            for n in range(5):
+                body = b"after-%d" % n
+                await asyncio.wait_for(spool.append(body, None), 15)
+                acknowledged.append(body)
+            assert not writer.done()
+        finally:
+            await stop(spool, writer)
+        bodies, damaged = await replay_all(directory)
+        assert bodies == acknowledged and damaged == 0
