@@ -352,13 +352,14 @@ class AlertManager:
 
     # --- the list --------------------------------------------------------------------------------
 
-    async def recent(self) -> tuple[Body, int]:
+    async def recent(self, details: bool = True) -> tuple[Body, int]:
         """`{alerts, total}`: the last 100, this instance's in-memory ones included."""
         local = [_public(a) for a in self.local]
         try:
             rows = await self._fetch("alerts_recent", self._cluster, LIST_LIMIT)
         except DatabaseUnavailable as exc:
-            return {"alerts": local, "total": len(local), "error": str(exc)}, 503
+            error = str(exc) if details else "cannot read the database"
+            return {"alerts": local, "total": len(local), "error": error}, 503
         stored = [_from_row(r) for r in rows]
         alerts = sorted(local + stored, key=lambda a: a["timestamp"], reverse=True)[:LIST_LIMIT]
         return {"alerts": alerts, "total": len(alerts)}, 200

@@ -38,6 +38,24 @@ DATA_WARNING = "warning"
 DATA_CRITICAL = "critical"
 
 
+def db_error(prefix: str, exc: Exception, details: bool) -> str:
+    """The driver's error text names addresses, ports and server messages: only for
+    requests allowed to see details (HEALTH_DETAILS, ADMIN_TOKEN)."""
+    return f"{prefix}: {exc}" if details else prefix
+
+
+HOST_DETAILS = ("host", "pid", "version", "http_url")
+
+
+def redact_cluster(view: Body) -> Body:
+    """/health/cluster without host names, pids, internal URLs and versions."""
+    instances = view.get("instances")
+    if not isinstance(instances, list):
+        return view
+    hidden = [{**row, **dict.fromkeys(HOST_DETAILS)} for row in instances]
+    return {**view, "instances": hidden}
+
+
 def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 1) if whole else 0.0
 
@@ -164,7 +182,7 @@ class HealthViews:
 
     # --- what the database says about the cluster -----------------------------------------
 
-    async def recent_data(self) -> Body:
+    async def recent_data(self, details: bool = False) -> Body:
         """`ok` / `warning` / `critical` by the age of the newest stored reading."""
         settings = self._instance.settings
         store = self._instance.store
@@ -174,7 +192,8 @@ class HealthViews:
         try:
             last, age = await store.last_data(HEALTH_QUERY_TIMEOUT_S)
         except DatabaseUnavailable as exc:
-            return {**body, "status": DATA_CRITICAL, "message": f"cannot read the database: {exc}"}
+            message = db_error("cannot read the database", exc, details)
+            return {**body, "status": DATA_CRITICAL, "message": message}
         if last is None or age is None:
             return {**body, "status": DATA_CRITICAL, "message": "no reading stored yet"}
         age = max(age, 0.0)
@@ -196,7 +215,7 @@ class HealthViews:
             "message": f"last reading stored {_duration(age)} ago",
         }
 
-    async def database(self) -> tuple[Body, bool]:
+    async def database(self, details: bool = False) -> tuple[Body, bool]:
         """A round trip now, with its latency in ms."""
         store = self._instance.store
         if store is None:
@@ -211,17 +230,17 @@ class HealthViews:
             return {
                 "status": "disconnected",
                 "latency": None,
-                "message": f"database unreachable: {exc}",
+                "message": db_error("database unreachable", exc, details),
             }, False
         body = {"status": "connected", "latency": round(latency, 2), "message": "query ok"}
         return body, True
 
-    async def health(self) -> tuple[Body, int]:
+    async def health(self, details: bool = False) -> tuple[Body, int]:
         """`/health`: healthy (200), degraded (200: no recent data), unhealthy (503)."""
         role = self.role()
         checks = self.local_checks()
         leader = self.leader_body()
-        checks["recentData"] = await self.recent_data()
+        checks["recentData"] = await self.recent_data(details)
         checks["leadership"] = self.leadership_check(leader)
         if not self.healthy(role, checks):
             status = STATUS_UNHEALTHY
@@ -240,7 +259,7 @@ class HealthViews:
         }
         return body, 503 if status == STATUS_UNHEALTHY else 200
 
-    async def metrics(self) -> tuple[Body, int]:
+    async def metrics(self, details: bool = False) -> tuple[Body, int]:
         """`/health/metrics`: the cluster's ingestion (24 h) plus this process's counters."""
         inst = self._instance
         body: Body = {
@@ -253,7 +272,7 @@ class HealthViews:
             },
             "topics": {
                 "total": len(inst.catalog.topics),
-                "list": sorted(inst.catalog.topics),
+                "list": sorted(inst.catalog.topics) if details else [],
             },
             **self._local_metrics(),
         }
@@ -267,7 +286,7 @@ class HealthViews:
             handovers = await store.handovers_summary(DAY_S, HEALTH_QUERY_TIMEOUT_S)
             term = await store.leadership(HEALTH_QUERY_TIMEOUT_S)
         except DatabaseUnavailable as exc:
-            return {**body, "error": f"cannot read the database: {exc}"}, 503
+            return {**body, "error": db_error("cannot read the database", exc, details)}, 503
         total = window.get("total", 0)
         enabled = window.get("equipment_enabled", 0)
         with_data = window.get("equipment_with_data", 0)

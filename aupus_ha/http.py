@@ -19,9 +19,14 @@ import orjson
 from aiohttp import web
 
 from aupus_ha import admin
-from aupus_ha.config import ADMIN_TOKEN_MIN_LENGTH, ConfigError, Secret
+from aupus_ha.config import (
+    ADMIN_TOKEN_MIN_LENGTH,
+    HEALTH_DETAILS_PUBLIC,
+    ConfigError,
+    Secret,
+)
 from aupus_ha.db import DatabaseUnavailable
-from aupus_ha.health import HealthViews
+from aupus_ha.health import HealthViews, db_error, redact_cluster
 from aupus_ha.httpguard import ConnectionGuard, http_connection_limit
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -78,6 +83,11 @@ def _enveloped(view: View) -> Handler:
     return handler
 
 
+async def _no_version_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's default `Server: Python/3.x aiohttp/3.y` tells a stranger what to attack.
+    response.headers["Server"] = "aupus-ha"
+
+
 def refuse_short_admin_token(token: Secret) -> None:
     """A guessable ADMIN_TOKEN stops the server at start (exit 2, one line)."""
     if token and len(token.reveal()) < ADMIN_TOKEN_MIN_LENGTH:
@@ -115,6 +125,7 @@ class HttpServer:
         mirrors = [web.get(LEGACY_PREFIX + path, _enveloped(view)) for path, view in views]
         checks = [web.post("/health/alerts/check", _plain(self.alerts_check))]
         mirrors += [web.post(LEGACY_PREFIX + "/health/alerts/check", _enveloped(self.alerts_check))]
+        app.on_response_prepare.append(_no_version_header)
         app.router.add_routes(health)
         app.router.add_routes(mirrors)
         app.router.add_routes(checks)
@@ -179,8 +190,15 @@ class HttpServer:
 
     # --- views: (body, status) ------------------------------------------------------------
 
+    def _details(self, request: web.Request) -> bool:
+        """May this request see topic lists, host details and raw database errors?"""
+        settings = self._instance.settings
+        if settings.health_details == HEALTH_DETAILS_PUBLIC:
+            return True
+        return admin.authorised(request, settings.admin_token)
+
     async def health(self, request: web.Request) -> tuple[Body, int]:
-        return await self._views.health()
+        return await self._views.health(self._details(request))
 
     async def leader(self, request: web.Request) -> tuple[Body, int]:
         body = self._views.leader_body()
@@ -197,10 +215,13 @@ class HttpServer:
         store = self._instance.store
         if store is None:
             return {"status": "unavailable", "error": "database not connected yet"}, 503
+        details = self._details(request)
         try:
             view = await store.cluster_view()
         except DatabaseUnavailable as exc:
-            return {"status": "unavailable", "error": str(exc)}, 503
+            return {"status": "unavailable", "error": db_error("database", exc, details)}, 503
+        if not details:
+            view = redact_cluster(view)
         settings = self._instance.settings
         body = {
             "status": "ok",
@@ -214,6 +235,7 @@ class HttpServer:
         """Broker connection, subscriptions (and skipped invalid topics), intake counters."""
         inst = self._instance
         ingest = inst.mqtt
+        details = self._details(request)
         check = self._views.mqtt_check()
         looping = check["status"] == "flapping"
         connected = bool(ingest and ingest.connected)
@@ -225,10 +247,11 @@ class HttpServer:
             "instance_id": inst.settings.instance_id,
             "mode": inst.settings.mqtt_mode,
             "subscribedTopics": len(ingest.stats.subscribed) if ingest else 0,
-            "topics": sorted(ingest.stats.subscribed) if ingest else [],
+            "topics": sorted(ingest.stats.subscribed) if ingest and details else [],
             "invalidTopics": [
                 {"equipamento_id": i.equipamento_id, "topic": i.topic, "problem": i.problem}
                 for i in inst.catalog.invalid
+                if details
             ],
             "counters": {
                 "messages": inst.intake.messages,
@@ -243,23 +266,23 @@ class HttpServer:
         return body, 200 if ok else 503
 
     async def database(self, request: web.Request) -> tuple[Body, int]:
-        body, ok = await self._views.database()
+        body, ok = await self._views.database(self._details(request))
         return body, 200 if ok else 503
 
     async def recent_data(self, request: web.Request) -> tuple[Body, int]:
         """200 for ok/warning, 503 for critical (or when the database cannot be read)."""
-        body = await self._views.recent_data()
+        body = await self._views.recent_data(self._details(request))
         return body, 503 if body["status"] == "critical" else 200
 
     async def metrics_view(self, request: web.Request) -> tuple[Body, int]:
-        return await self._views.metrics()
+        return await self._views.metrics(self._details(request))
 
     async def metrics_simple(self, request: web.Request) -> tuple[Body, int]:
         return await self._views.metrics_simple()
 
     async def alerts(self, request: web.Request) -> tuple[Body, int]:
         """The last 100 alerts of the cluster (plus this instance's in-memory ones)."""
-        return await self._instance.alerts.recent()
+        return await self._instance.alerts.recent(self._details(request))
 
     async def alerts_check(self, request: web.Request) -> tuple[Body, int]:
         """Evaluate every alert condition now, on this instance; needs ADMIN_TOKEN."""
