@@ -1,26 +1,37 @@
 """The faults, one at a time: inject, hold, heal, then wait for a healthy cluster.
 
 The schedule is round-robin over the chosen kinds, each round in a fresh random order
-(seeded): a run of N rounds has every kind exactly N times. Instance faults pick their
-target at random, the leader half of the time (so that failovers get measured).
+(seeded): a run of N rounds has every kind exactly N times. Faults aimed at an instance
+pick their target at random, the leader half of the time (so that failovers get
+measured). The side-traffic kinds (`hostile_payloads`, `clockless`) break nothing by
+themselves: they mix their messages into the load while the fault lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
+from aupus_ha.chaos import dbfaults
 from aupus_ha.chaos.cluster import Cluster
-from aupus_ha.chaos.options import INSTANCE_KINDS, RESTART_PAUSE_S, ChaosOptions
-from aupus_ha.localcluster import InstanceProcess, leaders
+from aupus_ha.chaos.options import LOAD_KINDS, RESTART_PAUSE_S, TARGETED_KINDS, ChaosOptions
+from aupus_ha.chaos.sideload import SideLoad
+from aupus_ha.chaos.sidemessages import ClocklessCatalogue, HostileCatalogue, SideMessage
+from aupus_ha.localcluster import InstanceProcess, leaders, wait_until
 
 _POLL_S = 0.1
 _EXIT_TIMEOUT_S = 30.0
+_CLOCKLESS_PER_S = 20.0
+_PUBLISHED_GRACE_S = 30.0  # side messages still queued this long after the fault: noted
 
 
 @dataclass(slots=True)
@@ -36,6 +47,21 @@ class FaultRecord:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class SideTraffic:
+    """The side publishers and what they publish (see sidemessages)."""
+
+    hostile: SideLoad
+    hostile_catalogue: HostileCatalogue
+    clockless: SideLoad
+    clockless_catalogue: ClocklessCatalogue
+
+
+def runnable_kinds(kinds: tuple[str, ...], unavailable: dict[str, str]) -> tuple[str, ...]:
+    """`kinds` without those this machine cannot inject (kind -> why, e.g. no mount)."""
+    return tuple(k for k in kinds if k not in unavailable)
+
+
 def schedule(kinds: tuple[str, ...], seed: int) -> Iterator[tuple[int, str]]:
     """(round, kind) forever: every round is each kind once, in a seeded random order."""
     rng = random.Random(seed)
@@ -49,9 +75,10 @@ def schedule(kinds: tuple[str, ...], seed: int) -> Iterator[tuple[int, str]]:
 
 
 class FaultInjector:
-    def __init__(self, cluster: Cluster, options: ChaosOptions) -> None:
+    def __init__(self, cluster: Cluster, options: ChaosOptions, side: SideTraffic) -> None:
         self.cluster = cluster
         self.options = options
+        self.side = side
         self.rng = random.Random(f"{options.seed}/targets")
         self.handlers: dict[str, Callable[[FaultRecord], Awaitable[None]]] = {
             "kill9": self._kill9,
@@ -64,17 +91,29 @@ class FaultInjector:
             "slow_db": self._slow_db,
             "partition_db": self._partition_db,
             "partition_mqtt": self._partition_mqtt,
+            "hostile_payloads": self._hostile_payloads,
+            "db_read_only": self._db_read_only,
+            "db_conn_slots": self._db_conn_slots,
+            "spool_full": self._spool_full,
+            "spool_ro": self._spool_ro,
+            "clockless": self._clockless,
         }
 
     async def inject(self, kind: str) -> FaultRecord:
         target, led = await self._target(kind)
         record = FaultRecord(kind, target, led, at=time.time())
-        await self.handlers[kind](record)
+        try:
+            await self.handlers[kind](record)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            # The runner could not do (or undo) it: noted, the run goes on.
+            record.notes.append(f"FAULT NOT INJECTED CLEANLY: {type(exc).__name__}: {exc}")
         record.healed_at = record.healed_at or time.time()
         return record
 
     async def _target(self, kind: str) -> tuple[str, bool]:
-        if kind not in INSTANCE_KINDS:
+        if kind in LOAD_KINDS:
+            return "load", False
+        if kind not in TARGETED_KINDS:
             return ("postgres" if "pg" in kind or "db" in kind else "broker"), False
         found = await leaders(self.cluster.nodes)
         leader = found[0] if len(found) == 1 else None
@@ -160,6 +199,70 @@ class FaultInjector:
         await asyncio.to_thread(self.cluster.broker.stop)
         await asyncio.sleep(self.options.outage_s)
         await asyncio.to_thread(self.cluster.broker.start)
+
+    # -- the database's states -----------------------------------------------------------
+
+    async def _db_read_only(self, record: FaultRecord) -> None:
+        async def read_only() -> None:
+            ended = await dbfaults.set_read_only(self.cluster.dsn, True)
+            record.notes.append(f"{ended} sessions terminated")
+            try:
+                await asyncio.sleep(self.options.db_fault_s)
+            finally:
+                await dbfaults.set_read_only(self.cluster.dsn, False)
+
+        await self._db_outage(record, read_only())
+
+    async def _db_conn_slots(self, record: FaultRecord) -> None:
+        limit, ended = await dbfaults.exhaust_slots(self.cluster.dsn, record.target)
+        record.notes.append(f"role limit {limit} connections, {ended} of its sessions ended")
+        try:
+            await asyncio.sleep(self.options.db_fault_s)
+        finally:
+            await dbfaults.release_slots(self.cluster.dsn)
+
+    # -- an instance's spool file system -------------------------------------------------
+
+    async def _spool_full(self, record: FaultRecord) -> None:
+        mounts = self.cluster.mounts
+        ballast = await asyncio.to_thread(mounts.fill, record.target)
+        record.notes.append(f"ballast {ballast / 1e6:.1f} MB")
+        try:
+            await asyncio.sleep(self.options.spool_fault_s)
+        finally:
+            await asyncio.to_thread(mounts.free, record.target)
+
+    async def _spool_ro(self, record: FaultRecord) -> None:
+        mounts = self.cluster.mounts
+        how = await asyncio.to_thread(mounts.make_read_only, record.target)
+        record.notes.append(f"read-only by {how}")
+        try:
+            await asyncio.sleep(self.options.spool_fault_s)
+        finally:
+            await asyncio.to_thread(mounts.make_writable, record.target, how)
+
+    # -- side traffic --------------------------------------------------------------------
+
+    async def _hostile_payloads(self, record: FaultRecord) -> None:
+        batch = self.side.hostile_catalogue.batch(datetime.now(UTC))
+        await self._publish_side(record, self.side.hostile, batch, "hostile")
+
+    async def _clockless(self, record: FaultRecord) -> None:
+        hold = self.options.side_load_s
+        rounds = max(1, round(hold * _CLOCKLESS_PER_S / 8))
+        batch = [m for _ in range(rounds) for m in self.side.clockless_catalogue.batch()]
+        await self._publish_side(record, self.side.clockless, batch, "clockless")
+
+    async def _publish_side(
+        self, record: FaultRecord, load: SideLoad, batch: list[SideMessage], what: str
+    ) -> None:
+        load.enqueue(batch, self.options.side_load_s)
+        record.notes.append(f"{len(batch)} {what} messages")
+        timeout = self.options.side_load_s + _PUBLISHED_GRACE_S
+        with contextlib.suppress(AssertionError):
+            await wait_until(lambda: not load.queued, timeout, "side messages queued", _POLL_S)
+        if load.queued:
+            record.notes.append(f"{load.queued} still unpublished (broker unreachable?)")
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ RETRY_S = 0.5
 _TICK_S = 0.05
 
 
-class _TrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt is untyped
+class TrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt is untyped
     """gmqtt's in-flight store, remembering which sequence number each packet id carries."""
 
     def __init__(self, on_ack: Callable[[int], None]) -> None:
@@ -96,14 +96,14 @@ class Load:
         return self.unacknowledged == 0
 
     async def _connect(self) -> Any:
-        storage = _TrackingStorage(self.acked.add)
+        storage = TrackingStorage(self.acked.add)
         client = gmqtt.Client(f"aupus-chaos-{uuid.uuid4().hex[:8]}", persistent_storage=storage)
-        client.on_disconnect = _disarm
+        client.on_disconnect = disarm
         try:
             await asyncio.wait_for(client.connect(self._host, self._port), CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, gmqtt.mqtt.handler.MQTTConnectError):
-            _disarm(client)
-            await _quiet_disconnect(client)
+            disarm(client)
+            await quiet_disconnect(client)
             return None
         self.connects += 1
         return client
@@ -111,7 +111,7 @@ class Load:
     async def _session(
         self, client: Any, stop: asyncio.Event, drain_deadline: Callable[[], float]
     ) -> None:
-        storage: _TrackingStorage = client._persistent_storage
+        storage: TrackingStorage = client._persistent_storage
         started, sent = time.monotonic(), 0
         while client.is_connected:
             if stop.is_set() and (self._done() or time.monotonic() > drain_deadline()):
@@ -139,20 +139,20 @@ class Load:
         client.publish(topic, payload, qos=1)
 
     async def _drop(self, client: Any) -> None:
-        storage: _TrackingStorage = client._persistent_storage
+        storage: TrackingStorage = client._persistent_storage
         pending = sorted(set(storage.seq_by_mid.values()) - self.acked)
         storage.seq_by_mid.clear()
         self._retry = sorted(set(self._retry) | set(pending))
-        _disarm(client)
-        await _quiet_disconnect(client)
+        disarm(client)
+        await quiet_disconnect(client)
 
 
-def _disarm(client: Any, *_: Any) -> None:
+def disarm(client: Any, *_: Any) -> None:
     # An inactive gmqtt client schedules no reconnect of its own (unowned tasks at a fixed
     # delay); Load.run reconnects with a fresh client instead.
     client._is_active = False
 
 
-async def _quiet_disconnect(client: Any) -> None:
+async def quiet_disconnect(client: Any) -> None:
     with contextlib.suppress(Exception):  # the connection is gone either way
         await asyncio.wait_for(client.disconnect(), timeout=2.0)

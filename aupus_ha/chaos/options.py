@@ -21,12 +21,24 @@ FAULT_KINDS: Final = (
     "slow_db",  # every PostgreSQL process SIGSTOPped for a little under the TTL
     "partition_db",  # one instance's database traffic blackholed, then restored
     "partition_mqtt",  # one instance's broker traffic blackholed, then restored
+    "hostile_payloads",  # hostile but valid (and some invalid) payloads mixed into the load
+    "db_read_only",  # default_transaction_read_only on + sessions terminated, then off
+    "db_conn_slots",  # no connection slot left for the instances' role, then released
+    "spool_full",  # one instance's spool file system full (a ballast file), then freed
+    "spool_ro",  # one instance's spool file system read-only, then writable again
+    "clockless",  # readings of devices without a clock mixed into the load
 )
 PROCESS_KINDS: Final = ("kill9", "sigstop", "sigterm")
+# Faults with an instance as target (the leader half of the time).
 INSTANCE_KINDS: Final = (*PROCESS_KINDS, "partition_db", "partition_mqtt")
+SPOOL_KINDS: Final = ("spool_full", "spool_ro")  # need a tmpfs per spool (mount as root)
+# Every fault aimed at one instance; only INSTANCE_KINDS measure a failover.
+TARGETED_KINDS: Final = (*INSTANCE_KINDS, *SPOOL_KINDS, "db_conn_slots")
+LOAD_KINDS: Final = ("hostile_payloads", "clockless")  # extra traffic, not a breakage
 # The contract's defaults (LEASE_TTL_S 5 etc.) when a run asks for them.
 DEFAULT_TIMINGS: Final = {"LEASE_TTL_S": "5", "HEARTBEAT_S": "1", "FLUSH_INTERVAL_S": "1"}
 RESTART_PAUSE_S: Final = 1.0  # systemd's RestartSec
+MAX_PAYLOAD_BYTES: Final = 256 * 1024  # the instances' default MAX_PAYLOAD_BYTES
 
 
 @dataclass(slots=True)
@@ -42,6 +54,7 @@ class ChaosOptions:
     settle_timeout_s: float = 90.0
     json_path: Path | None = None
     keep: bool = False  # keep the logs and data directory
+    spool_fs_bytes: int = 64 * 1024 * 1024  # each instance's spool tmpfs (4 segments)
 
     @property
     def timings(self) -> dict[str, str]:
@@ -70,6 +83,21 @@ class ChaosOptions:
     def slow_db_s(self) -> float:
         """A little under the TTL, whatever the scale: a slow database, not a dead one."""
         return 0.8 * self.lease_ttl_s
+
+    @property
+    def db_fault_s(self) -> float:
+        """How long the database stays read-only or without free connection slots."""
+        return 2.0 * self.lease_ttl_s * self.fault_scale
+
+    @property
+    def spool_fault_s(self) -> float:
+        """How long a spool file system stays full or read-only."""
+        return 3.0 * self.lease_ttl_s * self.fault_scale
+
+    @property
+    def side_load_s(self) -> float:
+        """How long hostile or clockless payloads are mixed into the load."""
+        return 3.0 * self.lease_ttl_s * self.fault_scale
 
     @property
     def gap_s(self) -> float:

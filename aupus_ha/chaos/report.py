@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aupus_ha.chaos.faults import FaultRecord
+from aupus_ha.chaos.sidemessages import SideTally
+from aupus_ha.chaos.spoolfs import Peak
 
 
 @dataclass(slots=True)
@@ -49,11 +51,15 @@ class ChaosReport:
     settled_s: float
     settle_complete: bool
     role_timelines: dict[str, list[tuple[float, float, str]]]
+    side: dict[str, SideTally] = field(default_factory=dict)  # hostile_payloads, clockless
+    peaks: dict[str, Peak] = field(default_factory=dict)  # per instance
+    skipped_kinds: dict[str, str] = field(default_factory=dict)  # kind -> why
 
     @property
     def ok(self) -> bool:
         r = self.readings
-        return r.lost == 0 and r.duplicated == 0 and not self.two_leader_moments
+        sound = r.lost == 0 and r.duplicated == 0 and not self.two_leader_moments
+        return sound and all(t.ok for t in self.side.values())
 
     def per_kind(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -86,6 +92,9 @@ class ChaosReport:
             "unexpected_exits": self.unexpected_exits,
             "settled_s": self.settled_s,
             "settle_complete": self.settle_complete,
+            "side": {name: asdict(t) for name, t in self.side.items()},
+            "peaks": {name: asdict(p) for name, p in self.peaks.items()},
+            "skipped_kinds": self.skipped_kinds,
             "role_timelines": self.role_timelines,
         }
 
@@ -115,6 +124,7 @@ def render(report: ChaosReport) -> str:
             f"{_s(k['failover_worst_s']):>8s}{_s(k['recovery_median_s']):>14s}"
             f"{_s(k['recovery_worst_s']):>8s}{k['unrecovered']:>9d}"
         )
+    lines += _side_lines(report) + _peak_lines(report)
     lines += [
         "",
         f"readings: published {r.published}, acknowledged {r.acknowledged}, stored "
@@ -134,5 +144,40 @@ def render(report: ChaosReport) -> str:
         lines.append(f"  exit: {e['instance']} code {e['code']} at +{e['at_s']:.1f}s")
     if r.lost_examples:
         lines.append(f"  lost sequence numbers, e.g. {r.lost_examples}")
+    for kind, why in report.skipped_kinds.items():
+        lines.append(f"  skipped {kind}: {why}")
     lines.append("RESULT: " + ("OK" if report.ok else "FAILED"))
     return "\n".join(lines) + "\n"
+
+
+def _side_lines(report: ChaosReport) -> list[str]:
+    if not report.side:
+        return []
+    lines = [
+        "",
+        f"{'side traffic':18s}{'sent':>7s}{'acked':>7s}{'stored':>8s}{'rejected':>9s}"
+        f"{'refused':>8s}{'lost':>6s}{'dup':>5s}",
+    ]
+    for name, t in report.side.items():
+        lines.append(
+            f"{name:18s}{t.sent:>7d}{t.acknowledged:>7d}{t.stored:>8d}{t.rejected:>9d}"
+            f"{t.refused:>8d}{t.lost:>6d}{t.duplicated:>5d}" + ("" if t.ok else "  <- FAILED")
+        )
+    for name, t in report.side.items():
+        if t.rejected_reasons:
+            reasons = ", ".join(f"{k} {v}" for k, v in t.rejected_reasons.items())
+            lines.append(f"  {name} rejected: {reasons}")
+        if t.must_store and t.rejected:
+            lines.append(f"  {name}: {t.rejected} rejected, but these must be stored")
+        if t.lost_examples:
+            lines.append(f"  {name} lost, e.g. {t.lost_examples}")
+    return lines
+
+
+def _peak_lines(report: ChaosReport) -> list[str]:
+    if not report.peaks:
+        return []
+    lines = ["", f"{'instance':10s}{'peak RSS':>12s}{'peak spool':>14s}"]
+    for name, p in report.peaks.items():
+        lines.append(f"{name:10s}{p.rss_bytes / 2**20:>9.1f} MiB{p.spool_bytes / 2**20:>11.1f} MiB")
+    return lines

@@ -19,7 +19,13 @@ import orjson
 from aupus_ha import constants
 from aupus_ha.bench.tasks import background
 from aupus_ha.chaos.cluster import Cluster, cluster_up
-from aupus_ha.chaos.faults import FaultInjector, FaultRecord, schedule
+from aupus_ha.chaos.faults import (
+    FaultInjector,
+    FaultRecord,
+    SideTraffic,
+    runnable_kinds,
+    schedule,
+)
 from aupus_ha.chaos.load import Load
 from aupus_ha.chaos.monitor import (
     LeaderMonitor,
@@ -30,14 +36,47 @@ from aupus_ha.chaos.monitor import (
     role_spans,
     two_leader_moments,
 )
-from aupus_ha.chaos.options import INSTANCE_KINDS, ChaosOptions, options_from_args
+from aupus_ha.chaos.options import (
+    INSTANCE_KINDS,
+    MAX_PAYLOAD_BYTES,
+    SPOOL_KINDS,
+    ChaosOptions,
+    options_from_args,
+)
 from aupus_ha.chaos.report import ChaosReport, Readings, render
+from aupus_ha.chaos.sideload import SideLoad
+from aupus_ha.chaos.sidemessages import (
+    CLOCKLESS_MARK,
+    HOSTILE_MARK,
+    ClocklessCatalogue,
+    HostileCatalogue,
+    SideTally,
+    rejected_by_ident,
+    tally,
+)
+from aupus_ha.chaos.spoolfs import UsageSampler
+from aupus_ha.ingest import max_packet_bytes
 from aupus_ha.interrupt import Interrupted, until_interrupted
 from aupus_ha.localcluster import wait_single_leader, wait_until
 
 _STORED_SEQS = """
 SELECT (dados->>'seq')::bigint AS seq, count(*) AS n FROM equipamentos_dados
 WHERE dados ? 'seq' GROUP BY 1
+"""
+# The side devices' rows carrying a marker ($2), at the top of dados or in an inverter
+# minute's samples; and the rejects of the side devices' topics.
+_STORED_MARKS = """
+SELECT v, count(*) AS n FROM (
+  SELECT dados->>$2 AS v FROM equipamentos_dados WHERE equipamento_id = ANY($1::text[])
+  UNION ALL
+  SELECT s.value->>$2 FROM equipamentos_dados d,
+    jsonb_each(CASE WHEN jsonb_typeof(d.dados->'samples') = 'object'
+                    THEN d.dados->'samples' ELSE '{}'::jsonb END) s
+  WHERE d.equipamento_id = ANY($1::text[])
+) m WHERE v IS NOT NULL GROUP BY v
+"""
+_SIDE_REJECTS = """
+SELECT topic, payload_sha256, reason FROM ingest_rejects WHERE topic = ANY($1::text[])
 """
 
 
@@ -56,23 +95,37 @@ async def run_chaos(options: ChaosOptions, say: Say | None = None) -> ChaosRepor
         await wait_single_leader(cluster.nodes, timeout=60)
         origin = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
         load = Load(cluster.broker.url, cluster.equipment, options.rate, origin)
+        side = _side_traffic(cluster, origin)
         monitor = LeaderMonitor(cluster.nodes)
+        usage = UsageSampler(lambda: _pids(cluster), cluster.spools)
+        skipped = _unavailable(cluster, options, say)
         stop = asyncio.Event()
         drain_until = [0.0]
+
+        def drain() -> float:
+            return drain_until[0]
+
         async with (
             background(monitor.run(), "chaos-monitor"),
-            background(load.run(stop, lambda: drain_until[0]), "chaos-load") as load_task,
+            background(usage.run(), "chaos-usage"),
+            background(load.run(stop, drain), "chaos-load") as load_task,
+            background(side.hostile.run(stop, drain), "chaos-hostile") as hostile_task,
+            background(side.clockless.run(stop, drain), "chaos-clockless") as clockless_task,
         ):
-            injector = FaultInjector(cluster, options)
-            faults = await _inject_faults(injector, monitor, options, say)
+            injector = FaultInjector(cluster, options, side)
+            kinds = runnable_kinds(options.kinds, skipped)
+            faults = await _inject_faults(injector, monitor, options, kinds, say)
             say(f"faults over; settling (published {load.published}, acked {len(load.acked)})")
             settle_started = time.monotonic()
             drain_until[0] = settle_started + options.settle_timeout_s
             stop.set()
-            complete = await _settle(cluster, load, load_task, options, settle_started)
+            publishers = {load_task, hostile_task, clockless_task}
+            complete = await _settle(
+                cluster, load, side, publishers, options=options, started=settle_started
+            )
             settled_s = time.monotonic() - settle_started
         readings = Readings.count(load.published, load.acked, await _stored(cluster.dsn))
-        return _report(
+        report = _report(
             options,
             cluster,
             faults=faults,
@@ -82,14 +135,50 @@ async def run_chaos(options: ChaosOptions, say: Say | None = None) -> ChaosRepor
             complete=complete,
             t0=say.t0,
         )
+        report.side = await _side_tallies(cluster, side)
+        report.peaks = usage.peaks
+        report.skipped_kinds = skipped
+        return report
+
+
+def _side_traffic(cluster: Cluster, origin: datetime) -> SideTraffic:
+    """Hostile instants two days back (whole minutes): far from the load's keys."""
+    base = origin.replace(minute=0, second=0) - timedelta(days=2)
+    return SideTraffic(
+        hostile=SideLoad(cluster.broker.url, "hostile"),
+        hostile_catalogue=HostileCatalogue(
+            cluster.hostile_topics, base, MAX_PAYLOAD_BYTES, max_packet_bytes(MAX_PAYLOAD_BYTES)
+        ),
+        clockless=SideLoad(cluster.broker.url, "clockless"),
+        clockless_catalogue=ClocklessCatalogue(cluster.clockless_topics),
+    )
+
+
+def _pids(cluster: Cluster) -> dict[str, int | None]:
+    return {n.name: n.pid if n.alive() else None for n in cluster.nodes}
+
+
+def _unavailable(cluster: Cluster, options: ChaosOptions, say: Say) -> dict[str, str]:
+    """The chosen kinds this machine cannot inject, and why (said once, at the start)."""
+    if cluster.mounts.available:
+        return {}
+    why = f"no tmpfs per spool ({cluster.mounts.problem or 'not mounted'})"
+    skipped: dict[str, str] = {k: why for k in SPOOL_KINDS if k in options.kinds}
+    for kind in skipped:
+        say(f"skipping {kind}: {why}")
+    return skipped
 
 
 async def _inject_faults(
-    injector: FaultInjector, monitor: LeaderMonitor, options: ChaosOptions, say: Say
+    injector: FaultInjector,
+    monitor: LeaderMonitor,
+    options: ChaosOptions,
+    kinds: tuple[str, ...],
+    say: Say,
 ) -> list[FaultRecord]:
     faults: list[FaultRecord] = []
     deadline = time.monotonic() + options.duration_s
-    for rnd, kind in schedule(options.kinds, options.seed):
+    for rnd, kind in schedule(kinds, options.seed):
         if time.monotonic() >= deadline and rnd >= options.min_rounds:
             break
         record = await injector.inject(kind)
@@ -134,17 +223,23 @@ def _describe(record: FaultRecord) -> str:
 async def _settle(
     cluster: Cluster,
     load: Load,
-    load_task: asyncio.Task[None],
+    side: SideTraffic,
+    publishers: set[asyncio.Task[None]],
+    *,
     options: ChaosOptions,
     started: float,
 ) -> bool:
-    """Until every published reading is acknowledged and stored, or the deadline."""
+    """Until every published reading is acknowledged and stored, and every acknowledged
+    side message stored or rejected; or the deadline."""
     remaining = options.settle_timeout_s
-    await asyncio.wait({load_task}, timeout=remaining)
+    await asyncio.wait(publishers, timeout=remaining)
 
     async def stored_all() -> bool:
         stored = await _stored(cluster.dsn)
-        return len(stored.keys() & set(range(load.published))) == load.published
+        if len(stored.keys() & set(range(load.published))) != load.published:
+            return False
+        tallies = await _side_tallies(cluster, side)
+        return all(t.lost == 0 for t in tallies.values())
 
     try:
         left = max(1.0, options.settle_timeout_s - (time.monotonic() - started))
@@ -161,6 +256,26 @@ async def _stored(dsn: str) -> Counter[int]:
     finally:
         await conn.close(timeout=5)
     return Counter({int(r["seq"]): int(r["n"]) for r in rows})
+
+
+async def _side_tallies(cluster: Cluster, side: SideTraffic) -> dict[str, SideTally]:
+    conn = await asyncpg.connect(cluster.dsn, timeout=10)
+    try:
+        out = {}
+        for name, load, mark, must_store in (
+            ("hostile_payloads", side.hostile, HOSTILE_MARK, False),
+            ("clockless", side.clockless, CLOCKLESS_MARK, True),
+        ):
+            messages = list(load.published.values())
+            topics = sorted({m.topic for m in messages})
+            rows = await conn.fetch(_STORED_MARKS, cluster.side_equipment, mark, timeout=60)
+            rejects = await conn.fetch(_SIDE_REJECTS, topics, timeout=60)
+            stored = {int(r["v"]): int(r["n"]) for r in rows if str(r["v"]).isdigit()}
+            rejected = rejected_by_ident(messages, [(r[0], r[1], r[2]) for r in rejects])
+            out[name] = tally(name, messages, load.acked, stored, rejected, must_store=must_store)
+        return out
+    finally:
+        await conn.close(timeout=5)
 
 
 def _report(
