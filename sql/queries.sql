@@ -231,16 +231,17 @@ JOIN equipamentos_dados d
 -- name: probe_rollup_samples
 -- name: delete_old_rejects
 -- $1 age in seconds, $2 batch size. The leader's retention: deletes up to $2 of the
--- oldest rejects stored more than $1 seconds ago (idx_ingest_rejects_created_at); a row
--- another session holds is skipped, not waited for.
+-- oldest rejects stored more than $1 seconds ago, found through
+-- idx_ingest_rejects_created_at and deleted by their row address (a Tid Scan, never a
+-- pass over the whole table); a row another session holds is skipped, not waited for.
 DELETE FROM ingest_rejects
-WHERE id IN (
-    SELECT id FROM ingest_rejects
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM ingest_rejects
     WHERE created_at < now() - make_interval(secs => $1)
     ORDER BY created_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-);
+));
 
 -- $1 equipamento ids, $2 minute starts, $3 sample keys (parallel arrays). Which rollup
 -- samples a standby holds are already inside a stored row: their 1-based positions.
