@@ -15,6 +15,7 @@ import asyncio
 import enum
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +27,7 @@ from aupus_ha.config import Settings
 from aupus_ha.db import CONNECTION_ERRORS, DatabaseUnavailable, connect, describe_error
 from aupus_ha.logs import get_logger
 from aupus_ha.migrate import LOCK_NAMESPACE, MIGRATION_LOCK_KEY
+from aupus_ha.names import notify_channel
 from aupus_ha.queries import Queries
 
 log = get_logger(__name__)
@@ -82,6 +84,9 @@ class Term:
     reason: str
     gap_ms: int | None
     acquired_at: datetime
+    # Seconds the previous leader may still believe it leads (its lease outlived a server
+    # restart that freed the lock): the term may not be used before they have passed.
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,9 @@ class Election:
         # Lock holders with no lease row, first seen at (monotonic): evicted after a TTL.
         self._orphans: dict[int, float] = {}
         self.released = asyncio.Event()  # set when some leader announces a release
+        # Called when the lock connection ends without our asking (server restart,
+        # pg_terminate_backend, network): the lock is gone with it, at once.
+        self.on_connection_lost: Callable[[], None] | None = None
 
     # --- connection ---------------------------------------------------------------
 
@@ -143,16 +151,23 @@ class Election:
             )
         self._conn = conn
         self._backend_pid = first
+        conn.add_termination_listener(self._on_terminated)
         # A leader that releases the lock NOTIFYs the cluster channel: standbys wake at
         # once instead of at their next poll, so a planned handover has almost no gap.
         await conn.add_listener(self._channel, self._on_notify)
 
     @property
     def _channel(self) -> str:
-        return f"aupus_ha/{self._identity.cluster_name}"
+        return notify_channel(self._identity.cluster_name)
 
     def _on_notify(self, *_: object) -> None:
         self.released.set()
+
+    def _on_terminated(self, conn: object) -> None:
+        # `close()` forgets the connection before closing it: only a loss we did not ask
+        # for reaches the callback.
+        if conn is self._conn and self.on_connection_lost is not None:
+            self.on_connection_lost()
 
     async def close(self) -> None:
         """Close the lock connection; the server releases the lock with the session."""
@@ -284,6 +299,11 @@ class Election:
             )
             assert prev is not None and bumped is not None
             epoch, acquired_at = int(bumped["epoch"]), bumped["acquired_at"]
+            server = await conn.fetchrow(self._q["server_started"], timeout=t)
+            assert server is not None
+            wait_s = previous_lease_left(
+                prev, server["started_at"], server["db_now"], ident.process_token, self._ttl
+            )
             marked = await conn.fetchval(
                 self._q["mark_instance_leader"],
                 ident.instance_id,
@@ -304,7 +324,11 @@ class Election:
                 gap_ms,
                 timeout=t,
             )
-        return Term(epoch, prev["leader_instance_id"], reason, gap_ms, acquired_at)
+        return Term(epoch, prev["leader_instance_id"], reason, gap_ms, acquired_at, wait_s)
+
+    @property
+    def _ttl(self) -> float:
+        return self._settings.lease_ttl_s
 
     async def renew(self, epoch: int, stats: dict[str, object], timeout: float) -> RenewOutcome:
         """One heartbeat of the leader: lease, epoch and lock, in one round trip."""
@@ -324,8 +348,8 @@ class Election:
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_error(exc)) from exc
         assert row is not None
-        if row["epoch"] != epoch:
-            return RenewOutcome.EPOCH_MOVED
+        if row["epoch"] != epoch or row["leader_token"] not in (None, ident.process_token):
+            return RenewOutcome.EPOCH_MOVED  # a new term, or our epoch handed out twice
         if not row["renewed"]:
             return RenewOutcome.ROW_TAKEN
         if not row["lock_held"]:
@@ -436,6 +460,35 @@ class Election:
         )
         self._orphans.pop(pid, None)
         return Eviction(None, waited, int(terminated or 0))
+
+
+def previous_lease_left(
+    prev: asyncpg.Record | dict[str, object],
+    server_started_at: datetime | None,
+    db_now: datetime,
+    process_token: str,
+    lease_ttl_s: float,
+) -> float:
+    """How long the previous leader may still believe it leads, in seconds (0: not at all).
+
+    A free lock usually means the previous leader's session ended because its process
+    died (crash, eviction): nothing of it answers any more, so a new term starts at once.
+    But a server restart frees the lock of a *live* leader too, and that leader keeps
+    its local lease until it notices. When its last renewal (`heartbeat_at`) is older
+    than the server's start, the restart — not its death — freed the lock: wait until
+    its lease (LEASE_TTL_S after that renewal, the bound every instance works with) has
+    run out. Both instants are read on the database clock.
+    """
+    if prev["leader_instance_id"] is None or prev["released_at"] is not None:
+        return 0.0
+    if prev["leader_token"] is not None and str(prev["leader_token"]) == process_token:
+        return 0.0  # our own previous term: this process already dropped it
+    heartbeat_at = prev["leader_heartbeat_at"]
+    if not isinstance(heartbeat_at, datetime) or server_started_at is None:
+        return 0.0
+    if heartbeat_at >= server_started_at:
+        return 0.0  # it renewed on this server: its session ended because it died
+    return max(0.0, lease_ttl_s - (db_now - heartbeat_at).total_seconds())
 
 
 def _handover_reason(prev: asyncpg.Record, acquired_at: datetime) -> tuple[str, int | None]:

@@ -5,7 +5,10 @@
 
 "Am I leader" is a lease with an expiry (`lease_deadline`, monotonic): it is extended
 by every successful renewal and simply runs out if the loop stalls, so the writer stops
-on its own even when this loop cannot run. Every transition is one log event.
+on its own even when this loop cannot run. It also ends the moment the lock connection
+is lost (the lock dies with the session), and a new term whose predecessor may still
+hold a lease (a server restart freed its lock) begins only once that lease has run
+out. Every transition is one log event.
 """
 
 from __future__ import annotations
@@ -71,7 +74,10 @@ class HaLoop:
         self._step_down_requests: list[asyncio.Future[bool]] = []
         self._wake = asyncio.Event()
         self._last_heartbeat = 0.0
+        # A new term may not be used before this instant (monotonic): see Term.wait_s.
+        self._leading_from = 0.0
         self.leader_info = LeaderInfo()
+        election.on_connection_lost = self._on_lock_connection_lost
 
     def _initial_role(self) -> str:
         if self._settings.mqtt_mode == constants.MODE_DISABLED:
@@ -83,8 +89,12 @@ class HaLoop:
     # --- what the rest of the process asks ------------------------------------------------
 
     def is_leader(self) -> bool:
-        """True only while our lease is valid: it expires by itself if renewals stop."""
-        return self.role == constants.ROLE_LEADER and time.monotonic() < self.lease_deadline
+        """True only while our lease is valid: it expires by itself if renewals stop,
+        and ends at once with the lock connection (the lock is gone with it)."""
+        if self.role != constants.ROLE_LEADER:
+            return False
+        now = time.monotonic()
+        return self._leading_from <= now < self.lease_deadline and self._election.connected
 
     @property
     def epoch(self) -> int | None:
@@ -222,6 +232,9 @@ class HaLoop:
 
     async def _lead(self) -> None:
         assert self.term is not None
+        if self._leading_from and time.monotonic() >= self._leading_from:
+            self._leading_from = 0.0
+            self._announce(self.term)
         remaining = self.lease_deadline - time.monotonic()
         if remaining <= 0:
             await self._lose("renew_deadline")
@@ -248,9 +261,12 @@ class HaLoop:
 
     async def _stand_by(self) -> None:
         await self._heartbeat_if_due(evict=True)
+        # Cleared before trying (a later NOTIFY wakes us), and also while we hold off
+        # after a step-down: our own release NOTIFY would otherwise wake the loop again
+        # and again, spinning a core for LEASE_TTL_S.
+        self._election.released.clear()
         if time.monotonic() < self._step_down_until:
             return
-        self._election.released.clear()  # cleared before trying: a later NOTIFY wakes us
         if await self._cut_off_from_broker():
             return  # a peer that hears the devices should lead, not us
         term = await self._election.try_acquire()
@@ -295,18 +311,53 @@ class HaLoop:
         self.term = term
         self.role = constants.ROLE_LEADER
         self.lease_deadline = time.monotonic() + self._settings.renew_deadline_s
-        self.promoted.set()
         self.leader_info = LeaderInfo(self._settings.instance_id, term.epoch, term.acquired_at)
+        if term.wait_s > 0:
+            # The epoch is bumped already (the previous leader's flushes are fenced), but
+            # it may still answer as leader until its lease runs out: so do we not.
+            self._leading_from = time.monotonic() + term.wait_s
+            log.warning(
+                "leader.lease_wait",
+                epoch=term.epoch,
+                previous_leader=term.previous_leader,
+                wait_ms=round(term.wait_s * 1000),
+                reason="server_restarted",
+            )
+            return
+        self._announce(term)
+
+    def _announce(self, term: Term) -> None:
+        """The term is usable: wake the writer and say so."""
+        self.promoted.set()
+        waited = {"waited_ms": round(term.wait_s * 1000)} if term.wait_s else {}
         log.info(
             "leader.acquired",
             epoch=term.epoch,
             previous_leader=term.previous_leader,
             gap_ms=term.gap_ms,
             reason=term.reason,
+            **waited,
         )
+
+    def _on_lock_connection_lost(self) -> None:
+        """The lock connection ended under us: the lock went with it, so leadership ends
+        now, not at the next tick (a restarted server may grant it to a standby soon)."""
+        if self.role == constants.ROLE_LEADER and self.term is not None:
+            log.error(
+                "leader.lost",
+                epoch=self.term.epoch,
+                reason="connection_lost",
+                previous_leader=self.term.previous_leader,
+            )
+            self._demote()
+        self._wake.set()  # reconnect at once
 
     async def _lose(self, reason: str) -> None:
         assert self.term is not None
+        if self.role != constants.ROLE_LEADER:
+            # Already dropped (the lock connection's termination listener): just close.
+            await self._election.close()
+            return
         log.error(
             "leader.lost",
             epoch=self.term.epoch,
@@ -321,6 +372,7 @@ class HaLoop:
     def _demote(self) -> None:
         self.role = constants.ROLE_STANDBY
         self.lease_deadline = 0.0
+        self._leading_from = 0.0
         self.promoted.clear()
 
     async def _on_unavailable(self, exc: DatabaseUnavailable) -> None:
@@ -372,8 +424,10 @@ class HaLoop:
             asyncio.ensure_future(self._stop.wait()),
             asyncio.ensure_future(self._wake.wait()),
         }
-        if self.role == constants.ROLE_STANDBY:
+        if self.role == constants.ROLE_STANDBY and time.monotonic() >= self._step_down_until:
             waiters.add(asyncio.ensure_future(released.wait()))
+        if self._leading_from:
+            seconds = min(seconds, max(0.0, self._leading_from - time.monotonic()))
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

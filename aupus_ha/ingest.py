@@ -29,6 +29,7 @@ from aupus_ha import constants
 from aupus_ha.backoff import jittered
 from aupus_ha.config import Settings
 from aupus_ha.logs import get_logger
+from aupus_ha.names import mqtt_client_id
 
 log = get_logger(__name__)
 
@@ -91,8 +92,9 @@ def max_packet_bytes(max_payload_bytes: int) -> int:
 
 
 def client_id_for(instance_id: str, cluster_name: str) -> str:
-    # Stable across restarts, so the broker keeps this instance's session and queue.
-    return f"aupus-ha-{cluster_name}-{instance_id}"[:128]
+    # Stable across restarts, so the broker keeps this instance's session and queue;
+    # bounded without a plain cut, so two long names never share one session.
+    return mqtt_client_id(cluster_name, instance_id)
 
 
 class MqttIngest:

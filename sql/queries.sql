@@ -51,7 +51,8 @@ RETURNING 1;
 -- name: leader_renew
 -- $1 instance_id, $2 process_token, $3 epoch, $4 stats (jsonb), $5 cluster_name,
 -- $6 lock key 1, $7 lock key 2. One round trip: renews the lease (scoped to process and
--- epoch) and reports whether the epoch is still ours and our backend still holds the lock.
+-- epoch) and reports whether the epoch (and the token that leads it) is still ours and
+-- our backend still holds the lock.
 WITH renewed AS (
     UPDATE ha_instances
     SET heartbeat_at = now(), role = 'leader', stats = $4
@@ -60,6 +61,7 @@ WITH renewed AS (
 )
 SELECT (SELECT count(*) FROM renewed) = 1 AS renewed,
        (SELECT epoch FROM ha_leadership WHERE cluster_name = $5) AS epoch,
+       (SELECT leader_token::text FROM ha_leadership WHERE cluster_name = $5) AS leader_token,
        EXISTS (
            SELECT 1 FROM pg_locks
            WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
@@ -80,12 +82,22 @@ INSERT INTO ha_leadership (cluster_name) VALUES ($1) ON CONFLICT (cluster_name) 
 
 -- name: leadership_for_update
 -- $1 cluster_name. The previous leader and how its term ended, locked for the bump.
-SELECT l.epoch, l.leader_instance_id, l.released_at, l.ended_reason,
-       i.heartbeat_at AS leader_heartbeat_at
+SELECT l.epoch, l.leader_instance_id, l.leader_token::text AS leader_token, l.released_at,
+       l.ended_reason, i.heartbeat_at AS leader_heartbeat_at
 FROM ha_leadership l
 LEFT JOIN ha_instances i ON i.instance_id = l.leader_instance_id
 WHERE l.cluster_name = $1
 FOR UPDATE OF l;
+
+-- name: server_started
+-- When the running server last (re)started, and the database's now(): the postmaster's
+-- start, or a later crash restart of shared memory (the checkpointer restarts with it;
+-- its row is only visible to superusers and pg_read_all_stats members, else NULL).
+SELECT greatest(
+           pg_postmaster_start_time(),
+           (SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')
+       ) AS started_at,
+       now() AS db_now;
 
 -- name: bump_epoch
 -- $1 cluster_name, $2 instance_id, $3 process_token. The new term; returns its epoch.
