@@ -25,7 +25,14 @@ from aupus_ha.alerts import AlertManager
 from aupus_ha.backoff import jittered
 from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import Settings
-from aupus_ha.db import DatabaseUnavailable, connect, create_pool
+from aupus_ha.db import (
+    CONNECTION_ERRORS,
+    DatabaseUnavailable,
+    connect,
+    create_pool,
+    describe_error,
+    unavailable,
+)
 from aupus_ha.decoding import Decoder
 from aupus_ha.election import (
     Election,
@@ -176,7 +183,8 @@ class Instance:
             return False
         stop.cancel()
         start.result()  # IdentityClash / PoolerDetected propagate to the CLI
-        await self._refresh_topics(log_invalid=True)
+        if not await self._until_stopped(self._first_topics):
+            return False
         if self.keeps_readings:
             # After the database: replayed readings need its key convention.
             legacy = self.convention.legacy_timestamps or self.convention.legacy_fim
@@ -218,6 +226,9 @@ class Instance:
             if self.migrate:
                 await apply_migrations(conn)
             self.convention = await detect_convention(conn, Queries()["column_types"])
+        except CONNECTION_ERRORS as exc:  # read-only, disk full, shutting down: retried
+            log.warning("db.unavailable", during="start", error=describe_error(exc))
+            raise unavailable(exc) from exc
         finally:
             await conn.close()
         self._queries = Queries(
@@ -342,6 +353,13 @@ class Instance:
                 await self._refresh_topics(log_invalid=False)
             except DatabaseUnavailable as exc:
                 log.debug("topics.refresh_failed", error=str(exc))
+
+    async def _first_topics(self) -> None:
+        try:
+            await self._refresh_topics(log_invalid=True)
+        except DatabaseUnavailable as exc:
+            log.warning("db.unavailable", during="start", error=str(exc))
+            raise
 
     async def _refresh_topics(self, *, log_invalid: bool) -> None:
         assert self.store is not None

@@ -55,6 +55,7 @@ TRANSIENT_SQLSTATES: Final = frozenset(
         "58030",  # I/O error on the server's storage
     }
 )
+READ_ONLY_SQLSTATE: Final = "25006"
 # Refused for what one row holds: bisect the batch down to it and keep it as a reject.
 ITEM_SQLSTATE_CLASSES: Final = frozenset(
     {

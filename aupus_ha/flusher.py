@@ -8,6 +8,7 @@ committed. It never touches SQL itself: `Store` does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from aupus_ha import constants
 from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import Settings
-from aupus_ha.db import DatabaseUnavailable
+from aupus_ha.db import DatabaseUnavailable, describe_error, sqlstate
 from aupus_ha.ha import HaLoop
 from aupus_ha.logs import get_logger
 from aupus_ha.store import Fenced, FlushResult, Store
@@ -63,10 +64,13 @@ class Flusher:
     async def run(self) -> None:
         while True:
             await self._wait_for_work()
-            if self._ha.is_leader():
-                await self._flush_until_drained()
-            elif self._ha.role == constants.ROLE_STANDBY:
-                await self._trim_confirmed()
+            try:
+                if self._ha.is_leader():
+                    await self._flush_until_drained()
+                elif self._ha.role == constants.ROLE_STANDBY:
+                    await self._trim_confirmed()
+            except Exception as exc:  # the writer outlives any one step: back off, go on
+                self._failed(exc, len(self._buffer), event="flusher.step_failed")
 
     async def final_flush(self, deadline_s: float) -> None:
         """On graceful stop: write what can be written before the lock is released."""
@@ -112,8 +116,8 @@ class Flusher:
             self.stats.fenced += 1
             self._ha.fenced(fenced.mine, fenced.current)
             return False
-        except DatabaseUnavailable as exc:
-            self._failed(exc, len(readings))
+        except Exception as exc:  # DatabaseUnavailable, or a bug: keep the batch, back off
+            self._failed(exc, len(readings) + len(rejects))
             return False
         self._buffer.committed(readings, rejects)
         self._committed(result, epoch)
@@ -147,15 +151,20 @@ class Flusher:
             pending=len(self._buffer),
         )
 
-    def _failed(self, exc: Exception, batch: int) -> None:
+    def _failed(self, exc: Exception, batch: int, event: str = "flush.failed") -> None:
+        """Count and log a failed step; the next wait backs off (up to 5 s)."""
         self._failures_in_row += 1
         self.stats.failures += 1
-        log.warning(
-            "flush.failed",
-            error=str(exc),
+        unexpected = not isinstance(exc, DatabaseUnavailable)
+        log.log(
+            logging.ERROR if unexpected else logging.WARNING,
+            event,
+            error=str(exc) if not unexpected else describe_error(exc),
+            sqlstate=sqlstate(exc),
             batch=batch,
             pending=len(self._buffer),
             attempt=self._failures_in_row,
+            exc_info=unexpected,
         )
 
     async def _trim_confirmed(self) -> None:

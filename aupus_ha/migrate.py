@@ -11,6 +11,7 @@ import hashlib
 
 import asyncpg
 
+from aupus_ha.db import ErrorKind, classify
 from aupus_ha.logs import get_logger
 from aupus_ha.queries import migrations
 
@@ -60,6 +61,8 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             try:
                 await conn.execute(sql)
             except asyncpg.PostgresError as exc:
+                if classify(exc) is ErrorKind.TRANSIENT:
+                    raise  # the database's state (read-only, full): the caller retries
                 raise MigrationError(f"migration {version}_{name} failed: {exc}") from exc
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",

@@ -25,6 +25,7 @@ import orjson
 from aupus_ha import constants, rollup
 from aupus_ha.db import (
     CONNECTION_ERRORS,
+    READ_ONLY_SQLSTATE,
     DatabaseUnavailable,
     ErrorKind,
     classify,
@@ -156,7 +157,12 @@ class Store:
         except Fenced:
             raise
         except Exception as exc:  # every failure becomes "retry later"
-            raise unavailable(exc) from exc
+            error = unavailable(exc)
+            if error.sqlstate == READ_ONLY_SQLSTATE:
+                # A session keeps the read-only default it started with: once the server
+                # is writable again only new sessions can write. Replace the pooled ones.
+                await self._pool.expire_connections()
+            raise error from exc
         ms = (time.perf_counter() - started) * 1000
         plain = sum(1 for r in readings if not r.is_rollup_sample)
         refused = len(tally.refused)
