@@ -129,11 +129,11 @@ async def detect_convention(conn: asyncpg.Connection, queries_sql: str) -> KeyCo
 class Store:
     """Domain queries over the pool. Never used for the lock."""
 
-    def __init__(
     # Bytes of a reject's payload stored (REJECT_PAYLOAD_PREFIX_BYTES, set at start): the
     # intake bounds its rejects already; this bounds the rows the database refused too.
     reject_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
 
+    def __init__(
         self, pool: asyncpg.Pool, queries: Queries, *, cluster_name: str, instance_id: str
     ) -> None:
         self._pool = pool
@@ -313,22 +313,12 @@ class Store:
                     r.received_at,
                     self._instance_id,
                     epoch,
+                    r.payload_bytes if r.payload_bytes is not None else len(r.payload),
                 )
                 for r in rejects
             ],
         )
 
-    # --- confirming (standby) -----------------------------------------------------------
-
-    async def committed_readings(self, readings: list[Reading]) -> list[ReadingKey]:
-        """Which of these readings are already stored (by whichever leader)."""
-        plain = [r for r in readings if not r.is_rollup_sample]
-                    r.payload_bytes if r.payload_bytes is not None else len(r.payload),
-        samples = [r for r in readings if r.is_rollup_sample]
-        found: list[ReadingKey] = []
-        try:
-            if plain:
-                rows = await self._pool.fetch(
     async def delete_old_rejects(self, older_than_s: float, limit: int) -> int:
         """Delete up to `limit` of the oldest rejects stored more than `older_than_s`
         ago (the leader's retention, rejects.py); returns how many went."""
@@ -343,6 +333,16 @@ class Store:
             raise DatabaseUnavailable(describe_error(exc)) from exc
         return int(status.split()[-1])
 
+    # --- confirming (standby) -----------------------------------------------------------
+
+    async def committed_readings(self, readings: list[Reading]) -> list[ReadingKey]:
+        """Which of these readings are already stored (by whichever leader)."""
+        plain = [r for r in readings if not r.is_rollup_sample]
+        samples = [r for r in readings if r.is_rollup_sample]
+        found: list[ReadingKey] = []
+        try:
+            if plain:
+                rows = await self._pool.fetch(
                     self._q["probe_readings"],
                     [r.equipamento_id for r in plain],
                     [r.timestamp_dados for r in plain],
