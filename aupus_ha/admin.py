@@ -81,7 +81,7 @@ async def post_admin(url: str, token: str) -> tuple[int, dict[str, Any]]:
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, headers=headers) as resp,
+        session.post(url, headers=headers, allow_redirects=False) as resp,
     ):
         try:
             body = await resp.json(content_type=None)

@@ -352,6 +352,11 @@ class AlertManager:
 
     # --- the list --------------------------------------------------------------------------------
 
+    def local_view(self) -> Body:
+        """This instance's in-memory alerts only (the database could not be asked)."""
+        local = [_public(a) for a in self.local]
+        return {"alerts": local, "total": len(local)}
+
     async def recent(self, details: bool = True) -> tuple[Body, int]:
         """`{alerts, total}`: the last 100, this instance's in-memory ones included."""
         local = [_public(a) for a in self.local]

@@ -133,8 +133,10 @@ class Instance:
         """Run until stopped; returns the process exit code."""
         from aupus_ha.http import HttpServer  # late: http imports this module's types
         from aupus_ha.httpguard import raise_open_files_limit
+        from aupus_ha.security import warn_weak_transports
 
         raise_open_files_limit()  # slow HTTP clients must not starve the spool of files
+        warn_weak_transports(self.settings)
         http = HttpServer(self)
         await http.start()
         try:

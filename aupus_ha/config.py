@@ -221,6 +221,19 @@ def _parse_identifier(name: str, raw: str) -> str:
     return value
 
 
+def _parse_webhook_url(raw: str) -> Secret:
+    """http(s) only: another scheme (file:, ftp:, ...) is not a webhook. The URL is a
+    secret (it usually carries the token), so the error does not quote it."""
+    value = raw.strip()
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(
+                "ALERT_WEBHOOK_URL is invalid (accepts an http:// or https:// URL with a host)"
+            )
+    return Secret(value)
+
+
 def _parse_database_url(raw: str) -> Secret:
     value = raw.strip()
     parts = urlsplit(value)
@@ -418,7 +431,7 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
             "REJECT_RETENTION_DAYS", get("REJECT_RETENTION_DAYS", "30"), float, 0.001, 36_500
         ),
         admin_token=Secret(env.get("ADMIN_TOKEN", "")),
-        alert_webhook_url=Secret(env.get("ALERT_WEBHOOK_URL", "")),
+        alert_webhook_url=_parse_webhook_url(env.get("ALERT_WEBHOOK_URL", "")),
         smtp_host=env.get("SMTP_HOST") or None,
         smtp_port=num("SMTP_PORT", get("SMTP_PORT", "587"), int, 1, 65535),
         smtp_user=env.get("SMTP_USER") or None,

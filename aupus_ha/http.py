@@ -217,7 +217,8 @@ class HttpServer:
             return {"status": "unavailable", "error": "database not connected yet"}, 503
         details = self._details(request)
         try:
-            view = await store.cluster_view()
+            async with self._views.gate.slot():
+                view = await store.cluster_view()
         except DatabaseUnavailable as exc:
             return {"status": "unavailable", "error": db_error("database", exc, details)}, 503
         if not details:
@@ -282,7 +283,11 @@ class HttpServer:
 
     async def alerts(self, request: web.Request) -> tuple[Body, int]:
         """The last 100 alerts of the cluster (plus this instance's in-memory ones)."""
-        return await self._instance.alerts.recent(self._details(request))
+        try:
+            async with self._views.gate.slot():
+                return await self._instance.alerts.recent(self._details(request))
+        except DatabaseUnavailable:
+            return {**self._instance.alerts.local_view(), "error": "database busy"}, 503
 
     async def alerts_check(self, request: web.Request) -> tuple[Body, int]:
         """Evaluate every alert condition now, on this instance; needs ADMIN_TOKEN."""
@@ -296,7 +301,11 @@ class HttpServer:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         metrics = self._instance.metrics
-        await metrics.refresh()
+        try:
+            async with self._views.gate.slot():
+                await metrics.refresh()
+        except DatabaseUnavailable:
+            metrics.db_latency_s = None  # aupus_ha_db_up 0 for this scrape
         return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     # --- admin ------------------------------------------------------------------------------

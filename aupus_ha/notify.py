@@ -38,7 +38,18 @@ SEND_TIMEOUT_S = 10.0
 SEND_ATTEMPTS = 8
 SMTPS_PORT = 465
 
+REDIRECT_STATUS = 300
+SMTP_PLAIN_PORT = 25
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class WebhookRedirected(Exception):
+    """The webhook answered with a redirect, which is not followed (a failed attempt)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"webhook answered {status}: redirects are not followed")
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -132,9 +143,15 @@ class Notifier:
         url = self._settings.alert_webhook_url.reveal()
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, data=orjson.dumps(payload), headers=_JSON) as resp,
+            # A redirect is not followed: it would resend the alert (and whatever the
+            # URL carries) to a place nobody configured.
+            session.post(
+                url, data=orjson.dumps(payload), headers=_JSON, allow_redirects=False
+            ) as resp,
         ):
             resp.raise_for_status()
+            if resp.status >= REDIRECT_STATUS:
+                raise WebhookRedirected(resp.status)
 
     def _send_mail(self, item: Body) -> None:
         s = self._settings
@@ -155,7 +172,11 @@ class Notifier:
         else:
             smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SEND_TIMEOUT_S)
         with smtp:
-            if s.smtp_port not in (25, SMTPS_PORT):
+            if s.smtp_port != SMTPS_PORT and (
+                s.smtp_port != SMTP_PLAIN_PORT or _offers_starttls(smtp)
+            ):
+                # Port 25 too when the server offers it: SMTP_PASS never goes in clear
+                # to a server that can do better (a start-up warning covers the rest).
                 smtp.starttls(context=context)
             if s.smtp_user:
                 smtp.login(s.smtp_user, s.smtp_pass.reveal())
@@ -163,6 +184,11 @@ class Notifier:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _offers_starttls(smtp: smtplib.SMTP) -> bool:
+    smtp.ehlo()
+    return smtp.has_extn("starttls")
 
 
 def _headline(item: Body, cluster: str) -> str:

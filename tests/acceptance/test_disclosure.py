@@ -123,3 +123,19 @@ async def test_an_unreadable_token_is_refused_without_a_traceback(
     assert b"aiohttp" not in response and b"Python/" not in response  # no versions
     assert not [e for e in node.events() if e.get("level") == "error"], node.tail()
     assert "Traceback" not in node.log_path.read_text(errors="replace")
+
+
+async def test_weak_transports_are_warned_at_start(
+    spawn: ClusterFactory, database_url: str
+) -> None:
+    """`aupus-ha run` with broker credentials over plain mqtt:// to another host logs
+    one warning line saying so, and never the password."""
+    await seed_equipment(database_url, 1)
+    node = spawn("node-a", MQTT_URL="mqtt://ingest:mqtt-pw-4242@192.0.2.10:1883")
+
+    def warned() -> list[dict[str, Any]]:
+        return node.find("security.mqtt_credentials_in_clear")
+
+    await wait_until(warned, 20, f"no warning: {node.tail()}")
+    assert len(warned()) == 1 and warned()[0]["level"] == "warning"
+    assert "mqtt-pw-4242" not in node.log_path.read_text(errors="replace")
