@@ -237,7 +237,7 @@ class FaultInjector:
         how = await asyncio.to_thread(mounts.make_read_only, record.target)
         record.notes.append(f"read-only by {how}")
         try:
-            await asyncio.sleep(self.options.spool_fault_s)
+            await asyncio.sleep(self.options.spool_ro_s)
         finally:
             await asyncio.to_thread(mounts.make_writable, record.target, how)
 

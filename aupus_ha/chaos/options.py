@@ -39,6 +39,7 @@ LOAD_KINDS: Final = ("hostile_payloads", "clockless")  # extra traffic, not a br
 DEFAULT_TIMINGS: Final = {"LEASE_TTL_S": "5", "HEARTBEAT_S": "1", "FLUSH_INTERVAL_S": "1"}
 RESTART_PAUSE_S: Final = 1.0  # systemd's RestartSec
 MAX_PAYLOAD_BYTES: Final = 256 * 1024  # the instances' default MAX_PAYLOAD_BYTES
+SPOOL_SEGMENT_MAX_AGE_S: Final = 10.0  # aupus_ha.spool.Spool's default segment_max_age_s
 
 
 @dataclass(slots=True)
@@ -93,6 +94,12 @@ class ChaosOptions:
     def spool_fault_s(self) -> float:
         """How long a spool file system stays full or read-only."""
         return 3.0 * self.lease_ttl_s * self.fault_scale
+
+    @property
+    def spool_ro_s(self) -> float:
+        """Read-only at least past one segment rotation (the spool seals a segment every
+        SPOOL_SEGMENT_MAX_AGE_S): the open segment keeps working, the next one is refused."""
+        return max(self.spool_fault_s, SPOOL_SEGMENT_MAX_AGE_S + 2.0)
 
     @property
     def side_load_s(self) -> float:
