@@ -245,6 +245,7 @@ class Instance:
             cluster_name=self.settings.cluster_name,
             instance_id=self.settings.instance_id,
             flush_seconds=self.metrics.flush_seconds,
+            process_token=self.identity.process_token,
         )
 
         self.store.reject_prefix_bytes = self.settings.reject_payload_prefix_bytes

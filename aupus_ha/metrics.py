@@ -54,8 +54,15 @@ class ObservedStore(Store):
         cluster_name: str,
         instance_id: str,
         flush_seconds: Histogram,
+        process_token: str | None = None,
     ) -> None:
-        super().__init__(pool, queries, cluster_name=cluster_name, instance_id=instance_id)
+        super().__init__(
+            pool,
+            queries,
+            cluster_name=cluster_name,
+            instance_id=instance_id,
+            process_token=process_token,
+        )
         self._flush_seconds = flush_seconds
 
     async def flush(

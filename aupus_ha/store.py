@@ -134,9 +134,17 @@ class Store:
     reject_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
 
     def __init__(
-        self, pool: asyncpg.Pool, queries: Queries, *, cluster_name: str, instance_id: str
+        self,
+        pool: asyncpg.Pool,
+        queries: Queries,
+        *,
+        cluster_name: str,
+        instance_id: str,
+        process_token: str | None = None,
     ) -> None:
         self._pool = pool
+        # The fence compares the epoch AND the process that leads it (None: epoch only).
+        self._process_token = process_token
         self._q = queries
         self._cluster = cluster_name
         self._instance_id = instance_id
@@ -230,8 +238,9 @@ class Store:
         plain = [r for r in readings if not r.is_rollup_sample]
         samples = [r for r in readings if r.is_rollup_sample]
         async with self._pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval(self._q["fence_check"], self._cluster)
-            if current != epoch:
+            fence = await conn.fetchrow(self._q["fence_check"], self._cluster, self._process_token)
+            current = fence["epoch"] if fence is not None else None
+            if current != epoch or not (fence and fence["ours"]):
                 raise Fenced(epoch, current)
             tally = _Tally()
             if plain:

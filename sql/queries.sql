@@ -169,9 +169,12 @@ SELECT EXISTS (
 );
 
 -- name: fence_check
--- $1 cluster_name. First statement of every flush transaction: the shared row lock
--- keeps the epoch from moving until this transaction ends.
-SELECT epoch FROM ha_leadership WHERE cluster_name = $1 FOR SHARE;
+-- $1 cluster_name, $2 process_token of the writer (NULL: compare the epoch alone).
+-- First statement of every flush transaction: the shared row lock keeps the epoch from
+-- moving until this transaction ends. `ours` is false when another process leads this
+-- epoch (an epoch handed out twice, e.g. a bump lost in a failover to a replica).
+SELECT epoch, ($2::text IS NULL OR leader_token::text = $2::text) AS ours
+FROM ha_leadership WHERE cluster_name = $1 FOR SHARE;
 
 -- name: create_staging
 -- Per connection, once: the COPY target, with the exact column types of the table.
