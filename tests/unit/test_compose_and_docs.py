@@ -23,7 +23,8 @@ DOCKERFILE = ROOT / "compose" / "Dockerfile"
 MOSQUITTO_CONF = ROOT / "compose" / "mosquitto.conf"
 ENV_EXAMPLE = ROOT / "compose" / ".env.example"
 AUPUS_SERVICES = ("aupus-primary", "aupus-backup")
-COMPOSE_ONLY_VARIABLES = {"POSTGRES_PASSWORD"}  # the example database's own password
+# The example database's and the devices' passwords, and where published ports listen.
+COMPOSE_ONLY_VARIABLES = {"POSTGRES_PASSWORD", "DEVICES_MQTT_PASSWORD", "BIND_ADDRESS"}
 
 NAME = r"[A-Z][A-Z0-9_]*"
 # env.get("X", ...), get("X", ...), env["X"]: every way config.py reads a variable.
@@ -269,17 +270,34 @@ def test_compose_interpolations_are_in_env_example() -> None:
     assert not stray, f".env.example names no variable aupus-ha reads: {sorted(stray)}"
 
 
-def test_mosquitto_never_drops_queued_messages() -> None:
-    """mosquitto.conf: persistent sessions with an unbounded queue, listener on 1883."""
+def test_mosquitto_is_persistent_bounded_and_closed() -> None:
+    """mosquitto.conf: persistent sessions with large but bounded queues (issue 16: an
+    unbounded queue lets a session nobody reads fill the broker's memory), a packet size
+    limit above MAX_PAYLOAD_BYTES, no anonymous access, an ACL; listener on 1883."""
     directives: dict[str, str] = {}
     for line in MOSQUITTO_CONF.read_text(encoding="utf-8").splitlines():
         if _meaningful(line):
             key, _, value = line.strip().partition(" ")
             directives[key] = value.strip()
-    assert directives.get("max_queued_messages") == "0"
-    assert directives.get("max_queued_bytes") == "0"
+    assert int(directives["max_queued_messages"]) >= 1_000_000
+    assert int(directives["max_queued_bytes"]) >= 256 * 1024**2
+    assert 256 * 1024 < int(directives["max_packet_size"]) < 1024**2
+    assert directives.get("allow_anonymous") == "false"
+    assert directives.get("password_file") and directives.get("acl_file")
     assert directives.get("persistence") == "true"
     assert directives.get("listener", "").split()[0] == "1883"
+
+
+def test_compose_requires_passwords_and_binds_to_localhost() -> None:
+    """No default password anywhere; every published port listens on 127.0.0.1 unless
+    BIND_ADDRESS says otherwise."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    for name in ("POSTGRES_PASSWORD", "MQTT_PASSWORD", "DEVICES_MQTT_PASSWORD"):
+        uses = re.findall(rf"\$\{{{name}(:[-?])", text)
+        assert uses and set(uses) == {":?"}, (name, uses)
+    published = re.findall(r'^\s*-\s*"([^"]*:\d+:\d+)"\s*$', text, re.M)
+    assert len(published) == 3, published
+    assert all(p.startswith("${BIND_ADDRESS:-127.0.0.1}:") for p in published), published
 
 
 def test_dockerfile_runs_unprivileged() -> None:
