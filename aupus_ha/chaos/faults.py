@@ -31,6 +31,7 @@ from aupus_ha.localcluster import InstanceProcess, leaders, wait_until
 _POLL_S = 0.1
 _EXIT_TIMEOUT_S = 30.0
 _CLOCKLESS_PER_S = 20.0
+_UNDO_ATTEMPTS = 10
 _PUBLISHED_GRACE_S = 30.0  # side messages still queued this long after the fault: noted
 
 
@@ -209,7 +210,7 @@ class FaultInjector:
             try:
                 await asyncio.sleep(self.options.db_fault_s)
             finally:
-                await dbfaults.set_read_only(self.cluster.dsn, False)
+                await _undo(lambda: dbfaults.set_read_only(self.cluster.dsn, False))
 
         await self._db_outage(record, read_only())
 
@@ -219,7 +220,7 @@ class FaultInjector:
         try:
             await asyncio.sleep(self.options.db_fault_s)
         finally:
-            await dbfaults.release_slots(self.cluster.dsn)
+            await _undo(lambda: dbfaults.release_slots(self.cluster.dsn))
 
     # -- an instance's spool file system -------------------------------------------------
 
@@ -294,6 +295,20 @@ class FaultInjector:
     async def _healthy(self) -> bool:
         roles = await asyncio.gather(*(_role(n) for n in self.cluster.nodes))
         return roles.count("leader") == 1 and roles.count("standby") == len(roles) - 1
+
+
+async def _undo(action: Callable[[], Awaitable[object]]) -> None:
+    """Undo a database state, retried: a database left read-only or without connection
+    slots would spoil the rest of the run. The last failure is raised (and noted)."""
+    for attempt in range(_UNDO_ATTEMPTS):
+        try:
+            await action()
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            if attempt == _UNDO_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(1.0)
+        else:
+            return
 
 
 async def _role(node: InstanceProcess) -> str:
