@@ -41,13 +41,14 @@ from aupus_ha.election import (
     IdentityLost,
     PoolerDetected,
 )
-from aupus_ha.flusher import Flusher
+from aupus_ha.flusher import Flusher, FlushProgress
 from aupus_ha.ha import HaLoop
 from aupus_ha.ingest import MqttIngest
 from aupus_ha.intake import DurableIntake
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
+from aupus_ha.names import spool_directory_name
 from aupus_ha.queries import Queries
 from aupus_ha.runtime import tune_gc
 from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
@@ -395,4 +396,10 @@ class Instance:
             "rejects": self.intake.rejects,
             "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
             "rows_written": flush.rows if flush else 0,
+            # The flush progress standbys expire by (flusher.FlushProgress).
+            **self.progress.stats(
+                connected=bool(self.mqtt and self.mqtt.connected),
+                connects=self.mqtt.stats.connects if self.mqtt else 0,
+                disk_backlog=self.durable.backlog,
+            ),
         }

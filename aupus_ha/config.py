@@ -96,6 +96,7 @@ class Settings:
     renew_deadline_s: float = 3.5
     flush_interval_s: float = 1.0
     rollup_grace_s: float = 15.0
+    standby_horizon_s: float = 600.0
     batch_max: int = 5000
     buffer_max_messages: int = 200_000
     max_payload_bytes: int = 256 * 1024
@@ -397,6 +398,9 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         renew_deadline_s=renew,
         flush_interval_s=num("FLUSH_INTERVAL_S", get("FLUSH_INTERVAL_S", "1"), float, 0.01, 300),
         rollup_grace_s=num("ROLLUP_GRACE_S", get("ROLLUP_GRACE_S", "15"), float, 0, 3600),
+        standby_horizon_s=num(
+            "STANDBY_HORIZON_S", get("STANDBY_HORIZON_S", "600"), float, 1, 86_400
+        ),
         batch_max=num("BATCH_MAX", get("BATCH_MAX", "5000"), int, 1, 1_000_000),
         buffer_max_messages=num(
             "BUFFER_MAX_MESSAGES", get("BUFFER_MAX_MESSAGES", "200000"), int, 100, 100_000_000

@@ -34,8 +34,11 @@ REASON_LOST: Final = "lost"  # previous leader's session vanished (crash, networ
 BRASILIA_UTC_OFFSET_HOURS: Final = -3
 
 # Readings older than this or further in the future than FUTURE_TOLERANCE are absurd.
+# DOMAIN v2: a device time more than 15 minutes ahead of arrival is unusable (a clock
+# set wrong, or a naive ISO time in UTC read as Brasília: 3 h ahead); a day of tolerance
+# let such samples hold rollup minutes, spool segments and PUBACKs for hours.
 EARLIEST_READING_YEAR: Final = 2000
-FUTURE_TOLERANCE_S: Final = 86_400
+FUTURE_TOLERANCE_S: Final = 900
 EPOCH_MS_THRESHOLD: Final = 10_000_000_000  # below: epoch seconds, above: milliseconds
 
 EXIT_OK: Final = 0

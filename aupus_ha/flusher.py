@@ -19,17 +19,31 @@ from aupus_ha.config import Settings
 from aupus_ha.db import DatabaseUnavailable, describe_error, sqlstate
 from aupus_ha.ha import HaLoop
 from aupus_ha.logs import get_logger
-from aupus_ha.store import Fenced, FlushResult, Store
+from aupus_ha.store import Fenced, FlushResult, LeaderProgress, Store
 
 log = get_logger(__name__)
 
+# A standby probes its buffer in windows of this many keys (one query each), at most
+# PROBE_WINDOWS_PER_TICK windows per flush interval, resuming where it stopped: the
+# whole buffer is covered in turn, however much of its front can never be confirmed.
 PROBE_BATCH = 5000
-# A standby keeps unconfirmable entries (readings without a payload timestamp) for this
-# long: enough to cover a failover, bounded so memory cannot grow without end.
+PROBE_WINDOWS_PER_TICK = 4
+# Entries a standby looks at per tick when expiring (the oldest ones).
+EXPIRE_SCAN_MAX = 50_000
+# A standby never expires an entry the leader has not reported processing (see
+# `StandbyTrim`). Beyond that it keeps entries it could not confirm for at least
+# this long — readings timed by arrival (when no content match was found) and rejects
+# (capped by STANDBY_HORIZON_S)...
 UNMATCHABLE_HORIZON_S = 60.0
-# ...and confirmable ones that the leader never stored (it refused them, or a leader of
-# another version keyed them differently) for this long, logging what it drops.
+# ...and readings with a device time (the leader refused them, or a leader of another
+# version keyed them differently), logging what it drops: STANDBY_HORIZON_S, default
 UNCONFIRMED_HORIZON_S = 600.0
+# Added to the leader's reported lag before anything is expired: covers the difference
+# between the moments a message reaches the leader and the standby, messages in flight
+# (PUBACK window, spool group commit), heartbeat latency, and a leader draining its
+# broker queue after a reconnect (it must have been connected at least this long).
+# Capped by STANDBY_HORIZON_S (tests run with a few seconds).
+WATERMARK_MARGIN_S = 60.0
 
 
 @dataclass(slots=True)
@@ -54,6 +68,7 @@ class Flusher:
         self._ha = ha
         self._wake = asyncio.Event()
         self._failures_in_row = 0
+        self._standby = StandbyTrim(buffer, store, settings.standby_horizon_s)
         self.stats = FlushStats()
         self.last_flush_at: datetime | None = None
 
@@ -168,28 +183,145 @@ class Flusher:
         )
 
     async def _trim_confirmed(self) -> None:
+        """Standby: forget what the leader has committed, expire only what the leader
+        reports having processed (`StandbyTrim`)."""
+        await self._standby.tick(self._settings.flush_interval_s)
+
+
+class StandbyTrim:
+    """A standby's trimming, resumable over the whole buffer.
+
+    Every tick it probes up to PROBE_WINDOWS_PER_TICK windows of PROBE_BATCH keys,
+    continuing after the last window of the previous tick and wrapping at the end, so
+    a front that can never be confirmed (readings the leader refused, a burst without
+    device time) does not hide the rest. Then, independently of what was confirmed, it
+    expires what the leader reports having processed: an entry goes only when it is
+    older than its horizon *and* than the leader's lag plus WATERMARK_MARGIN_S, and the
+    leader has been connected to the broker for at least the margin. With no such
+    report (no live leader, a leader of the previous version, a leader replaying its
+    spool) nothing is expired: the buffer and spool bounds apply instead.
+    """
+
+    def __init__(
+        self, buffer: PendingBuffer, store: Store, horizon_s: float = UNCONFIRMED_HORIZON_S
+    ) -> None:
+        self._buffer = buffer
+        self._store = store
+        self.unconfirmed_horizon_s = horizon_s
+        self.unmatchable_horizon_s = min(UNMATCHABLE_HORIZON_S, horizon_s)
+        self.margin_s = min(WATERMARK_MARGIN_S, horizon_s)
+        self._reading_pos = 0
+        self._reject_pos = 0
+        self._paused: str | None = None
+
+    async def tick(self, min_age_s: float) -> None:
         now = time.monotonic()
         # Entries younger than one flush interval cannot be committed yet: skip them.
-        cutoff = now - self._settings.flush_interval_s
-        confirmed = 0
+        cutoff = now - min_age_s
         try:
-            while True:
-                readings = self._buffer.readings_older_than(cutoff, PROBE_BATCH)
-                rejects = self._buffer.rejects_older_than(cutoff, PROBE_BATCH)
-                found = await self._store.committed_readings(readings)
-                found_rejects = await self._store.committed_rejects(rejects)
-                self._buffer.confirmed(found, found_rejects)
-                confirmed += len(found)
-                if len(readings) < PROBE_BATCH or not found:
+            for _ in range(PROBE_WINDOWS_PER_TICK):
+                if not await self._probe_readings(cutoff):
                     break
+            for _ in range(PROBE_WINDOWS_PER_TICK):
+                if not await self._probe_rejects(cutoff):
+                    break
+            progress = await self._store.leader_progress()
         except DatabaseUnavailable as exc:
             log.debug("standby.probe_failed", error=str(exc))
             return
-        if not confirmed:
-            return  # the leader made no visible progress: drop nothing
-        self._buffer.expire_unmatchable(now - UNMATCHABLE_HORIZON_S)
-        dropped = self._buffer.expire_unconfirmed(now - UNCONFIRMED_HORIZON_S)
+        self._expire(now, progress)
+
+    async def _probe_readings(self, cutoff: float) -> bool:
+        """One window; False once the end of the buffer was reached (next tick wraps)."""
+        window, scanned = self._buffer.readings_window(self._reading_pos, PROBE_BATCH, cutoff)
+        by_content = [r for r in window if not r.matchable and not r.is_rollup_sample]
+        found = await self._store.committed_readings(window)
+        if by_content:
+            found += await self._store.committed_by_content(by_content)
+        self._buffer.confirmed(found, [])
+        if scanned < PROBE_BATCH:
+            self._reading_pos = 0
+            return False
+        self._reading_pos += scanned - len(set(found))
+        return True
+
+    async def _probe_rejects(self, cutoff: float) -> bool:
+        window, scanned = self._buffer.rejects_window(self._reject_pos, PROBE_BATCH, cutoff)
+        found = await self._store.committed_rejects(window)
+        self._buffer.confirmed([], found)
+        if scanned < PROBE_BATCH:
+            self._reject_pos = 0
+            return False
+        self._reject_pos += scanned - len(found)
+        return True
+
+    def _expire(self, now: float, progress: LeaderProgress | None) -> None:
+        reason = _expiry_blocked(progress, self.margin_s)
+        self._note_pause(reason)
+        if reason is not None or progress is None or progress.lag_s is None:
+            return
+        behind = progress.lag_s + self.margin_s
+        dropped = self._buffer.expire(
+            now - max(self.unmatchable_horizon_s, behind),
+            now - max(self.unconfirmed_horizon_s, behind),
+            EXPIRE_SCAN_MAX,
+        )
         if dropped:
             log.warning(
-                "standby.unconfirmed_dropped", count=dropped, horizon_s=UNCONFIRMED_HORIZON_S
+                "standby.unconfirmed_dropped",
+                count=dropped,
+                horizon_s=self.unconfirmed_horizon_s,
+                leader_lag_s=round(progress.lag_s, 3),
+                pending=len(self._buffer),
             )
+
+    def _note_pause(self, reason: str | None) -> None:
+        if reason == self._paused:
+            return
+        if reason is None:
+            log.info("standby.expiry_resumed", pending=len(self._buffer))
+        else:
+            log.info("standby.expiry_paused", reason=reason, pending=len(self._buffer))
+        self._paused = reason
+
+
+def _expiry_blocked(progress: LeaderProgress | None, margin_s: float) -> str | None:
+    """Why a standby may not expire anything now (None: it may, up to the watermark)."""
+    if progress is None:
+        return "no_leader"
+    if progress.lag_s is None:
+        return "no_progress_published"
+    if progress.connected_for_s is None or progress.connected_for_s < margin_s:
+        return "leader_broker_not_settled"
+    return None
+
+
+class FlushProgress:
+    """What every instance publishes in its heartbeat stats about its flush progress;
+    standbys read the leader's (`Store.leader_progress`).
+
+    `backlog_age_s`: seconds since the oldest entry still pending here arrived —
+    everything older has been written, merged, rejected or refused. None (so standbys
+    expire nothing) while acknowledged entries wait on disk only or entries handed over
+    from the spool are pending: their real arrival is unknown. `mqtt_connected_for_s`:
+    how long the broker connection has been up (None: down).
+    """
+
+    def __init__(self, buffer: PendingBuffer) -> None:
+        self._buffer = buffer
+        self._connected_since: float | None = None
+        self._connects = -1
+
+    def stats(self, *, connected: bool, connects: int, disk_backlog: bool) -> dict[str, object]:
+        now = time.monotonic()
+        if not connected:
+            self._connected_since = None
+        elif self._connected_since is None or connects != self._connects:
+            self._connected_since = now  # a reconnect since the last heartbeat counts too
+        self._connects = connects
+        age = None if disk_backlog else self._buffer.unprocessed_age(now)
+        since = self._connected_since
+        return {
+            "backlog_age_s": None if age is None else round(age, 3),
+            "mqtt_connected_for_s": None if since is None else round(now - since, 3),
+        }

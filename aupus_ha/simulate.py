@@ -13,7 +13,7 @@ of the bad inputs of `fixtures/bad_inputs.txt`, made unique by the message's seq
 number so that each becomes its own `ingest_rejects` row. The replaced device still
 advances, so the good messages do not depend on the ratio.
 
-Beware: the ingest refuses readings more than a day ahead of their arrival
+Beware: the ingest refuses readings more than 15 minutes ahead of their arrival
 (`FUTURE_TOLERANCE_S`); with a large speedup, start in the past.
 """
 
@@ -623,7 +623,8 @@ async def _main(options: SimulateOptions) -> int:
     horizon = datetime.now(UTC) + timedelta(seconds=constants.FUTURE_TOLERANCE_S)
     if report.last_at is not None and report.last_at > horizon:
         print(
-            "simulate: warning: readings more than a day ahead are rejected by the ingest; "
+            f"simulate: warning: readings more than {constants.FUTURE_TOLERANCE_S} s ahead "
+            "are rejected by the ingest; "
             "use an earlier --start",
             file=sys.stderr,
         )

@@ -23,6 +23,7 @@ import asyncpg
 import orjson
 
 from aupus_ha import constants, rollup
+from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S
 from aupus_ha.db import (
     CONNECTION_ERRORS,
     READ_ONLY_SQLSTATE,
@@ -477,6 +478,40 @@ class Store:
         """The cluster's current term as stored (empty before any leader)."""
         return await self._fetchrow("leadership", self._cluster, timeout=timeout)
 
+    # --- standby probes (trimming and expiry) -------------------------------------------
+
+    async def committed_by_content(self, readings: list[Reading]) -> list[ReadingKey]:
+        """Which of these readings timed by arrival the leader stored under its own
+        arrival time: same equipment, equal `dados`, within CONTENT_MATCH_WINDOW_S."""
+        if not readings:
+            return []
+        try:
+            rows = await self._pool.fetch(
+                self._q["probe_readings_by_content"],
+                [r.equipamento_id for r in readings],
+                [r.timestamp_dados for r in readings],
+                [r.dados.decode() for r in readings],
+                CONTENT_MATCH_WINDOW_S,
+                timeout=constants.DB_CALL_TIMEOUT_S,
+            )
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(describe_error(exc)) from exc
+        return [readings[row["pos"] - 1].key for row in rows]
+
+    async def leader_progress(self) -> LeaderProgress | None:
+        """The current leader's published flush progress; None when there is no live
+        leader. See `LeaderProgress`."""
+        row = await self._fetchrow(
+            "leader_progress", self._cluster, timeout=constants.DB_CALL_TIMEOUT_S
+        )
+        if not row:
+            return None
+        lag, connected = row.get("lag_s"), row.get("connected_for_s")
+        return LeaderProgress(
+            float(lag) if isinstance(lag, int | float) else None,
+            float(connected) if isinstance(connected, int | float) else None,
+        )
+
 
 def _record(r: Reading) -> tuple[object, ...]:
     return (
@@ -534,3 +569,18 @@ def _instance_view(row: dict[str, object]) -> dict[str, object]:
     age = out.get("heartbeat_age_s")
     out["heartbeat_age_s"] = round(age, 3) if isinstance(age, float) else age
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderProgress:
+    """The leader's flush progress as a standby reads it (database clock).
+
+    `lag_s`: the leader had processed (written, merged, rejected or refused) everything
+    that reached it more than `lag_s` seconds ago; None when it published none (a
+    previous version, or it holds entries whose arrival it does not know: a spool
+    replay or backlog). `connected_for_s`: how long its broker connection has been up
+    (None: down, or not published).
+    """
+
+    lag_s: float | None
+    connected_for_s: float | None

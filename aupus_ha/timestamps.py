@@ -16,9 +16,14 @@ Brasília is a fixed UTC−3 (no daylight saving time since 2019), so wall times
 the old DST summers would be an hour off; readings that old are not ingested live.
 
 The result keeps full precision (milliseconds, microseconds). Instants before
-`EARLIEST_READING_YEAR` (UTC) or more than `FUTURE_TOLERANCE_S` after `now` (the
-arrival time) are refused: a meter with a reset clock must not write into the past
-or pre-empt future keys.
+`EARLIEST_READING_YEAR` (UTC) or more than `FUTURE_TOLERANCE_S` (15 minutes, DOMAIN
+v2) after `now` (the arrival time) are refused: a meter with a reset clock must not
+write into the past or pre-empt future keys, and a future-dated rollup sample must not
+hold its minute (and its spool segment) open for long. A naive ISO string stays
+Brasília time as DOMAIN v2 says; firmware that sends naive UTC lands 3 h ahead and is
+refused by the bound (`timestamp_out_of_range`) instead of pinning anything. DOMAIN v2
+stores such readings with the arrival time and a `_timestamp_motivo` instead; that
+fallback comes with its time rules (issue 12), the bound is the same.
 
 The legacy `timestamp(0) without time zone` column holds Brasília wall time to the
 second: `to_legacy_local` / `from_legacy_local` convert to and from that convention.

@@ -273,6 +273,41 @@ SELECT k.pos
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(topic, sha, pos)
 JOIN ingest_rejects r ON r.topic = k.topic AND r.payload_sha256 = k.sha;
 
+-- name: probe_readings_by_content
+-- $1 equipamento ids, $2 arrival times, $3 dados as JSON text (parallel arrays), $4 the
+-- matching window in seconds. Which of a standby's readings timed by arrival the leader
+-- stored under its own arrival time: a row of the same equipment within the window
+-- whose dados is equal as jsonb (so key order and spacing do not matter). Returns their
+-- 1-based positions. One short range scan of the natural key per reading.
+SELECT k.pos
+FROM unnest($1::{id_type}[], $2::{ts_type}[], $3::text[])
+     WITH ORDINALITY AS k(equipamento_id, ts, dados, pos)
+WHERE EXISTS (
+    SELECT 1 FROM equipamentos_dados d
+    WHERE d.equipamento_id = k.equipamento_id
+      AND d.timestamp_dados BETWEEN k.ts - make_interval(secs => $4)
+                                AND k.ts + make_interval(secs => $4)
+      AND d.dados::jsonb = k.dados::jsonb
+);
+
+-- name: leader_progress
+-- $1 cluster_name. The live leader's flush progress, as its last heartbeat published
+-- it in its stats, turned into ages on the database clock (host clocks do not matter):
+-- lag_s = the leader had processed everything that reached it more than lag_s seconds
+-- ago (the heartbeat's age plus the backlog age it reported); connected_for_s = how long
+-- its broker connection has been up. Either is null when not published (a previous
+-- version publishes neither). No row: no live leader.
+SELECT extract(epoch FROM now() - i.heartbeat_at)::float8
+           + CASE WHEN jsonb_typeof(i.stats -> 'backlog_age_s') = 'number'
+                  THEN (i.stats ->> 'backlog_age_s')::float8 END AS lag_s,
+       extract(epoch FROM now() - i.heartbeat_at)::float8
+           + CASE WHEN jsonb_typeof(i.stats -> 'mqtt_connected_for_s') = 'number'
+                  THEN (i.stats ->> 'mqtt_connected_for_s')::float8 END AS connected_for_s
+FROM ha_leadership l
+JOIN ha_instances i
+  ON i.instance_id = l.leader_instance_id AND i.leader_epoch = l.epoch
+WHERE l.cluster_name = $1 AND l.released_at IS NULL AND i.stopped_at IS NULL;
+
 -- name: enabled_equipment
 -- Equipment whose topics this cluster subscribes to.
 SELECT e.id::text AS id, e.topico_mqtt AS topic, t.codigo AS type_code,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from aupus_ha.buffer import PendingBuffer
+from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
+from aupus_ha.intake import DurableIntake
 from aupus_ha.readings import Decoded, Reading, Reject
+from aupus_ha.rollup import BUCKET, bucket_start
+from aupus_ha.spool import Spool
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
 
@@ -68,3 +74,176 @@ def test_rejects_keyed_by_topic_and_payload() -> None:
     rej = Reject("t", b"x", "invalid_json", T0)
     buf.add(Decoded(rejects=[rej, Reject("t", b"x", "invalid_json", T0 + timedelta(1))]), 0.0)
     assert buf.rejects_pending == 1
+
+
+# --- rollup samples kept apart (issue 17, defect 3) ----------------------------------
+
+
+def sample(at: datetime, equip: str = "inv1", n: int = 0) -> Reading:
+    minute = bucket_start(at)
+    return Reading(
+        equip,
+        minute,
+        b'{"power":{"active_total":%d}}' % n,
+        timestamp_fim=minute + BUCKET,
+        sample_at=at,
+    )
+
+
+def test_open_minute_samples_wait_and_closed_ones_come_first() -> None:
+    """A sample of an open minute is not in a batch; once released it is, ahead of the
+    plain readings that arrived after it."""
+    now = datetime.now(UTC)
+    buf = PendingBuffer(100)
+    buf.add(Decoded([sample(now)]), 0.0)
+    buf.add(Decoded([reading(1)]), 1.0)
+    batch, _ = buf.oldest(10, closed_before=now - timedelta(minutes=5))
+    assert [r.sample_at for r in batch] == [None]
+    batch, _ = buf.oldest(10, closed_before=now + timedelta(minutes=2))
+    assert [r.sample_at for r in batch] == [now, None]
+    buf.committed(batch, [])
+    assert len(buf) == 0
+
+
+def test_a_future_dated_sample_is_released_one_bucket_after_arrival() -> None:
+    """A sample dated 10 minutes ahead (device clock wrong, within the parser's bound)
+    is written about a minute after it arrived, not when its minute closes: it cannot
+    hold its spool segment for longer than an ordinary sample."""
+    ahead = datetime.now(UTC) + timedelta(minutes=10)
+    buf = PendingBuffer(100)
+    buf.add(Decoded([sample(ahead)]), 0.0)
+    assert buf.oldest(10, closed_before=datetime.now(UTC))[0] == []
+    later = datetime.now(UTC) + BUCKET + timedelta(seconds=1)
+    assert [r.sample_at for r in buf.oldest(10, closed_before=later)[0]] == [ahead]
+
+
+def test_batches_cost_o_batch_with_many_open_minute_samples() -> None:
+    """200,000 samples of open minutes: asking for a batch (what every message used to
+    trigger) does not scan them all."""
+    now = datetime.now(UTC)
+    buf = PendingBuffer(300_000)
+    for i in range(200_000):
+        buf.add(Decoded([sample(now + timedelta(microseconds=i), equip=f"i{i % 50}")]), 0.0)
+    buf.add(Decoded([reading(1)]), 1.0)
+    closed = now - timedelta(minutes=1)
+    started = time.perf_counter()
+    for _ in range(200):
+        batch, _ = buf.oldest(5000, closed_before=closed)
+        assert len(batch) == 1 and buf.has_ready(closed)
+    per_call_ms = (time.perf_counter() - started) / 200 * 1000
+    assert per_call_ms < 2.0, f"{per_call_ms:.2f} ms per batch"
+
+
+def test_confirmed_samples_do_not_grow_the_release_heap() -> None:
+    """A standby confirms samples before they are due: the heap stays bounded."""
+    now = datetime.now(UTC)
+    buf = PendingBuffer(10_000)
+    for i in range(20_000):
+        s = sample(now + timedelta(microseconds=i))
+        buf.add(Decoded([s]), 0.0)
+        buf.confirmed([s.key], [])
+    assert len(buf) == 0 and len(buf._release_heap) <= 1024
+
+
+async def test_a_future_dated_sample_does_not_stop_acknowledgements(tmp_path: Path) -> None:
+    """A device whose clock is 10 minutes ahead sends a sample into every spool segment;
+    ordinary readings keep being acknowledged (the spool append completes) because each
+    segment is deleted a minute after its sample arrived, not when the future minute
+    closes. `closed_before` one minute ahead of the clock plays the leader a minute
+    later."""
+    spool = Spool(tmp_path, max_bytes=16 * 1024, segment_bytes=512)
+    buffer = PendingBuffer(max_items=10_000, on_settled=spool.settle)
+    intake = DurableIntake(buffer, spool)
+    intake.open(None)
+    task = asyncio.create_task(spool.run())
+    try:
+        ahead = datetime.now(UTC) + timedelta(minutes=10)
+        for n in range(400):
+            decoded = Decoded([sample(ahead + timedelta(milliseconds=n), n=n), reading(n)])
+            pending = intake.accept(decoded)
+            assert pending is not None
+            await asyncio.wait_for(pending, timeout=2)  # the PUBACK would wait for this
+            later = datetime.now(UTC) + BUCKET + timedelta(seconds=1)
+            batch, _ = buffer.oldest(100, closed_before=later)
+            buffer.committed(batch, [])
+        assert spool.total_bytes <= 16 * 1024
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await spool.close()
+
+
+# --- readings timed by arrival: content matching (issue 17, item 12) -----------------
+
+
+def clockless(at: datetime, dados: bytes = b'{"power":1}', equip: str = "e1") -> Reading:
+    return Reading(equip, at, dados, matchable=False)
+
+
+def test_a_redelivered_clockless_reading_is_kept_once() -> None:
+    """An MQTT redelivery of a reading without device time is decoded again with a new
+    arrival time; within CONTENT_MATCH_WINDOW_S the same content is the same reading,
+    pending or already written."""
+    buf = PendingBuffer(100)
+    buf.add(Decoded([clockless(T0)]), 0.0)
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=2))]), 2.0)
+    assert buf.readings_pending == 1 and buf.stats.duplicates == 1
+    batch, _ = buf.oldest(10)
+    buf.committed(batch, [])
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=5))]), 5.0)  # after the flush
+    assert buf.readings_pending == 0 and buf.stats.duplicates == 2
+
+
+def test_the_content_match_bound() -> None:
+    """The documented bound: a redelivery later than the window is a second row; other
+    content, or another equipment, is another reading."""
+    buf = PendingBuffer(100)
+    window = timedelta(seconds=CONTENT_MATCH_WINDOW_S)
+    buf.add(Decoded([clockless(T0)]), 0.0)
+    buf.add(Decoded([clockless(T0 + window + timedelta(milliseconds=1))]), 11.0)
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=1), dados=b'{"power":2}')]), 11.0)
+    buf.add(Decoded([clockless(T0, equip="e2")]), 11.0)
+    assert buf.readings_pending == 4 and buf.stats.duplicates == 0
+
+
+# --- what the leader publishes, what a standby expires (issue 17, defect 4) ---------
+
+
+def test_unprocessed_age_is_the_oldest_pending_arrival() -> None:
+    """0 when empty, the age of the oldest entry otherwise; unknown (None) while an
+    entry handed over from the spool is pending."""
+    buf = PendingBuffer(100)
+    assert buf.unprocessed_age(10.0) == 0.0
+    buf.add(Decoded([reading(1)]), 3.0)
+    buf.add(Decoded([sample(datetime.now(UTC))]), 1.0)
+    assert buf.unprocessed_age(10.0) == 9.0
+    buf.add(Decoded([reading(2)]), 4.0, replayed=True)
+    assert buf.unprocessed_age(10.0) is None
+    buf.committed([reading(2)], [])
+    assert buf.unprocessed_age(10.0) == 9.0
+
+
+def test_windows_cover_the_whole_buffer() -> None:
+    """Probing windows resume at a position and say how far they looked."""
+    buf = PendingBuffer(100)
+    for i in range(10):
+        buf.add(Decoded([reading(i)]), float(i))
+    first, scanned = buf.readings_window(0, 4, cutoff=100.0)
+    assert scanned == 4 and [r.timestamp_dados.second for r in first] == [0, 1, 2, 3]
+    rest, scanned = buf.readings_window(8, 4, cutoff=100.0)
+    assert scanned == 2 and [r.timestamp_dados.second for r in rest] == [8, 9]
+    young, scanned = buf.readings_window(0, 4, cutoff=1.0)
+    assert scanned == 4 and len(young) == 2
+
+
+def test_expire_uses_two_cutoffs_and_looks_at_the_front_only() -> None:
+    """Readings timed by arrival and rejects go at the first cutoff, readings with a
+    device time at the second; the scan stops at the first entry younger than both."""
+    buf = PendingBuffer(100)
+    buf.add(Decoded([reading(1)], [Reject("t", b"x", "r", T0)]), 0.0)
+    buf.add(Decoded([reading(2, matchable=False)]), 1.0)
+    buf.add(Decoded([reading(3)]), 50.0)
+    assert buf.expire(unmatchable_cutoff=10.0, matchable_cutoff=-1.0, limit=100) == 2
+    assert buf.readings_pending == 2 and buf.rejects_pending == 0
+    assert buf.expire(unmatchable_cutoff=10.0, matchable_cutoff=10.0, limit=100) == 1
+    assert buf.readings_pending == 1
