@@ -48,7 +48,6 @@ from aupus_ha.intake import DurableIntake
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
-from aupus_ha.names import spool_directory_name
 from aupus_ha.queries import Queries
 from aupus_ha.runtime import tune_gc
 from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
