@@ -328,7 +328,8 @@ class SideTally:
     lost: int = 0
     duplicated: int = 0
     rejected_reasons: dict[str, int] = field(default_factory=dict)
-    stored_labels: dict[str, int] = field(default_factory=dict)
+    # variant -> outcome ("stored", "rejected <code>", "refused", "lost") -> count
+    by_label: dict[str, dict[str, int]] = field(default_factory=dict)
     lost_examples: list[str] = field(default_factory=list)
 
     @property
@@ -355,7 +356,7 @@ def tally(
     `stored`: ident -> rows found; `rejected`: ident -> reject reason."""
     out = SideTally(name, must_store, sent=len(messages))
     reasons: Counter[str] = Counter()
-    labels: Counter[str] = Counter()
+    outcomes: dict[str, Counter[str]] = {}
     for m in messages:
         acknowledged = m.ident in acked
         out.acknowledged += acknowledged
@@ -363,18 +364,23 @@ def tally(
         if rows:
             out.stored += 1
             out.duplicated += rows - 1
-            labels[m.label] += 1
+            outcome = "stored" if rows == 1 else "stored twice or more"
         elif m.ident in rejected:
             out.rejected += 1
-            reasons[rejected[m.ident].split(":", 1)[0].strip()] += 1
+            code = rejected[m.ident].split(":", 1)[0].strip()
+            reasons[code] += 1
+            outcome = f"rejected {code}"
         elif acknowledged and not m.over_limit:
             out.lost += 1
             if len(out.lost_examples) < 20:
                 out.lost_examples.append(f"{m.ident} {m.label}")
+            outcome = "lost"
         else:
             out.refused += 1
+            outcome = "refused"
+        outcomes.setdefault(m.label, Counter())[outcome] += 1
     out.rejected_reasons = dict(sorted(reasons.items()))
-    out.stored_labels = dict(sorted(labels.items()))
+    out.by_label = {label: dict(c) for label, c in sorted(outcomes.items())}
     return out
 
 

@@ -139,6 +139,15 @@ def test_tally_puts_every_message_in_exactly_one_place() -> None:
     assert result.duplicated == 2
     assert result.rejected_reasons == {"invalid_json": 1}
     assert result.lost_examples == ["3 x"]
+    assert result.by_label == {
+        "x": {
+            "stored": 2,
+            "stored twice or more": 1,
+            "rejected invalid_json": 1,
+            "lost": 1,
+            "refused": 1,
+        }
+    }
     assert result.stored + result.rejected + result.lost + result.refused == result.sent
     assert not result.ok
 
