@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from aupus_ha.localcluster import wait_until
 from aupus_ha.spool import Spool
-from tests.helpers import async_wait_for
 
 
 @contextlib.contextmanager
@@ -90,10 +90,10 @@ async def test_a_segment_that_cannot_be_created_keeps_the_writer_on_the_current_
             assert not writer.done()
             assert spool.stats.rotation_failures >= 1
             remount(fs, nr_inodes="16")
-            await async_wait_for(
+            await wait_until(
                 lambda: _appended_beyond(spool, 1),
-                timeout=15,
-                message="no rotation once inodes returned",
+                15,
+                "no rotation once inodes returned",
             )
             assert not writer.done()
         finally:

@@ -24,9 +24,9 @@ from aupus_ha import spool_codec
 from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import ConfigError, load_settings
 from aupus_ha.intake import DurableIntake
+from aupus_ha.localcluster import wait_until
 from aupus_ha.readings import Decoded, Reading, Reject
 from aupus_ha.spool import HEADER, Spool, SpoolUntrusted
-from tests.helpers import async_wait_for
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OTHER_UID = 4242
@@ -245,7 +245,7 @@ async def test_a_symlinked_segment_is_neither_replayed_nor_appended_to(tmp_path:
             segments.add(position.segment)
             return len(segments) > 1
 
-        await async_wait_for(rotated, timeout=10, message="never rotated past the squatter")
+        await wait_until(rotated, 10, "never rotated past the squatter")
         assert segments == {4, 6}  # 5 was skipped, never opened
     finally:
         writer.cancel()
