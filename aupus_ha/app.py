@@ -48,6 +48,7 @@ from aupus_ha.intake import DurableIntake
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
+from aupus_ha.names import spool_directory_name
 from aupus_ha.queries import Queries
 from aupus_ha.runtime import tune_gc
 from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
@@ -90,7 +91,7 @@ class Instance:
         self.started_monotonic = time.monotonic()
         # The spool is per process identity: two instances on one host never share one.
         self.spool = Spool(
-            settings.spool_dir / f"{settings.cluster_name}-{settings.instance_id}",
+            settings.spool_dir / spool_directory_name(settings.cluster_name, settings.instance_id),
             max_bytes=settings.spool_max_bytes,
             fsync=settings.spool_fsync,
         )

@@ -1,9 +1,10 @@
 """Names derived from CLUSTER_NAME and INSTANCE_ID that must fit a length limit.
 
 PostgreSQL refuses a NOTIFY channel longer than 63 bytes (and silently truncates it in
-LISTEN), and aupus-ha keeps MQTT client ids to 128 characters. Both inputs may be 128
-characters long, so a plain cut would either fail (NOTIFY at step-down and shutdown) or
-give two names the same bounded form (two instances fighting over one MQTT session).
+LISTEN), aupus-ha keeps MQTT client ids to 128 characters, and a file name has at most
+255 bytes (the spool directory). Both inputs may be 128 characters long, so a plain cut
+would either fail (NOTIFY at step-down and shutdown, the spool at start) or give two
+names the same bounded form (two instances fighting over one MQTT session).
 
 `bounded` keeps a name that fits exactly as it is — so a rolling upgrade changes
 neither the channel an old and a new instance share nor the client id that owns an
@@ -18,6 +19,7 @@ import hashlib
 
 NOTIFY_CHANNEL_MAX = 63  # PostgreSQL identifiers: NAMEDATALEN - 1 bytes
 MQTT_CLIENT_ID_MAX = 128
+FILE_NAME_MAX = 255  # NAME_MAX of Linux file systems, in bytes
 HASH_CHARS = 16  # 64 bits of SHA-256: collisions among a cluster's names are not a concern
 SEPARATOR = "~"
 
@@ -41,3 +43,8 @@ def notify_channel(cluster_name: str) -> str:
 def mqtt_client_id(cluster_name: str, instance_id: str) -> str:
     """The MQTT client id: stable across restarts, so the broker keeps the session."""
     return bounded(f"aupus-ha-{cluster_name}-{instance_id}", MQTT_CLIENT_ID_MAX)
+
+
+def spool_directory_name(cluster_name: str, instance_id: str) -> str:
+    """This instance's spool subdirectory of SPOOL_DIR (one per cluster and instance)."""
+    return bounded(f"{cluster_name}-{instance_id}", FILE_NAME_MAX)

@@ -204,3 +204,16 @@ async def test_no_two_leaders_across_postgres_restarts(
 
 async def _standby_ready_any(nodes: list[InstanceProcess]) -> bool:
     return any([await _standby_ready(n) for n in nodes])
+
+
+async def test_longest_names_start_and_lead(spawn: ClusterFactory, database_url: str) -> None:
+    """CLUSTER_NAME and INSTANCE_ID of 128 characters each (the longest accepted): the
+    instance starts, leads and stops cleanly (its spool directory name, its NOTIFY
+    channel and its MQTT client id are all bounded)."""
+    name = "node-" + "n" * 123
+    inst = spawn(name, CLUSTER_NAME="c" * 128)
+    await wait_single_leader([inst], timeout=30)
+    _, body = await inst.get("/health/mqtt")
+    assert body is not None and body["status"] == "connected", inst.tail()
+    inst.signal(signal.SIGTERM)
+    assert await inst.wait_exit(20) == 0, inst.tail()

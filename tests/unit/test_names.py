@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from aupus_ha.election import Election, Identity
 from aupus_ha.ingest import client_id_for
-from aupus_ha.names import MQTT_CLIENT_ID_MAX, NOTIFY_CHANNEL_MAX, bounded, notify_channel
+from aupus_ha.names import (
+    FILE_NAME_MAX,
+    MQTT_CLIENT_ID_MAX,
+    NOTIFY_CHANNEL_MAX,
+    bounded,
+    notify_channel,
+    spool_directory_name,
+)
 
 IDENTIFIER_CHARS = string.ascii_letters + string.digits + "-_.:@"
 identifiers = st.text(alphabet=IDENTIFIER_CHARS, min_size=1, max_size=128)
@@ -22,6 +29,13 @@ def test_names_that_fit_are_unchanged() -> None:
     assert client_id_for("node-a", "aupus") == "aupus-ha-aupus-node-a"
     fits = "n" * (MQTT_CLIENT_ID_MAX - len("aupus-ha-aupus-"))
     assert client_id_for(fits, "aupus") == f"aupus-ha-aupus-{fits}"
+
+
+def test_spool_directory_fits_a_file_name() -> None:
+    """128 + 1 + 128 characters exceeded NAME_MAX (255): the spool failed at start."""
+    assert spool_directory_name("aupus", "node-a") == "aupus-node-a"
+    longest = spool_directory_name("c" * 128, "n" * 128)
+    assert len(longest.encode()) == FILE_NAME_MAX and "/" not in longest
 
 
 def test_long_cluster_name_gives_a_valid_channel() -> None:
@@ -56,6 +70,7 @@ def test_bounded_names_fit_and_stay_distinct(cluster: str, one: str, other: str)
     """Every valid pair fits both limits; different instance ids never share a client id."""
     assert len(notify_channel(cluster).encode()) <= NOTIFY_CHANNEL_MAX
     assert len(client_id_for(one, cluster)) <= MQTT_CLIENT_ID_MAX
+    assert len(spool_directory_name(cluster, one).encode()) <= FILE_NAME_MAX
     if one != other:
         assert client_id_for(one, cluster) != client_id_for(other, cluster)
 
