@@ -148,7 +148,7 @@ async def test_invalid_topics_are_skipped_and_reported(
         ],
     )
     await conn.close()
-    node = spawn("node-a")
+    node = spawn("node-a", HEALTH_DETAILS="public")  # topic lists are details (issue 16)
     await wait_single_leader([node])
     await wait_until(lambda: _subscribed(node, 1), 10, "valid topic not subscribed")
     status, body = await node.get("/health/mqtt")
