@@ -163,6 +163,7 @@ class HttpServer:
                 f"HTTP_PORT={settings.http_port} cannot be bound on {settings.http_host} "
                 f"({exc.strerror or exc}); choose a free port"
             ) from exc
+        self._instance.metrics.http = self.guard.stats
         sockets = list(self._server.sockets or ())
         self.port = sockets[0].getsockname()[1] if sockets else settings.http_port
         log.info(

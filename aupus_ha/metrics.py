@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from aupus_ha import __version__
 from aupus_ha.db import DatabaseUnavailable
+from aupus_ha.httpguard import GuardStats
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Reading, Reject
 from aupus_ha.store import FlushResult, Store
@@ -81,6 +82,7 @@ class Metrics:
         self.flush_seconds = flush_histogram(self.registry)
         self.db_latency_s: float | None = None
         self.handovers_total: int | None = None
+        self.http: GuardStats | None = None  # set by the HTTP server once it listens
         self.registry.register(_InstanceCollector(instance, self))
         self._instance = instance
 
@@ -180,6 +182,11 @@ class _InstanceCollector(Collector):
         yield _gauge("mqtt_connected", "1 while connected to the broker.", int(connected))
         subscribed = len(inst.mqtt.stats.subscribed) if inst.mqtt else 0
         yield _gauge("mqtt_subscribed_topics", "Topics subscribed.", subscribed)
+        looping = bool(inst.mqtt and inst.mqtt.reconnect_loop)
+        yield _gauge(
+            "mqtt_reconnect_loop", "1 while the broker connection keeps being dropped.", looping
+        )
+        yield from self._http_metrics()
         latency = self._metrics.db_latency_s
         yield _gauge("db_up", "1 when the database answered this scrape.", int(latency is not None))
         yield _gauge(
@@ -191,6 +198,27 @@ class _InstanceCollector(Collector):
             "uptime_seconds",
             "Seconds since this process started.",
             time.monotonic() - inst.started_monotonic,
+        )
+
+    def _http_metrics(self) -> Iterator[Metric]:
+        http = self._metrics.http
+        if http is None:
+            return
+        yield _gauge("http_connections", "HTTP connections open.", http.open)
+        yield _counter(
+            "http_connections_timed_out",
+            "HTTP connections closed for not sending a request within HTTP_HEADER_TIMEOUT_S.",
+            http.timed_out,
+        )
+        yield _counter(
+            "http_connections_evicted",
+            "HTTP connections waiting for a request, closed to make room (at the limit).",
+            http.evicted,
+        )
+        yield _counter(
+            "http_connections_refused",
+            "HTTP connections refused at the limit (every kept one busy).",
+            http.refused,
         )
 
     def _spool_metrics(self) -> Iterator[Metric]:

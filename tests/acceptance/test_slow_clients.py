@@ -12,6 +12,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import aiohttp
+
 from aupus_ha.localcluster import (
     InstanceProcess,
     generic_messages,
@@ -78,5 +80,18 @@ async def test_slow_clients_neither_exhaust_files_nor_stop_ingestion(
             return (await node.get("/health"))[0] == 200
 
         await wait_until(answers, 5, f"no answer after the flood: {node.tail()}")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{node.http_port}/metrics") as resp,
+        ):
+            text = await resp.text()
+        closed_by_us = sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith(
+                ("aupus_ha_http_connections_timed_out_total", "aupus_ha_http_connections_evicted")
+            )
+        )
+        assert closed_by_us >= len(slow), text
     finally:
         node.stop_now()
