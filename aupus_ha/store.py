@@ -14,10 +14,12 @@ retried with backoff, nothing is rejected.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 import orjson
@@ -528,9 +530,15 @@ def _record(r: Reading) -> tuple[object, ...]:
 
 
 def _same_json(ours: bytes, stored: bytes) -> bool:
-    """Equal as JSON values: jsonb gives its own normalised text back (spaces, key
-    order, `1e15` spelled out), never orjson's bytes."""
-    return bool(orjson.loads(ours) == orjson.loads(stored))
+    """Equal as JSON values, the way jsonb compares them: jsonb gives its own normalised
+    text back (spaces, key order, `1e23` spelled out in digits), never orjson's bytes,
+    and its numbers are exact decimals (a double parsed back from 24 digits may differ
+    in its last bit), so numbers are compared as Decimal."""
+    return bool(_exact_json(ours) == _exact_json(stored))
+
+
+def _exact_json(text: bytes) -> object:
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
 
 
 def _text_safe(text: str) -> str:
