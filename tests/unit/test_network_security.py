@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from aupus_ha.config import ConfigError, load_settings
 from aupus_ha.db import DatabaseUnavailable
 from aupus_ha.embedded import free_port
 from aupus_ha.health import DbGate
+from aupus_ha.httpguard import ConnectionGuard
 from aupus_ha.security import warn_weak_transports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,3 +224,41 @@ async def test_health_queries_get_at_most_their_slots() -> None:
     await asyncio.gather(*holders)
     async with gate.slot(0.1):
         pass
+
+
+async def test_the_guard_evicts_the_oldest_silent_connection() -> None:
+    """At the connection limit, a new client still gets its answer: the oldest
+    connection that has not sent a request is closed to make room (a real server)."""
+    app = web.Application()
+    app.router.add_get("/ping", _pong)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    guard = ConnectionGuard(runner.server, max_connections=3, header_timeout_s=30)
+    server = await asyncio.get_running_loop().create_server(guard, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        await _until(lambda: guard.stats.open == 3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+        assert await asyncio.wait_for(silent[0][0].read(), timeout=5) == b""  # evicted
+        assert guard.stats.evicted == 1 and guard.stats.refused == 0
+        for _, w in silent:
+            w.close()
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def _pong(request: web.Request) -> web.Response:
+    return web.Response(text="pong")
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
