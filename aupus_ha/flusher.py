@@ -19,6 +19,7 @@ from aupus_ha.config import Settings
 from aupus_ha.db import DatabaseUnavailable, describe_error, sqlstate
 from aupus_ha.ha import HaLoop
 from aupus_ha.logs import get_logger
+from aupus_ha.readings import Reading
 from aupus_ha.store import Fenced, FlushResult, LeaderProgress, Store
 
 log = get_logger(__name__)
@@ -225,6 +226,8 @@ class StandbyTrim:
             for _ in range(PROBE_WINDOWS_PER_TICK):
                 if not await self._probe_rejects(cutoff):
                     break
+            if not len(self._buffer):
+                return  # nothing left to expire: no need to ask how far the leader is
             progress = await self._store.leader_progress()
         except DatabaseUnavailable as exc:
             log.debug("standby.probe_failed", error=str(exc))
@@ -234,8 +237,11 @@ class StandbyTrim:
     async def _probe_readings(self, cutoff: float) -> bool:
         """One window; False once the end of the buffer was reached (next tick wraps)."""
         window, scanned = self._buffer.readings_window(self._reading_pos, PROBE_BATCH, cutoff)
-        by_content = [r for r in window if not r.matchable and not r.is_rollup_sample]
-        found = await self._store.committed_readings(window)
+        by_key: list[Reading] = []
+        by_content: list[Reading] = []
+        for r in window:  # readings timed by arrival: by content (the key is ours alone)
+            (by_key if r.matchable or r.is_rollup_sample else by_content).append(r)
+        found = await self._store.committed_readings(by_key)
         if by_content:
             found += await self._store.committed_by_content(by_content)
         self._buffer.confirmed(found, [])

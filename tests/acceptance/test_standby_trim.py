@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,6 +98,56 @@ async def test_a_clockless_burst_does_not_stall_the_standby(
     finally:
         for node in nodes:
             node.stop_now()
+
+
+async def test_clockless_readings_are_stored_once_across_a_failover(
+    database_url: str, mosquitto: EmbeddedMosquitto, tmp_path: Path
+) -> None:
+    """Readings without a device time are keyed by arrival, which differs per instance:
+    the standby recognises the leader's rows by content and lets its copies go, so a
+    kill -9 of the leader after they were written adds no second copy (before, the
+    standby kept them for 60 s and its promotion wrote every one again)."""
+    equipment = await seed_equipment(database_url, 10)
+    env = {
+        "DATABASE_URL": database_url,
+        "MQTT_URL": mosquitto.url,
+        "LOG_FORMAT": "json",
+        "CLUSTER_NAME": "trim-clockless-failover",
+        **FAST_TIMINGS,
+    }
+    nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]
+    try:
+        leader = await wait_single_leader(nodes, timeout=30)
+        standby = next(n for n in nodes if n is not leader)
+        await wait_until(lambda: standby_ready(standby), 30, "the standby did not come up")
+        burst = clockless_messages(equipment, 50)
+        assert await publish(mosquitto.url, burst, rate=500) == len(burst)
+
+        async def count() -> int:
+            rows = await fetch(database_url, "SELECT count(*) FROM equipamentos_dados")
+            return int(rows[0][0])
+
+        await wait_until(lambda: _at_least(count, len(burst)), 30, "not everything stored")
+        await wait_until(
+            lambda: _at_most(lambda: pending(standby), 0), 20, "the standby kept its copies"
+        )
+        leader.stop_now()  # SIGKILL
+        await wait_single_leader([standby], timeout=30)
+        await wait_until(
+            lambda: _at_most(lambda: pending(standby), 0), 20, "the new leader holds entries"
+        )
+        assert await count() == len(burst)
+    finally:
+        for node in nodes:
+            node.stop_now()
+
+
+async def _at_least(value: Callable[[], Awaitable[int]], bound: int) -> bool:
+    return await value() >= bound
+
+
+async def _at_most(value: Callable[[], Awaitable[int]], bound: int) -> bool:
+    return 0 <= await value() <= bound
 
 
 # Every insert statement takes 20 ms more: the leader's backlog drains slowly enough to
