@@ -164,7 +164,8 @@ class Spool:
         self._inflight: asyncio.Future[Any] | None = None
         self._broken = False  # the current segment takes no more appends
         self._full_noted = False
-        self._failures = 0  # consecutive failed commits: the backoff step
+        self._failures = 0  # consecutive failed attempts: the backoff step
+        self._failure_logged = False  # spool.write_failed logged in this episode
         self._create_streak = 0  # consecutive failed segment creations
         self._rotate_not_before = 0.0  # no creation attempt before (monotonic)
 
@@ -237,14 +238,19 @@ class Spool:
                 await asyncio.sleep(self._backoff())
                 continue
             if self._failures and batch:
-                log.info("spool.write_recovered", after_failures=self._failures)
+                if self._failure_logged:
+                    log.info("spool.write_recovered", after_failures=self._failures)
                 self._failures = 0
+                self._failure_logged = False
 
     def _fail(self, batch: list[_Append], exc: OSError) -> None:
-        self.stats.write_failures += 1
         self._failures += 1
+        if not batch:
+            return  # no segment to write to yet, and nothing waiting: only back off
+        self.stats.write_failures += 1
         # Once per episode at error level; the rest of the episode is counted only.
-        level = log.error if self._failures == 1 else log.debug
+        level = log.debug if self._failure_logged else log.error
+        self._failure_logged = True
         level(
             "spool.write_failed",
             error=str(exc),
