@@ -190,19 +190,20 @@ def _inverter(i: int, ts: str, **power: object) -> bytes:
     )
 
 
-# An inverter variant: the payloads (one or two samples) of a minute, from their instants.
-InverterBuilder = Callable[[int, list[datetime]], list[bytes]]
+# An inverter variant: the payloads (two samples) of a minute of its own, from their
+# instants there, and the arrival time (now).
+InverterBuilder = Callable[[int, list[datetime], datetime], list[bytes]]
 
 
 def _inverter_forms() -> dict[str, InverterBuilder]:
     def pair(**power: object) -> InverterBuilder:
-        return lambda i, at: [_inverter(i + k, _iso_z(t), **power) for k, t in enumerate(at)]
+        return lambda i, at, now: [_inverter(i + k, _iso_z(t), **power) for k, t in enumerate(at)]
 
     return {
         "inverter_power_1e308_pair": pair(active_total=1e308),
         "inverter_power_absurd_pair": pair(active_total=9.99e7, reactive_total=-9.99e7),
         "inverter_power_tiny_pair": pair(active_total=5e-324, reactive_total=-0.0),
-        "inverter_voltage_1e308_pair": lambda i, at: [
+        "inverter_voltage_1e308_pair": lambda i, at, now: [
             orjson.dumps(
                 {
                     HOSTILE_MARK: i + k,
@@ -214,11 +215,24 @@ def _inverter_forms() -> dict[str, InverterBuilder]:
             )
             for k, t in enumerate(at)
         ],
-        "inverter_power_not_numbers": lambda i, at: [
+        "inverter_power_not_numbers": lambda i, at, now: [
             _inverter(i, _iso_z(at[0]), active_total="NaN"),
             _inverter(i + 1, _iso_z(at[1]), active_total={"x": [True, None]}),
         ],
-        "inverter_no_timestamp": lambda i, at: [
+        # Future-dated: an open minute ahead of every instance's clock (it closes ~1.5 min
+        # later: within the settle time); a naive ISO string from firmware on UTC reads
+        # as Brasília, 3 h ahead.
+        "inverter_near_future_pair": lambda i, at, now: [
+            _inverter(i + k, _iso_z(now + timedelta(seconds=20 + 2 * k)), active_total=5)
+            for k in (0, 1)
+        ],
+        "inverter_naive_utc_pair": lambda i, at, now: [
+            _inverter(
+                i + k, (now + timedelta(seconds=k)).replace(tzinfo=None).isoformat(), active_total=6
+            )
+            for k in (0, 1)
+        ],
+        "inverter_no_timestamp": lambda i, at, now: [
             orjson.dumps({HOSTILE_MARK: i + k, "power": {"active_total": 10 + k}}) for k in (0, 1)
         ],
     }
@@ -255,7 +269,7 @@ class HostileCatalogue:
             minute = self.base.replace(second=0, microsecond=0) + timedelta(minutes=i)
             pair = [minute + timedelta(seconds=10), minute + timedelta(seconds=20)]
             topic = self.topics.inverter[i % len(self.topics.inverter)]
-            for k, payload in enumerate(build_minute(i, pair)):
+            for k, payload in enumerate(build_minute(i, pair, now)):
                 out.append(SideMessage(i + k, label, topic, payload))
         return out
 
