@@ -247,3 +247,15 @@ def test_expire_uses_two_cutoffs_and_looks_at_the_front_only() -> None:
     assert buf.readings_pending == 2 and buf.rejects_pending == 0
     assert buf.expire(unmatchable_cutoff=10.0, matchable_cutoff=10.0, limit=100) == 1
     assert buf.readings_pending == 1
+
+
+def test_content_memory_mixes_legacy_keys_and_samples() -> None:
+    """On a legacy database a reading's key time is naive wall time while a sample's
+    instant is aware: the content memory compares them without failing."""
+    buf = PendingBuffer(100)
+    buf.add(Decoded([clockless(T0.replace(tzinfo=None))]), 0.0)
+    clockless_sample = sample(T0 + timedelta(seconds=2))
+    clockless_sample.matchable = False
+    buf.add(Decoded([clockless_sample]), 1.0)
+    buf.add(Decoded([clockless(T0.replace(tzinfo=None) + timedelta(seconds=1))]), 2.0)
+    assert buf.readings_pending == 2 and buf.stats.duplicates == 1
