@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aupus_ha import spool_codec
 from aupus_ha.localcluster import (
     InstanceProcess,
+    fetch,
     generic_messages,
     publish,
     seed_equipment,
@@ -39,6 +41,8 @@ from aupus_ha.localcluster import (
 from aupus_ha.readings import Decoded, Reading
 from aupus_ha.spool import HEADER
 from tests.acceptance.conftest import ClusterFactory
+
+NOW_ISH = datetime.now(UTC)  # publish() takes (topic, payload, id, time) tuples
 
 
 @contextlib.contextmanager
@@ -248,3 +252,41 @@ async def test_an_instance_directory_owned_by_another_user_is_refused(
     assert f"aupus-ha: SPOOL_DIR={spool_dir} is refused: {theirs} is owned by uid 4242" in (
         node.log_path.read_text()
     )
+
+
+async def test_a_flood_of_bad_messages_keeps_a_bounded_prefix_at_a_bounded_rate(
+    spawn: ClusterFactory, database_url: str, mosquitto: object
+) -> None:
+    """Issue 16, "Rejects can fill the database": 60 distinct 64 KiB bad messages on one
+    topic keep REJECT_BURST rows of REJECT_PAYLOAD_PREFIX_BYTES each, with the whole
+    message's hash and size; the rest are counted, not stored; readings keep flowing."""
+    (eq, topic), *_ = await seed_equipment(database_url, 1)
+    url = mosquitto.url  # type: ignore[attr-defined]
+    node = spawn(
+        "node-a",
+        REJECT_BURST="5",
+        REJECT_RATE_PER_MIN="0.01",
+        REJECT_PAYLOAD_PREFIX_BYTES="1024",
+    )
+    await wait_single_leader([node])
+    await wait_until(
+        lambda: _is(metric(node, "aupus_ha_mqtt_subscribed_topics"), 1), 30, "not subscribed"
+    )
+    bad = [b"{not json %d " % n + b"x" * 65_536 for n in range(60)]
+    flood = [(topic, payload, eq, NOW_ISH) for payload in bad]
+    assert await publish(url, flood, rate=500) == len(flood)
+    readings = generic_messages([(eq, topic)], 5)
+    assert await publish(url, readings, rate=100) == len(readings)
+    await wait_all_stored(database_url, {(e, ts) for _, _, e, ts in readings}, timeout=30)
+    await wait_until(
+        lambda: _is(metric(node, "aupus_ha_rejects_rate_limited"), 55), 30, "not counted"
+    )
+    rows = await fetch(
+        database_url,
+        "SELECT octet_length(payload) AS kept, payload_bytes, payload_sha256 FROM ingest_rejects",
+    )
+    assert len(rows) == 5
+    hashes = {hashlib.sha256(p).hexdigest() for p in bad}
+    assert all(r["kept"] == 1024 and r["payload_bytes"] == len(bad[0]) for r in rows)
+    assert {r["payload_sha256"] for r in rows} <= hashes
+    assert len(node.find("rejects.rate_limited")) == 1
