@@ -228,7 +228,11 @@ async def connect(settings: Settings, app_name: str, *, tune: bool = True) -> as
         raise unavailable(exc) from exc
     if tune:
         _tune_client_socket(conn, settings)
-    await _init_connection(conn)
+    try:
+        await _init_connection(conn)
+    except CONNECTION_ERRORS as exc:  # the session ended (or went read-only...) already
+        conn.terminate()
+        raise unavailable(exc) from exc
     return conn
 
 

@@ -87,7 +87,7 @@ M160_WINDOW_S: Final = 30
 # The largest magnitude of a number that is averaged or stored in a numeric column:
 # 1e15 W is a million times the largest power plant, and sums of millions of such
 # values stay far below the double's range (1.8e308), so no rollup can overflow.
-MAX_ABS_NUMBER: Final = 1e15  # one summary covers 30 s: power = energy / (30/3600) h
+MAX_ABS_NUMBER: Final = rollup.MAX_AVERAGED  # one summary covers 30 s: power = energy / (30/3600) h
 
 _INT32_MAX: Final = 2**31 - 1  # num_leituras is an `integer` column
 _VOLTAGES: Final = ("Va", "Vb", "Vc")

@@ -12,6 +12,7 @@ reading arrived in time — and a standby can ask whether its sample is already 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,11 @@ BUCKET = timedelta(minutes=1)
 MEAN_GROUPS = ("power", "voltage", "current", "temperature", "dc", "protection")
 # Groups that are cumulative counters or states: the minute's last value is kept.
 LAST_GROUPS = ("energy", "status", "info", "pid")
+# The largest magnitude averaged (the decoder refuses larger ones, `number_out_of_range`):
+# sums of millions of such values stay far below a double's range, so no mean overflows.
+# Larger values can only come from rows stored before the bound; they are not averaged,
+# so such a row can never make its minute unwritable.
+MAX_AVERAGED = 1e15
 
 Sample = dict[str, object]
 
@@ -115,7 +121,10 @@ def _quality(total: int, bad: int) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number that may be averaged (finite, within MAX_AVERAGED)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and abs(value) <= MAX_AVERAGED
 
 
 def _mean_leaves(groups: list[object]) -> dict[str, float]:

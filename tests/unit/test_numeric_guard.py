@@ -99,3 +99,15 @@ def test_no_accepted_sample_can_break_a_rollup(powers: list[dict[str, object]]) 
             samples[rollup.sample_key(reading.sample_at)] = orjson.loads(reading.dados)
     row = rollup.build_row(samples)
     assert row.num_leituras == len(samples)
+
+
+def test_a_stored_minute_from_before_the_bound_still_builds() -> None:
+    """Samples stored before the decoder's guard (1e308) are not averaged, so merging a
+    new sample into their minute cannot overflow."""
+    old = {
+        rollup.sample_key(RECEIVED.replace(second=s)): {"power": {"active_total": 1e308}}
+        for s in (1, 2)
+    }
+    new = {rollup.sample_key(RECEIVED.replace(second=3)): {"power": {"active_total": 6000.0}}}
+    row = rollup.build_row(rollup.merge_samples(old, new))
+    assert row.num_leituras == 3 and row.potencia_ativa_kw == 6.0
