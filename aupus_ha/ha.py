@@ -108,6 +108,8 @@ class HaLoop:
             "leader.fenced",
             epoch=mine,
             current_epoch=current,
+            # Same number: another process leads this epoch (it was handed out twice).
+            reason="other_process" if current == mine else "epoch_moved",
             previous_leader=self.term.previous_leader,
         )
         self._demote()

@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from aupus_ha.config import Settings, load_settings
 from aupus_ha.db import create_pool
-from aupus_ha.election import Election, Identity, RenewOutcome
+from aupus_ha.election import Election, Identity, RenewOutcome, Term
+from aupus_ha.ha import HaLoop
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Reading
@@ -147,3 +149,20 @@ async def test_epoch_only_fence_still_works_for_the_previous_version(
     finally:
         await a.close()
         await b.close()
+
+
+def test_ha_loop_demotes_on_a_fence_by_another_process(migrated: str) -> None:
+    """A flush fenced with the same epoch number (another process leads it) demotes the
+    loop and says why: leader.fenced reason=other_process."""
+    p = Process(migrated, "a")
+    settings = p.settings.with_overrides(mqtt_mode="production")
+    loop = HaLoop(settings, p.election, dict)
+    loop.term = Term(1, None, "initial", None, T0)
+    loop.role = "leader"
+    with capture_logs() as logs:
+        loop.fenced(1, 1)
+    assert loop.role == "standby" and not loop.is_leader()
+    fenced = [e for e in logs if e["event"] == "leader.fenced"]
+    assert [(e["epoch"], e["current_epoch"], e["reason"]) for e in fenced] == [
+        (1, 1, "other_process")
+    ]
