@@ -93,7 +93,7 @@ class ChaosOptions:
     @property
     def spool_fault_s(self) -> float:
         """How long a spool file system stays full or read-only."""
-        return 3.0 * self.lease_ttl_s * self.fault_scale
+        return 2.0 * self.lease_ttl_s * self.fault_scale
 
     @property
     def spool_ro_s(self) -> float:
@@ -104,7 +104,7 @@ class ChaosOptions:
     @property
     def side_load_s(self) -> float:
         """How long hostile or clockless payloads are mixed into the load."""
-        return 3.0 * self.lease_ttl_s * self.fault_scale
+        return 2.0 * self.lease_ttl_s * self.fault_scale
 
     @property
     def gap_s(self) -> float:
