@@ -22,14 +22,16 @@ ensure_venv() {
 }
 
 ensure_mosquitto() {
-  if command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; then
+  # The broker for tests and demo, and mosquitto_pub for the oversized-message test.
+  if { command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; } \
+    && command -v mosquitto_pub >/dev/null 2>&1; then
     return
   fi
   local sudo=""
   if [[ "$(id -u)" != "0" ]]; then sudo="sudo"; fi
-  echo "installing the Debian mosquitto package (MQTT broker for tests and demo)..." >&2
+  echo "installing the Debian mosquitto packages (MQTT broker and clients for tests and demo)..." >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
   # The package starts a system broker on :1883; the tests and demo start their own.
   $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
 }
