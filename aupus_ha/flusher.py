@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from aupus_ha import constants
 from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import Settings
-from aupus_ha.db import DatabaseUnavailable, describe_error, sqlstate
+from aupus_ha.db import DatabaseUnavailable, ErrorKind, classify, describe_error, sqlstate
 from aupus_ha.ha import HaLoop
 from aupus_ha.logs import get_logger
 from aupus_ha.readings import Reading
@@ -229,8 +229,11 @@ class StandbyTrim:
             if not len(self._buffer):
                 return  # nothing left to expire: no need to ask how far the leader is
             progress = await self._store.leader_progress()
-        except DatabaseUnavailable as exc:
-            log.debug("standby.probe_failed", error=str(exc))
+        except Exception as exc:  # a probe never stops the standby: try again next tick
+            if classify(exc) is ErrorKind.TRANSIENT:
+                log.debug("standby.probe_failed", error=describe_error(exc))
+            else:
+                log.warning("standby.probe_failed", error=describe_error(exc))
             return
         self._expire(now, progress)
 
@@ -241,9 +244,13 @@ class StandbyTrim:
         by_content: list[Reading] = []
         for r in window:  # readings timed by arrival: by content (the key is ours alone)
             (by_key if r.matchable or r.is_rollup_sample else by_content).append(r)
-        found = await self._store.committed_readings(by_key)
-        if by_content:
-            found += await self._store.committed_by_content(by_content)
+        try:
+            found = await self._store.committed_readings(by_key)
+            if by_content:
+                found += await self._store.committed_by_content(by_content)
+        except Exception as exc:
+            self._window_failed(exc, len(window))
+            found = []
         self._buffer.confirmed(found, [])
         if scanned < PROBE_BATCH:
             self._reading_pos = 0
@@ -253,13 +260,25 @@ class StandbyTrim:
 
     async def _probe_rejects(self, cutoff: float) -> bool:
         window, scanned = self._buffer.rejects_window(self._reject_pos, PROBE_BATCH, cutoff)
-        found = await self._store.committed_rejects(window)
+        try:
+            found = await self._store.committed_rejects(window)
+        except Exception as exc:
+            self._window_failed(exc, len(window))
+            found = []
         self._buffer.confirmed([], found)
         if scanned < PROBE_BATCH:
             self._reject_pos = 0
             return False
         self._reject_pos += scanned - len(found)
         return True
+
+    @staticmethod
+    def _window_failed(exc: Exception, entries: int) -> None:
+        """A probe the database refused for what the window holds, not for its state:
+        skip the window (its entries stay; the next pass tries again), log it."""
+        if classify(exc) is ErrorKind.TRANSIENT:
+            raise exc
+        log.warning("standby.probe_failed", error=describe_error(exc), entries=entries)
 
     def _expire(self, now: float, progress: LeaderProgress | None) -> None:
         reason = _expiry_blocked(progress, self.margin_s)

@@ -151,3 +151,27 @@ async def test_expiry_follows_the_leader_watermark(store: Store, leader: Electio
     await leader.renew(1, {"backlog_age_s": 0.1, "mqtt_connected_for_s": 0.5}, timeout=5)
     await trim.tick(min_age_s=0.0)
     assert buffer.readings_pending == 2
+
+
+async def test_a_probe_the_database_refuses_does_not_stop_the_standby(
+    store: Store, leader: Election, migrated: str
+) -> None:
+    """A probe refused for something other than the database's state (here the table is
+    missing) is logged and skipped; the next tick confirms once it works again."""
+    buffer = PendingBuffer(1000)
+    written = [_reading(i) for i in range(5)]
+    await store.flush(written, [], epoch=1)
+    buffer.add(Decoded(written), 0.0)
+    trim = StandbyTrim(buffer, store, horizon_s=1.0)
+    conn = await asyncpg.connect(migrated)
+    try:
+        await conn.execute("ALTER TABLE equipamentos_dados RENAME TO moved_away")
+        with capture_logs() as logs:
+            await trim.tick(min_age_s=0.0)  # must not raise
+        assert buffer.readings_pending == 5
+        assert [e for e in logs if e["event"] == "standby.probe_failed"]
+        await conn.execute("ALTER TABLE moved_away RENAME TO equipamentos_dados")
+    finally:
+        await conn.close()
+    await trim.tick(min_age_s=0.0)
+    assert buffer.readings_pending == 0
