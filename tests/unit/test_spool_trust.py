@@ -10,6 +10,7 @@ the previous version still replays (rolling upgrade).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import zlib
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aupus_ha import spool_codec
 from aupus_ha.buffer import PendingBuffer
@@ -83,6 +86,7 @@ FORGED = {
     "not an object": b"[1, 2, 3]",
     "garbage": b"\xff\x00\x13garbage that passed its checksum",
     "empty": b"",
+    "integer beyond 64 bits": good(0).replace(b'"MQTT",null', b'"MQTT",1' + b"0" * 30),
 }
 
 
@@ -254,3 +258,44 @@ async def test_a_symlinked_segment_is_neither_replayed_nor_appended_to(tmp_path:
     assert target.read_bytes() == before
     assert spool.stats.ignored_files == 2 and spool.stats.rotation_failures >= 1
     assert seen[0] == b"new-0"
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, 10), value=json_values, reject_index=st.integers(0, 5))
+def test_any_value_in_any_field_decodes_well_typed_or_raises_value_error(
+    index: int, value: object, reject_index: int
+) -> None:
+    """Survive ANY single bad record: whatever JSON stands in any field, decode either
+    gives entries the buffer and the store can handle, or raises ValueError."""
+    fields = orjson.loads(good(0))
+    fields["r"][0][index] = value
+    fields["j"] = [["t", "", "r", "2026-03-01T12:00:00+00:00", "0" * 64, 0]]
+    fields["j"][0][reject_index] = value
+    try:
+        decoded = spool_codec.decode(orjson.dumps(fields))
+    except ValueError:
+        return
+    for r in decoded.readings:
+        assert isinstance(r.dados, bytes) and isinstance(orjson.loads(r.dados), dict)
+        assert r.timestamp_dados.utcoffset() is not None
+        assert r.energia_kwh is None or isinstance(r.energia_kwh, int | float)
+    for j in decoded.rejects:
+        assert isinstance(j.payload, bytes) and len(j.payload_sha256) == 64
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "r", "j", "x"]), json_values) | json_values)
+def test_any_json_document_decodes_or_raises_value_error(document: object) -> None:
+    with contextlib.suppress(ValueError):
+        spool_codec.decode(orjson.dumps(document))
