@@ -8,9 +8,9 @@ a replayed row is byte-identical to the one that would have been written first t
 `decode` trusts nothing: a record read back from disk may have been written by another
 version, damaged in a way its checksum did not catch, or forged by someone who could
 write the directory. Every field is checked for its type (and timestamps for a time
-zone, numbers for being finite and within the decoder's bound, `dados` for being a JSON
-object) before anything is built, and any problem is one `ValueError`: the replay skips
-that record, counts and logs it, and goes on with the next one.
+zone, numbers for being finite, `dados` for being a JSON object) before anything is
+built, and any problem is one `ValueError`: the replay skips that record, counts and
+logs it, and goes on with the next one.
 
 Compatibility: format 1 as written by every version so far. A reject may carry a sixth
 field (the whole message's size, when its payload is a prefix); a reader that knows five
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from aupus_ha import constants, rollup
+from aupus_ha import constants
 from aupus_ha.readings import Decoded, Reading, Reject
 
 FORMAT_VERSION = 1
@@ -159,8 +159,9 @@ def _optional_number(value: object, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number or null")
-    if abs(value) > rollup.MAX_AVERAGED:  # the decoder refuses these too
-        raise ValueError(f"{name} is beyond ±{rollup.MAX_AVERAGED:g}")
+    # Not bounded further: a previous version's decoder let larger values through, and
+    # a record it acknowledged must still replay (the column stores them; the rollup
+    # never averages values beyond its bound).
     return value
 
 
