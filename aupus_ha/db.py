@@ -137,10 +137,11 @@ def _server_error_classes() -> tuple[type[BaseException], ...]:
 
 # For `except` clauses: the errors `classify` calls TRANSIENT, as types (asyncpg has one
 # class per SQLSTATE it knows). Retried with backoff; they never crash the process. A
-# code asyncpg does not know arrives as UnknownPostgresError: code that must survive it
-# catches broadly and asks `classify`.
+# code asyncpg does not know (a newer server's) arrives as UnknownPostgresError, which
+# no type can sort by class: it is retried too, since a loop that cannot name an error
+# must not die of it (the flush path asks `classify`, which reads the code itself).
 CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    _TRANSPORT_ERRORS + _server_error_classes()
+    _TRANSPORT_ERRORS + _server_error_classes() + (asyncpg.exceptions.UnknownPostgresError,)
 )
 
 

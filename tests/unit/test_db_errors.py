@@ -75,6 +75,8 @@ def test_codes_asyncpg_does_not_know_are_classified_by_their_class() -> None:
     assert isinstance(exc, asyncpg.exceptions.UnknownPostgresError)
     assert classify(exc) is ErrorKind.TRANSIENT
     assert classify(_server_error("22999")) is ErrorKind.ITEM
+    # `except CONNECTION_ERRORS` (election, alerts, probes) retries any unknown code.
+    assert isinstance(exc, CONNECTION_ERRORS)
 
 
 def test_transport_and_python_errors() -> None:
