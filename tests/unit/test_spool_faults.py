@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,62 @@ async def test_a_full_file_system_fails_the_commit_and_recovers_when_space_retur
             await stop(spool, writer)
         bodies, damaged = await replay_all(directory)
         assert bodies == acknowledged and damaged == 0
+
+
+EMFILE_SCRIPT = r"""
+import asyncio, os, resource, sys
+from pathlib import Path
+from aupus_ha.spool import Spool
+
+async def main(directory: Path) -> None:
+    spool = Spool(directory, max_bytes=1 << 30, segment_bytes=1)  # rotate every batch
+    spool.open(lambda record, item: spool.taken(record.position.segment, 1))
+    writer = asyncio.create_task(spool.run())
+    await spool.append(b"warm-up", None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    fillers = []
+    try:
+        while True:  # take every free descriptor below the limit
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    segments = set()
+    for n in range(20):
+        segments.add((await asyncio.wait_for(spool.append(b"n-%d" % n, None), 5)).segment)
+    print("while_emfile", sorted(segments), spool.stats.rotation_failures, writer.done())
+    for fd in fillers:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # the resource comes back
+    for n in range(200):
+        position = await asyncio.wait_for(spool.append(b"after-%d" % n, None), 5)
+        if position.segment > max(segments):
+            break
+        await asyncio.sleep(0.05)
+    print("after", position.segment > max(segments), writer.done())
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    await spool.close()
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_a_segment_creation_failing_with_emfile_keeps_the_writer_up(tmp_path: Path) -> None:
+    """Issue 16's trigger: the process out of file descriptors (RLIMIT_NOFILE, as when slow
+    HTTP clients held them all). Run in a child process so the limit is its own."""
+    directory = tmp_path / "spool" / "c-i"
+    done = subprocess.run(
+        [sys.executable, "-c", EMFILE_SCRIPT, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    segments, failures, died = lines["while_emfile"].rsplit(" ", 2)
+    assert segments == "[1]" and int(failures) >= 1 and died == "False", done.stdout
+    assert lines["after"] == "True False", done.stdout
+    assert "Too many open files" in done.stdout + done.stderr
