@@ -248,8 +248,8 @@ class Instance:
             flush_seconds=self.metrics.flush_seconds,
             process_token=self.identity.process_token,
         )
-
         self.store.reject_prefix_bytes = self.settings.reject_payload_prefix_bytes
+
     def _start_tasks(self) -> None:
         assert self.ha is not None and self.flusher is not None and self.store is not None
         self._spawn("ha", self.ha.run())
@@ -258,10 +258,10 @@ class Instance:
         self._spawn("alerts-delivery", self.alerts.notifier.run())
         if self.settings.may_lead:
             self._spawn("flusher", self.flusher.run())
-        if self.keeps_readings:
             retention_s = self.settings.reject_retention_days * 86_400
             retention = RejectRetention(self.store, self.ha.is_leader, retention_s)
             self._spawn("rejects-retention", retention.run())
+        if self.keeps_readings:
             tune_gc()  # after start-up: the heap so far is frozen out of collections
             self._spawn("spool", self.spool.run())
             self._spawn("replay", self.durable.run_replay())

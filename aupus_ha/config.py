@@ -104,11 +104,11 @@ class Settings:
     spool_dir: Path = field(default_factory=lambda: Path("./spool"))
     spool_max_bytes: int = 1024**3
     spool_fsync: bool = True
-    log_format: str = "json"
     reject_payload_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
     reject_rate_per_min: float = constants.REJECT_RATE_PER_MIN
     reject_burst: int = constants.REJECT_BURST
     reject_retention_days: float = constants.REJECT_RETENTION_DAYS
+    log_format: str = "json"
     log_level: str = "info"
     admin_token: Secret = field(default_factory=lambda: Secret(""))
     alert_webhook_url: Secret = field(default_factory=lambda: Secret(""))
@@ -198,11 +198,11 @@ def _parse_directory(name: str, raw: str) -> Path:
         raise ConfigError(f"{name}={raw!r}: not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{name}={raw!r}: {existing} is not writable by this user")
-    return path
     if existing == path:  # what the spool will hold must be nobody else's to write
         problem = directory_problem(path)
         if problem is not None:
             raise ConfigError(f"{name}={raw!r} is refused: {problem}")
+    return path
 
 
 def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -416,10 +416,6 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
             "SPOOL_MAX_BYTES", get("SPOOL_MAX_BYTES", str(1024**3)), int, 1024**2, 1024**5
         ),
         spool_fsync=_parse_bool("SPOOL_FSYNC", get("SPOOL_FSYNC", "true")),
-        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT", "json"), ("json", "console")),
-        log_level=_parse_choice(
-            "LOG_LEVEL", get("LOG_LEVEL", "info"), ("debug", "info", "warning", "error")
-        ),
         reject_payload_prefix_bytes=num(
             "REJECT_PAYLOAD_PREFIX_BYTES",
             get("REJECT_PAYLOAD_PREFIX_BYTES", str(constants.REJECT_PAYLOAD_PREFIX_BYTES)),
@@ -433,6 +429,10 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         reject_burst=num("REJECT_BURST", get("REJECT_BURST", "20"), int, 1, 1_000_000),
         reject_retention_days=num(
             "REJECT_RETENTION_DAYS", get("REJECT_RETENTION_DAYS", "30"), float, 0.001, 36_500
+        ),
+        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT", "json"), ("json", "console")),
+        log_level=_parse_choice(
+            "LOG_LEVEL", get("LOG_LEVEL", "info"), ("debug", "info", "warning", "error")
         ),
         admin_token=Secret(env.get("ADMIN_TOKEN", "")),
         alert_webhook_url=_parse_webhook_url(env.get("ALERT_WEBHOOK_URL", "")),

@@ -223,11 +223,25 @@ ON CONFLICT (equipamento_id, timestamp_dados) DO UPDATE SET
     ha_epoch = excluded.ha_epoch;
 
 -- name: insert_reject
--- $1 topic, $2 payload, $3 payload_sha256, $4 reason, $5 received_at, $6 instance_id,
--- $7 epoch.
-INSERT INTO ingest_rejects (topic, payload, payload_sha256, reason, received_at, instance_id, ha_epoch)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+-- $1 topic, $2 payload (a bounded prefix), $3 payload_sha256 (of the whole message),
+-- $4 reason, $5 received_at, $6 instance_id, $7 epoch, $8 payload_bytes (whole message).
+INSERT INTO ingest_rejects (topic, payload, payload_sha256, reason, received_at, instance_id, ha_epoch, payload_bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (topic, payload_sha256) DO NOTHING;
+
+-- name: delete_old_rejects
+-- $1 age in seconds, $2 batch size. The leader's retention: deletes up to $2 of the
+-- oldest rejects stored more than $1 seconds ago, found through
+-- idx_ingest_rejects_created_at and deleted by their row address (a Tid Scan, never a
+-- pass over the whole table); a row another session holds is skipped, not waited for.
+DELETE FROM ingest_rejects
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM ingest_rejects
+    WHERE created_at < now() - make_interval(secs => $1)
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
 
 -- name: record_flush
 -- $1 cluster_name. The leader's progress, visible to every instance.
@@ -244,20 +258,6 @@ JOIN equipamentos_dados d
   ON d.equipamento_id = k.equipamento_id AND d.timestamp_dados = k.ts;
 
 -- name: probe_rollup_samples
--- name: delete_old_rejects
--- $1 age in seconds, $2 batch size. The leader's retention: deletes up to $2 of the
--- oldest rejects stored more than $1 seconds ago, found through
--- idx_ingest_rejects_created_at and deleted by their row address (a Tid Scan, never a
--- pass over the whole table); a row another session holds is skipped, not waited for.
-DELETE FROM ingest_rejects
-WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM ingest_rejects
-    WHERE created_at < now() - make_interval(secs => $1)
-    ORDER BY created_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-));
-
 -- $1 equipamento ids, $2 minute starts, $3 sample keys (parallel arrays). Which rollup
 -- samples a standby holds are already inside a stored row: their 1-based positions.
 SELECT k.pos
