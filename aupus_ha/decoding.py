@@ -41,7 +41,11 @@ Numbers that reach a computation or a numeric column must be finite and within
 `number_out_of_range` (naming the field): every numeric leaf the inverter rollup
 averages (the groups in `rollup.MEAN_GROUPS`), and the M-160's `energia_total`. A
 mean or sum of such values cannot overflow a double, and every double column holds
-them. Numbers that only reach `dados` (jsonb stores exact decimals) are kept as sent.
+them. An inverter frame with a register read as UINT max (DOMAIN v2: `energy.total_yield`
+4294967000 or ≥ 5e8, `energy.daily_yield` 6553.5, `info.output_type` or
+`status.work_state` 65535, `info.device_type` "ffff", `power.active_total` ≥ 1e8) is
+rejected as `inverter_overflow`. Numbers that only reach `dados` (jsonb stores exact
+decimals) are kept as sent.
 
 `dados` must be storable as `jsonb`: nesting deeper than orjson encodes (254) or a
 string holding `\\u0000` (jsonb refuses it) is rejected as `unstorable_json`, so one
@@ -56,7 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Final, Protocol, TypeGuard, runtime_checkable
@@ -77,6 +81,7 @@ REASON_NO_FAMILY: Final = "no_family"  # only with a family list lacking a fallb
 REASON_INVALID_SUMMARY: Final = "invalid_summary"
 REASON_UNSTORABLE: Final = "unstorable_json"
 REASON_NUMBER_OUT_OF_RANGE: Final = "number_out_of_range"
+REASON_INVERTER_OVERFLOW: Final = "inverter_overflow"
 REASON_DECODER_ERROR: Final = "decoder_error"
 REASON_TIMESTAMP_UNPARSEABLE: Final = timestamps.REASON_UNPARSEABLE
 REASON_TIMESTAMP_OUT_OF_RANGE: Final = timestamps.REASON_OUT_OF_RANGE
@@ -90,6 +95,16 @@ M160_WINDOW_S: Final = 30
 MAX_ABS_NUMBER: Final = rollup.MAX_AVERAGED  # one summary covers 30 s: power = energy / (30/3600) h
 
 _INT32_MAX: Final = 2**31 - 1  # num_leituras is an `integer` column
+# DOMAIN v2, "Overflow frames": an inverter register read as UINT max (2^32, 2^16/10,
+# 65535, "ffff") or beyond any plant. (group, field, is it the signature?)
+_OVERFLOW_SIGNATURES: Final[tuple[tuple[str, str, Callable[[object], bool]], ...]] = (
+    ("energy", "total_yield", lambda v: v == 4294967000 or _at_least(v, 5e8)),
+    ("energy", "daily_yield", lambda v: v == 6553.5),
+    ("info", "output_type", lambda v: v == 65535),
+    ("status", "work_state", lambda v: v == 65535),
+    ("info", "device_type", lambda v: v == "ffff"),
+    ("power", "active_total", lambda v: _at_least(v, 1e8)),
+)
 _VOLTAGES: Final = ("Va", "Vb", "Vc")
 _CURRENTS: Final = ("Ia", "Ib", "Ic")
 _ACTIVE_POWERS: Final = ("Pa", "Pb", "Pc", "Pt")
@@ -229,6 +244,7 @@ class InverterFamily:
         self, obj: dict[str, object], equipment: Equipment, received_at: datetime
     ) -> list[Reading]:
         _check_averaged_numbers(obj)
+        _check_overflow_frame(obj)
         timestamp, matchable = reading_time(obj.get("timestamp"), received_at)
         minute = rollup.bucket_start(timestamp)
         return [
@@ -395,6 +411,20 @@ def _check_averaged_numbers(obj: dict[str, object]) -> None:
             for name, value in values.items():
                 if _is_number(value):
                     _check_magnitude(f"{group}.{name}", value)
+
+
+def _check_overflow_frame(obj: dict[str, object]) -> None:
+    """A frame with an overflowed register is refused whole (DOMAIN v2)."""
+    for group, field, is_signature in _OVERFLOW_SIGNATURES:
+        values = obj.get(group)
+        if isinstance(values, dict) and field in values and is_signature(values[field]):
+            raise DecodeError(
+                REASON_INVERTER_OVERFLOW, f"{group}.{field} is {values[field]!r}: a UINT overflow"
+            )
+
+
+def _at_least(value: object, bound: float) -> bool:
+    return _is_number(value) and value >= bound
 
 
 def _check_magnitude(field: str, value: float) -> None:

@@ -11,11 +11,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aupus_ha import rollup
-from aupus_ha.decoding import MAX_ABS_NUMBER, REASON_NUMBER_OUT_OF_RANGE, Decoder
+from aupus_ha.decoding import (
+    MAX_ABS_NUMBER,
+    REASON_INVERTER_OVERFLOW,
+    REASON_NUMBER_OUT_OF_RANGE,
+    Decoder,
+)
 from aupus_ha.readings import Decoded, Equipment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -55,7 +61,7 @@ def test_every_averaged_group_is_guarded() -> None:
 
 def test_the_bound_itself_is_accepted() -> None:
     """|x| == MAX_ABS_NUMBER is still a reading, and tiny numbers are fine."""
-    decoded = _decode(_inverter(power={"active_total": MAX_ABS_NUMBER, "tiny": 5e-324}))
+    decoded = _decode(_inverter(voltage={"x": MAX_ABS_NUMBER}, power={"tiny": 5e-324}))
     assert decoded.rejects == [] and len(decoded.readings) == 1
 
 
@@ -111,3 +117,33 @@ def test_a_stored_minute_from_before_the_bound_still_builds() -> None:
     new = {rollup.sample_key(RECEIVED.replace(second=3)): {"power": {"active_total": 6000.0}}}
     row = rollup.build_row(rollup.merge_samples(old, new))
     assert row.num_leituras == 3 and row.potencia_ativa_kw == 6.0
+
+
+@pytest.mark.parametrize(
+    ("group", "field", "value"),
+    [
+        ("energy", "total_yield", 4294967000),  # 2^32 read as a register
+        ("energy", "total_yield", 5e8),
+        ("energy", "daily_yield", 6553.5),  # 2^16 / 10
+        ("info", "output_type", 65535),
+        ("status", "work_state", 65535),
+        ("info", "device_type", "ffff"),
+        ("power", "active_total", 1e8),
+    ],
+)
+def test_inverter_overflow_frames_are_refused(group: str, field: str, value: object) -> None:
+    """DOMAIN v2: a frame with a register read as UINT max never reaches a rollup."""
+    reason = _reason(_decode(_inverter(**{group: {field: value}})))
+    assert reason.startswith(f"{REASON_INVERTER_OVERFLOW}: {group}.{field}"), reason
+
+
+def test_ordinary_inverter_values_pass_the_overflow_filter() -> None:
+    """Values near the signatures but not on them are readings."""
+    decoded = _decode(
+        _inverter(
+            energy={"total_yield": 4.9e8, "daily_yield": 6553.4},
+            info={"output_type": 65534, "device_type": "fffe"},
+            power={"active_total": 9.9e7},
+        )
+    )
+    assert decoded.rejects == [] and len(decoded.readings) == 1
