@@ -50,8 +50,8 @@ from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.names import spool_directory_name
 from aupus_ha.queries import Queries
-from aupus_ha.runtime import tune_gc
 from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
+from aupus_ha.runtime import tune_gc
 from aupus_ha.spool import Spool, SpoolRefused
 from aupus_ha.store import KeyConvention, Store, detect_convention
 from aupus_ha.topics import TopicCatalog
