@@ -74,24 +74,35 @@ async def _rows(conn: asyncpg.Connection) -> dict[str, asyncpg.Record]:
 
 
 async def test_a_python_exception_in_one_sample_is_isolated(db: Db) -> None:
-    """Two 1e308 samples of one minute (past the decoder's guard) overflow the mean: the
-    flush does not raise, the ordinary readings are stored, the overflowing sample is a
-    `store_refused` reject naming the error, and the rest of its minute is kept."""
-    poison = [_sample("inv-1", MINUTE + timedelta(seconds=s), 1e308) for s in (5, 15)]
+    """A sample the rollup code raises on (its stored form is not a JSON object, as a
+    damaged record could be) does not stop the flush: the ordinary readings are stored,
+    the sample is a `store_refused` reject naming the error. Two 1e308 samples of one
+    minute (past the decoder's guard, as from a previous version's spool) no longer
+    overflow the mean: their minute is stored."""
+    broken = _sample("inv-3", MINUTE + timedelta(seconds=7), 1)
+    broken = Reading(
+        broken.equipamento_id,
+        broken.timestamp_dados,
+        b'["not", "an", "object"]',
+        timestamp_fim=broken.timestamp_fim,
+        sample_at=broken.sample_at,
+    )
+    huge = [_sample("inv-1", MINUTE + timedelta(seconds=s), 1e308) for s in (5, 15)]
     ordinary = [
         _plain("gen-1", MINUTE + timedelta(seconds=1)),
         _plain("gen-2", MINUTE + timedelta(seconds=2)),
         _sample("inv-2", MINUTE + timedelta(seconds=30), 40_000),
     ]
-    result = await db.store.flush([ordinary[0], *poison, *ordinary[1:]], [], epoch=1)
+    result = await db.store.flush([ordinary[0], *huge, broken, *ordinary[1:]], [], epoch=1)
     assert result.refused == 1 and result.rejects == 1
     rows = await _rows(db.conn)
     assert {r["equipamento_id"] for r in rows.values()} == {"gen-1", "gen-2", "inv-1", "inv-2"}
+    assert [r["num_leituras"] for r in rows.values() if r["equipamento_id"] == "inv-1"] == [2]
     rejects = await db.conn.fetch("SELECT topic, payload, reason FROM ingest_rejects")
     assert len(rejects) == 1
-    assert rejects[0]["topic"] == "equipamento/inv-1"
-    assert rejects[0]["reason"].startswith("store_refused: OverflowError")
-    assert bytes(rejects[0]["payload"]) in {p.dados for p in poison}
+    assert rejects[0]["topic"] == "equipamento/inv-3"
+    assert rejects[0]["reason"].startswith("store_refused: AttributeError")
+    assert bytes(rejects[0]["payload"]) == broken.dados
 
 
 async def test_a_reject_the_database_refuses_is_isolated(db: Db) -> None:
