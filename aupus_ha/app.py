@@ -398,8 +398,7 @@ class Instance:
             "rows_written": flush.rows if flush else 0,
             # The flush progress standbys expire by (flusher.FlushProgress).
             **self.progress.stats(
-                connected=bool(self.mqtt and self.mqtt.connected),
-                connects=self.mqtt.stats.connects if self.mqtt else 0,
+                connected_since=self.mqtt.stats.connected_since if self.mqtt else None,
                 disk_backlog=self.durable.backlog,
             ),
         }

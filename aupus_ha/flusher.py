@@ -334,19 +334,13 @@ class FlushProgress:
 
     def __init__(self, buffer: PendingBuffer) -> None:
         self._buffer = buffer
-        self._connected_since: float | None = None
-        self._connects = -1
 
-    def stats(self, *, connected: bool, connects: int, disk_backlog: bool) -> dict[str, object]:
+    def stats(self, *, connected_since: float | None, disk_backlog: bool) -> dict[str, object]:
+        """`connected_since`: monotonic time the current broker connection came up."""
         now = time.monotonic()
-        if not connected:
-            self._connected_since = None
-        elif self._connected_since is None or connects != self._connects:
-            self._connected_since = now  # a reconnect since the last heartbeat counts too
-        self._connects = connects
         age = None if disk_backlog else self._buffer.unprocessed_age(now)
-        since = self._connected_since
+        up = None if connected_since is None else now - connected_since
         return {
             "backlog_age_s": None if age is None else round(age, 3),
-            "mqtt_connected_for_s": None if since is None else round(now - since, 3),
+            "mqtt_connected_for_s": None if up is None else round(up, 3),
         }
