@@ -114,3 +114,14 @@ def make_broker() -> Iterator[BrokerFactory]:
     yield factory
     for broker in brokers:
         broker.cleanup()
+
+
+@pytest.fixture(params=["fresh", "legacy"])
+def v2_schema(request: pytest.FixtureRequest, database_url: str) -> tuple[str, str]:
+    """(kind, dsn): the test's database migrated fresh, or shaped like the platform's
+    legacy one with TimeZone America/Sao_Paulo (tests/legacy_schema.py, DOMAIN v2)."""
+    from tests.legacy_schema import build_schema
+
+    kind = str(request.param)
+    run_async(lambda: build_schema(database_url, kind))  # type: ignore[arg-type]
+    return kind, database_url
