@@ -28,6 +28,13 @@ async def _seed(dsn: str) -> None:
             "VALUES ($1, $1, $2, true)",
             [("inv-1", "t/inv"), ("m160-1", "t/m160"), ("gen-1", "t/gen"), ("gen-2", "t/gen")],
         )
+        # DOMAIN v2: the M-160 family is decided by the equipment's type code.
+        await conn.execute(
+            "INSERT INTO tipos_equipamentos (id, codigo, nome) VALUES ('m160', 'M-160', 'M-160')"
+        )
+        await conn.execute(
+            "UPDATE equipamentos SET tipo_equipamento_id = 'm160' WHERE id = 'm160-1'"
+        )
     finally:
         await conn.close()
 
@@ -109,6 +116,14 @@ async def _count(dsn: str, equip: str, samples: int) -> bool:
     return bool(rows) and rows[0]["num_leituras"] == samples
 
 
+def _bad_topic(line: bytes) -> str:
+    """DOMAIN v2 decides the family by the equipment first: the `Resumo` line is bad for an
+    M-160 (on t/gen it would be a valid generic reading), the inverter frames for t/inv."""
+    if b'"Resumo"' in line:
+        return "t/m160"
+    return "t/inv" if b'"power"' in line else "t/gen"
+
+
 def _bad_lines() -> list[bytes]:
     lines = (FIXTURES / "bad_inputs.txt").read_bytes().splitlines()
     return [
@@ -131,7 +146,7 @@ async def test_every_bad_input_lands_in_ingest_rejects(
     await wait_until(lambda: _standby(standby), 20, "standby not ready")
     bad = [*_bad_lines(), b'{"power": "' + b"x" * 5000 + b'"}']
     good = [orjson.dumps({"timestamp": f"2026-11-28T20:0{i}:00Z", "power": i}) for i in range(2)]
-    await _send(url, [("t/gen", good[0]), *[("t/gen", b) for b in bad], ("t/gen", good[1])])
+    await _send(url, [("t/gen", good[0]), *[(_bad_topic(b), b) for b in bad], ("t/gen", good[1])])
 
     async def all_rejected() -> bool:
         rows = await fetch(database_url, "SELECT count(*) AS n FROM ingest_rejects")
@@ -142,9 +157,16 @@ async def test_every_bad_input_lands_in_ingest_rejects(
         database_url, "SELECT topic, payload, reason, instance_id FROM ingest_rejects"
     )
     assert {bytes(r["payload"][:4096]) for r in rows} == {b[:4096] for b in bad}
-    assert all(r["reason"] and r["topic"] == "t/gen" for r in rows)
+    assert all(r["reason"] and r["topic"] == _bad_topic(bytes(r["payload"])) for r in rows)
     assert {r["instance_id"] for r in rows} == {"node-a"}
     reasons = {r["reason"].split(":")[0] for r in rows}
-    assert {"invalid_json", "not_utf8", "payload_too_large", "timestamp_out_of_range"} <= reasons
+    assert {
+        "invalid_json",
+        "not_an_object",
+        "not_utf8",
+        "payload_too_large",
+        "m160_unknown_format",
+        "inverter_overflow",
+    } <= reasons
     stored = await fetch(database_url, "SELECT count(*) AS n FROM equipamentos_dados")
     assert stored[0]["n"] == 4  # two good readings for each of the two equipment on t/gen

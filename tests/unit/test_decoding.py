@@ -21,7 +21,6 @@ from aupus_ha.decoding import (
     REASON_NO_FAMILY,
     REASON_NOT_OBJECT,
     REASON_NOT_UTF8,
-    REASON_TIMESTAMP_OUT_OF_RANGE,
     REASON_TIMESTAMP_UNPARSEABLE,
     REASON_TIMESTAMP_WRONG_TYPE,
     REASON_TOO_LARGE,
@@ -37,6 +36,8 @@ from aupus_ha.readings import Decoded, Equipment, Reading
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOPIC = "aupus/site1/meter1"
 EQUIPMENT = [Equipment("eq-1", TOPIC)]
+# DOMAIN v2: the M-160 family is decided by the equipment's type code, not the payload.
+M160_EQUIPMENT = [Equipment("eq-1", TOPIC, type_code="M-160")]
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 LIMIT = 64 * 1024
 
@@ -55,8 +56,10 @@ def decode(
     return decoder.decode(TOPIC, raw, EQUIPMENT if equipment is None else equipment, RECEIVED)
 
 
-def only_reading(payload: bytes | dict[str, object]) -> Reading:
-    decoded = decode(payload)
+def only_reading(
+    payload: bytes | dict[str, object], equipment: list[Equipment] | None = None
+) -> Reading:
+    decoded = decode(payload, equipment)
     assert decoded.rejects == []
     assert len(decoded.readings) == 1
     return decoded.readings[0]
@@ -103,22 +106,25 @@ def test_generic_fixture_row() -> None:
 
 
 def test_m160_fixture_row() -> None:
-    """m160_resumo.json → the summary's Brasília time in UTC, energy, power and count."""
-    reading = only_reading(fixture("m160_resumo.json"))
+    """m160_resumo.json on an M-160 → the summary's Brasília time in UTC, energy, power
+    and count as DOMAIN v2 computes them."""
+    reading = only_reading(fixture("m160_resumo.json"), M160_EQUIPMENT)
     assert reading.equipamento_id == "eq-1"
+    # "28/11/2026 21:00:30" in Brasília (UTC-3) = 2026-11-29T00:00:30Z
     assert reading.timestamp_dados == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
-    assert reading.energia_kwh == 0.0618
-    assert reading.potencia_ativa_kw == pytest.approx(7.416)
-    assert reading.num_leituras == 30
+    assert reading.energia_kwh == 0.0618  # consumo_phf 0.0618 > 0
+    # v2: Pt / 1000 = 7414.5 / 1000 (v1 said energia / (30/3600) = 7.416)
+    assert reading.potencia_ativa_kw == pytest.approx(7.4145)
+    assert reading.num_leituras == 30  # total_leituras
     assert reading.qualidade == "bom"
     assert reading.fonte == "MQTT"
     assert reading.matchable is True
-    assert reading.timestamp_fim is None
+    assert reading.timestamp_fim == reading.timestamp_dados  # v2 (v1: None)
 
 
 def test_m160_dados_is_the_flattened_summary() -> None:
     """The stored JSON is the summary's fields; its timestamp is the one the row uses."""
-    reading = only_reading(fixture("m160_resumo.json"))
+    reading = only_reading(fixture("m160_resumo.json"), M160_EQUIPMENT)
     stored = orjson.loads(reading.dados)
     assert stored == resumo()
     assert stored["timestamp"] == "28/11/2026 21:00:30"
@@ -147,17 +153,23 @@ def bad_lines() -> list[bytes]:
     ]
 
 
+def bad_input_equipment(payload: bytes) -> list[Equipment]:
+    """DOMAIN v2 decides the family by the equipment first: the `Resumo` line is bad only
+    for an M-160 (on an untyped equipment it is a valid generic reading)."""
+    return M160_EQUIPMENT if b'"Resumo"' in payload else EQUIPMENT
+
+
 def test_bad_inputs_fixture_is_read() -> None:
-    """The bad-input list has its seven payloads, the escaped one as raw bytes."""
+    """The bad-input list has its six payloads, the escaped one as raw bytes."""
     lines = bad_lines()
-    assert len(lines) == 7
+    assert len(lines) == 6
     assert b"\xff\xfe\x00garbage" in lines
 
 
 @pytest.mark.parametrize("payload", bad_lines())
 def test_every_bad_input_is_one_reject(payload: bytes) -> None:
     """Each bad payload becomes exactly one reject with a non-empty reason and no reading."""
-    decoded = decode(payload)
+    decoded = decode(payload, bad_input_equipment(payload))
     assert decoded.readings == []
     assert len(decoded.rejects) == 1
     reject = decoded.rejects[0]
@@ -169,20 +181,30 @@ def test_every_bad_input_is_one_reject(payload: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "code"),
+    ("payload", "codes"),
     [
-        (b"not json at all", REASON_INVALID_JSON),
-        (b'{"timestamp": "31/02/2026 25:61:00", "power": 1}', REASON_TIMESTAMP_UNPARSEABLE),
-        (b'{"timestamp": 99999999999999, "power": 1}', REASON_TIMESTAMP_OUT_OF_RANGE),
-        (b'{"timestamp": -5, "power": 1}', REASON_TIMESTAMP_OUT_OF_RANGE),
-        (b"[1, 2, 3]", REASON_NOT_OBJECT),
-        (b'{"Resumo": "should be an object"}', REASON_INVALID_SUMMARY),
-        (b"\xff\xfe\x00garbage", REASON_NOT_UTF8),
+        (b"not json at all", {REASON_INVALID_JSON}),
+        (b"[1, 2, 3]", {REASON_NOT_OBJECT}),
+        # DOMAIN v2: neither Resumo (object) nor top-level Va / consumo_phf on an M-160.
+        (b'{"Resumo": "should be an object"}', {"m160_unknown_format"}),
+        (b"\xff\xfe\x00garbage", {REASON_NOT_UTF8}),
+        # power.active_total 1e308: an absurd number, and >= 1e8 an overflow signature.
+        (
+            b'{"timestamp": 1795910400, "power": {"active_total": 1e308, "reactive_total": 0}}',
+            {"number_out_of_range", "inverter_overflow"},
+        ),
+        (
+            b'{"timestamp": 1795910400, "energy": {"total_yield": 4294967000}, '
+            b'"power": {"active_total": 41250}}',
+            {"inverter_overflow"},
+        ),
     ],
 )
-def test_bad_input_reason_codes(payload: bytes, code: str) -> None:
-    """Each bad-input line is rejected for its own reason code."""
-    assert reject_code(payload) == code
+def test_bad_input_reason_codes(payload: bytes, codes: set[str]) -> None:
+    """Each bad-input line is rejected for its own reason code. (v1's timestamp lines
+    moved to clockless.txt: DOMAIN v2 stores them with the arrival time.)"""
+    assert payload in bad_lines()
+    assert reject_code(payload, bad_input_equipment(payload)) in codes
 
 
 # --- the checks before the family ------------------------------------------------------------
@@ -254,7 +276,7 @@ def test_not_object_detail_names_the_json_kind() -> None:
 
 def test_equipment_sharing_a_topic_each_get_a_reading() -> None:
     """A message on a shared topic is one reading per equipment, same time and data."""
-    equipment = [Equipment(f"eq-{i}", TOPIC) for i in range(3)]
+    equipment = [Equipment(f"eq-{i}", TOPIC, type_code="M-160") for i in range(3)]
     decoded = decode(fixture("m160_resumo.json"), equipment)
     assert decoded.rejects == []
     assert [r.equipamento_id for r in decoded.readings] == ["eq-0", "eq-1", "eq-2"]
@@ -340,8 +362,8 @@ def test_reason_detail_is_bounded_and_has_no_nul() -> None:
 
 def test_unwrapped_m160_decodes_like_wrapped() -> None:
     """The same summary at the top level gives exactly the wrapped form's row."""
-    wrapped = only_reading(fixture("m160_resumo.json"))
-    unwrapped = only_reading(resumo())
+    wrapped = only_reading(fixture("m160_resumo.json"), M160_EQUIPMENT)
+    unwrapped = only_reading(resumo(), M160_EQUIPMENT)
     assert unwrapped == wrapped
 
 

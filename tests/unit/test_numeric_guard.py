@@ -66,10 +66,14 @@ def test_the_bound_itself_is_accepted() -> None:
 
 
 def test_m160_energy_out_of_range_is_refused() -> None:
-    """`energia_total` feeds energia_kwh and potencia_ativa_kw: bounded the same way."""
+    """`energia_total` feeds energia_kwh when consumo_phf is not > 0 (DOMAIN v2):
+    bounded the same way. The family is the equipment's (type M-160), not the payload's."""
     m160 = orjson.loads((FIXTURES / "m160_resumo.json").read_bytes())
+    m160["Resumo"]["consumo_phf"] = 0.0
     m160["Resumo"]["energia_total"] = 1e300
-    reason = _reason(_decode(m160))
+    meter = [Equipment("m160-1", TOPIC, type_code="M-160")]
+    payload = orjson.dumps(m160)
+    reason = _reason(Decoder(max_payload_bytes=64 * 1024).decode(TOPIC, payload, meter, RECEIVED))
     assert reason.startswith(f"{REASON_NUMBER_OUT_OF_RANGE}: energia_total")
 
 
