@@ -37,7 +37,7 @@ BRASILIA_UTC_OFFSET_HOURS: Final = -3
 # DOMAIN v2: a device time more than 15 minutes ahead of arrival is unusable (a clock
 # set wrong, or a naive ISO time in UTC read as Brasília: 3 h ahead); a day of tolerance
 # let such samples hold rollup minutes, spool segments and PUBACKs for hours.
-EARLIEST_READING_YEAR: Final = 2000
+EARLIEST_READING_YEAR: Final = 2020  # DOMAIN v2: before 2020-01-01 is an RTC reset
 FUTURE_TOLERANCE_S: Final = 900
 EPOCH_MS_THRESHOLD: Final = 10_000_000_000  # below: epoch seconds, above: milliseconds
 

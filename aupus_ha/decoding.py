@@ -32,9 +32,12 @@ Families (`default_families`, tried in this order):
   orjson: whitespace dropped, a duplicated key keeps its last value). Its time is
   `timestamp`.
 
-A timestamp may be in any form `parse_timestamp` accepts; absent or null, the arrival
-time (`received_at`, aware UTC) is used and the row is `matchable=False`. The type's
-`mqtt_schema` is not applied here.
+A reading's time follows DOMAIN v2 "Time" (`timestamps.payload_time`: `ts`, the
+family's own field, `timestamp`, in any form `parse_timestamp` accepts). When none is
+usable (absent, `"sem_ntp"`, zero, malformed, before 2020, more than 15 minutes ahead)
+the reading is stored, not rejected: the arrival time (`received_at`, aware UTC), the
+row `matchable=False`, and `_timestamp_bruto` / `_timestamp_motivo` in its `dados`. The
+type's `mqtt_schema` is not applied here.
 
 Numbers that reach a computation or a numeric column must be finite and within
 `MAX_ABS_NUMBER` (1e15) in magnitude, else the message is rejected as
@@ -70,7 +73,7 @@ import orjson
 from aupus_ha import constants, rollup, timestamps
 from aupus_ha.readings import Decoded, Equipment, Reading, Reject
 from aupus_ha.schemas import validation_errors
-from aupus_ha.timestamps import TimestampError, parse_timestamp
+from aupus_ha.timestamps import TimestampError, payload_time, resolve_time
 
 REASON_TOO_LARGE: Final = "payload_too_large"
 REASON_UNKNOWN_TOPIC: Final = "unknown_topic"
@@ -172,10 +175,10 @@ def right_sized(data: bytes) -> bytes:
 
 
 def reading_time(raw: object, received_at: datetime) -> tuple[datetime, bool]:
-    """(timestamp_dados, matchable): the payload's time, or the arrival time if absent."""
-    if raw is None:
-        return received_at, False
-    return parse_timestamp(raw, now=received_at), True
+    """(timestamp_dados, matchable): `raw` when usable, else the arrival time (DOMAIN v2
+    "Time"; families that flag their `dados` use `timestamps.payload_time` instead)."""
+    resolved = resolve_time((raw,), received_at)
+    return resolved.at, resolved.from_device
 
 
 class GenericFamily:
@@ -189,15 +192,15 @@ class GenericFamily:
     def decode(
         self, obj: dict[str, object], equipment: Equipment, received_at: datetime
     ) -> list[Reading]:
-        timestamp, matchable = reading_time(obj.get("timestamp"), received_at)
+        when = payload_time(obj, received_at)
         return [
             Reading(
                 equipamento_id=equipment.id,
-                timestamp_dados=timestamp,
-                dados=encode_dados(obj),
+                timestamp_dados=when.at,
+                dados=encode_dados(when.annotate(obj)),
                 qualidade=constants.QUALITY_GOOD,
                 fonte=constants.SOURCE_MQTT,
-                matchable=matchable,
+                matchable=when.from_device,
             )
         ]
 
@@ -245,18 +248,18 @@ class InverterFamily:
     ) -> list[Reading]:
         _check_averaged_numbers(obj)
         _check_overflow_frame(obj)
-        timestamp, matchable = reading_time(obj.get("timestamp"), received_at)
-        minute = rollup.bucket_start(timestamp)
+        when = payload_time(obj, received_at)
+        minute = rollup.bucket_start(when.at)
         return [
             Reading(
                 equipamento_id=equipment.id,
                 timestamp_dados=minute,
-                dados=encode_dados(obj),
+                dados=encode_dados(when.annotate(obj)),
                 qualidade=constants.QUALITY_GOOD,
                 fonte=constants.SOURCE_MQTT,
                 timestamp_fim=minute + rollup.BUCKET,
-                matchable=matchable,
-                sample_at=timestamp,
+                matchable=when.from_device,
+                sample_at=when.at,
             )
         ]
 

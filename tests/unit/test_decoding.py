@@ -21,16 +21,14 @@ from aupus_ha.decoding import (
     REASON_NO_FAMILY,
     REASON_NOT_OBJECT,
     REASON_NOT_UTF8,
-    REASON_TIMESTAMP_UNPARSEABLE,
-    REASON_TIMESTAMP_WRONG_TYPE,
     REASON_TOO_LARGE,
     REASON_UNKNOWN_TOPIC,
     REASON_UNSTORABLE,
     DecodeError,
     Decoder,
     GenericFamily,
-    M160SummaryFamily,
 )
+from aupus_ha.m160 import M160SummaryFamily
 from aupus_ha.readings import Decoded, Equipment, Reading
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -286,7 +284,7 @@ def test_equipment_sharing_a_topic_each_get_a_reading() -> None:
 def test_bad_message_on_shared_topic_is_one_reject() -> None:
     """A bad message is rejected once for the topic, not once per equipment."""
     equipment = [Equipment(f"eq-{i}", TOPIC) for i in range(3)]
-    decoded = decode(b'{"timestamp": -5}', equipment)
+    decoded = decode(b'{"timestamp": -5', equipment)
     assert decoded.readings == []
     assert len(decoded.rejects) == 1
 
@@ -318,8 +316,10 @@ def test_generic_timestamp_forms(timestamp: object, expected: datetime) -> None:
 
 @pytest.mark.parametrize("timestamp", [True, [1], {"s": 1}])
 def test_generic_timestamp_of_wrong_type(timestamp: object) -> None:
-    """A boolean or container timestamp rejects the message."""
-    assert reject_code({"timestamp": timestamp}) == REASON_TIMESTAMP_WRONG_TYPE
+    """A boolean or container timestamp is malformed: stored at arrival (DOMAIN v2)."""
+    reading = only_reading({"timestamp": timestamp, "power": 1})
+    assert reading.timestamp_dados == RECEIVED
+    assert orjson.loads(reading.dados)["_timestamp_motivo"] == "malformado"
 
 
 def test_generic_keeps_nested_values() -> None:
@@ -339,8 +339,8 @@ def test_nul_in_a_string_is_unstorable() -> None:
 
 def test_escaped_backslash_u0000_text_is_fine() -> None:
     """The literal text \\u0000 (an escaped backslash) is storable and stored."""
-    reading = only_reading(b'{"power": 1, "tag": "\\\\u0000"}')
-    assert orjson.loads(reading.dados) == {"power": 1, "tag": "\\u0000"}
+    reading = only_reading(b'{"power": 1, "tag": "\\\\u0000", "timestamp": 1795910430}')
+    assert orjson.loads(reading.dados) == {"power": 1, "tag": "\\u0000", "timestamp": 1795910430}
 
 
 def test_deep_nesting() -> None:
@@ -352,8 +352,9 @@ def test_deep_nesting() -> None:
 def test_reason_detail_is_bounded_and_has_no_nul() -> None:
     """A huge or binary offending value never makes a huge reason or one holding NUL."""
     for bad in ("x" * 10_000, "28/11/2026\x0021:00:30"):
-        [reject] = decode({"timestamp": bad}).rejects
-        assert len(reject.reason) <= len(REASON_TIMESTAMP_UNPARSEABLE) + 2 + MAX_DETAIL_CHARS
+        # The offending field's name is in the detail: a number beyond the bound.
+        [reject] = decode({"power": {"active_total": 1, bad: 1e300}}).rejects
+        assert len(reject.reason) <= len("number_out_of_range") + 2 + MAX_DETAIL_CHARS
         assert "\x00" not in reject.reason
 
 

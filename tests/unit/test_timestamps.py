@@ -1,9 +1,12 @@
-"""Timestamp parsing: every accepted form, invalid dates, range limits, legacy conversion."""
+"""Timestamp parsing: every accepted form, invalid dates, range limits, legacy conversion.
+
+The source order and the arrival fallback are in test_time_rules.py."""
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -17,8 +20,10 @@ from aupus_ha.timestamps import (
     REASON_WRONG_TYPE,
     TimestampError,
     from_legacy_local,
+    from_legacy_wall,
     parse_timestamp,
     to_legacy_local,
+    to_legacy_wall,
 )
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -79,7 +84,7 @@ def test_threshold_splits_seconds_from_milliseconds() -> None:
     below = constants.EPOCH_MS_THRESHOLD - 1
     assert parse(below, far_future) == EPOCH + timedelta(seconds=below)
     assert reason_of(constants.EPOCH_MS_THRESHOLD, far_future) == REASON_OUT_OF_RANGE  # 1970
-    assert parse(1_000_000_000_000) == datetime(2001, 9, 9, 1, 46, 40, tzinfo=UTC)
+    assert parse(1_700_000_000_000) == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("value", [True, False, None, [1795910430], {"t": 1}, b"1795910430"])
@@ -140,11 +145,11 @@ def test_non_finite_numbers(value: float) -> None:
     [
         -5,
         0,
-        946684799,
+        1577836799,  # 2019-12-31T23:59:59Z
         99999999999999,
         -99999999999999,
-        "1999-12-31T23:59:59.999999Z",
-        "31/12/1999 20:59:59",
+        "2019-12-31T23:59:59.999999Z",
+        "31/12/2019 20:59:59",
         "9999-12-31T23:59:59",  # Brasília: past datetime.max in UTC
         "0001-01-01T00:00:00+05:00",  # before datetime.min in UTC
         10**400,
@@ -153,15 +158,15 @@ def test_non_finite_numbers(value: float) -> None:
     ],
 )
 def test_out_of_range(value: object) -> None:
-    """Instants before 2000 or beyond what datetime can hold are out of range."""
+    """Instants before 2020 (DOMAIN v2) or beyond what datetime can hold are out of range."""
     assert reason_of(value) == REASON_OUT_OF_RANGE
 
 
 def test_range_limits_are_inclusive() -> None:
-    """2000-01-01Z and now + FUTURE_TOLERANCE_S are accepted; one step past is not."""
+    """2020-01-01Z and now + FUTURE_TOLERANCE_S are accepted; one step past is not."""
     limit = NOW + timedelta(seconds=constants.FUTURE_TOLERANCE_S)
-    assert parse("2000-01-01T00:00:00Z") == datetime(2000, 1, 1, tzinfo=UTC)
-    assert parse(946684800) == datetime(2000, 1, 1, tzinfo=UTC)
+    assert parse("2020-01-01T00:00:00Z") == datetime(2020, 1, 1, tzinfo=UTC)
+    assert parse(1577836800) == datetime(2020, 1, 1, tzinfo=UTC)
     assert parse(limit.isoformat()) == limit
     assert parse(int(limit.timestamp())) == limit
     assert parse(int(limit.timestamp() * 1000)) == limit
@@ -186,33 +191,42 @@ def test_message_escapes_control_characters() -> None:
     assert "\x00" not in info.value.message
 
 
-def test_to_legacy_local_is_brasilia_seconds() -> None:
-    """Legacy convention: naive Brasília wall time, truncated (not rounded) to the second."""
+def test_to_legacy_wall_is_utc_seconds() -> None:
+    """Legacy convention (DOMAIN v2): naive UTC wall time, truncated (not rounded) to the
+    second, whatever offset the instant is expressed in; v1's Brasília was wrong."""
     ts = datetime(2026, 11, 29, 0, 0, 30, 999_999, tzinfo=UTC)
-    assert to_legacy_local(ts) == datetime(2026, 11, 28, 21, 0, 30)
+    assert to_legacy_wall(ts) == datetime(2026, 11, 29, 0, 0, 30)
     offset = ts.astimezone(timezone(timedelta(hours=5)))
-    assert to_legacy_local(offset) == datetime(2026, 11, 28, 21, 0, 30)
+    assert to_legacy_wall(offset) == datetime(2026, 11, 29, 0, 0, 30)
+    assert to_legacy_local is to_legacy_wall  # the old name, same (UTC) convention
 
 
-def test_from_legacy_local_is_the_inverse() -> None:
-    """A legacy naive Brasília value maps back to its UTC instant."""
-    assert from_legacy_local(datetime(2026, 11, 28, 21, 0, 30)) == EXPECTED
-    assert from_legacy_local(datetime(2026, 11, 28, 21, 0, 30)).tzinfo is UTC
+def test_legacy_wall_in_another_zone() -> None:
+    """LEGACY_TIMESTAMP_ZONE=America/Sao_Paulo: 00:00:30Z is 21:00:30 the day before."""
+    zone = ZoneInfo("America/Sao_Paulo")
+    assert to_legacy_wall(EXPECTED, zone) == datetime(2026, 11, 28, 21, 0, 30)
+    assert from_legacy_wall(datetime(2026, 11, 28, 21, 0, 30), zone) == EXPECTED
+
+
+def test_from_legacy_wall_is_the_inverse() -> None:
+    """A legacy naive UTC value maps back to its instant."""
+    assert from_legacy_wall(datetime(2026, 11, 29, 0, 0, 30)) == EXPECTED
+    assert from_legacy_local(datetime(2026, 11, 29, 0, 0, 30)).tzinfo is UTC
 
 
 def test_legacy_conversions_refuse_the_wrong_kind() -> None:
     """Naive into to_legacy_local, or aware into from_legacy_local, is a programming error."""
     with pytest.raises(ValueError, match="aware"):
-        to_legacy_local(datetime(2026, 11, 28, 21, 0, 30))
+        to_legacy_wall(datetime(2026, 11, 28, 21, 0, 30))
     with pytest.raises(ValueError, match="naive"):
-        from_legacy_local(EXPECTED)
+        from_legacy_wall(EXPECTED)
 
 
 # --- properties ------------------------------------------------------------------------------
 
 instants = st.datetimes(
-    min_value=datetime(2000, 1, 1),
-    max_value=(NOW + timedelta(days=1)).replace(tzinfo=None),
+    min_value=datetime(2020, 1, 1),
+    max_value=(NOW + timedelta(minutes=15)).replace(tzinfo=None),
     timezones=st.just(UTC),
 )
 
@@ -267,8 +281,10 @@ def test_brazilian_form_round_trip(dt: datetime, with_millis: bool) -> None:
 
 @given(instants)
 def test_legacy_round_trip(dt: datetime) -> None:
-    """to_legacy_local then from_legacy_local loses only the sub-second part."""
-    assert from_legacy_local(to_legacy_local(dt)) == truncated(dt, timedelta(seconds=1))
+    """to_legacy_wall then from_legacy_wall loses only the sub-second part (any zone)."""
+    assert from_legacy_wall(to_legacy_wall(dt)) == truncated(dt, timedelta(seconds=1))
+    zone = ZoneInfo("America/Sao_Paulo")  # no DST since 2019: one wall time per instant
+    assert from_legacy_wall(to_legacy_wall(dt, zone), zone) == truncated(dt, timedelta(seconds=1))
 
 
 anything = st.one_of(
@@ -291,4 +307,4 @@ def test_any_value_parses_in_range_or_raises_timestamp_error(value: object) -> N
         assert exc.reason in (REASON_UNPARSEABLE, REASON_OUT_OF_RANGE, REASON_WRONG_TYPE)
         return
     assert parsed.tzinfo is UTC
-    assert datetime(2000, 1, 1, tzinfo=UTC) <= parsed <= NOW + timedelta(days=1)
+    assert datetime(2020, 1, 1, tzinfo=UTC) <= parsed <= NOW + timedelta(minutes=15)
