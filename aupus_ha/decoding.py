@@ -17,17 +17,9 @@ checks, in order, each ending the message as a single `Reject` whose reason is
 
 Families (`default_families`, tried in this order):
 
-* `M160SummaryFamily` — `Resumo` present, or top-level `Va`/`consumo_phf` (the
-  unwrapped form). `dados` is the summary flattened: the envelope's fields with the
-  `Resumo` fields over them (so the unwrapped form stores the same JSON as the
-  wrapped one), and `timestamp` is set to the value the row's time came from.
-  `energia_total`/`total_leituras` that are present but not numbers (or a count
-  outside 0..2^31−1, the column is `integer`) reject the message with
-  `invalid_summary`; absent or null, the columns are NULL. A value counts as present
-  for the quality rule when it is a JSON number (0 included): no voltage
-  (`Va Vb Vc`) → `ruim`; at least one voltage, one current (`Ia Ib Ic`) and one
-  active power (`Pa Pb Pc Pt`) → `bom`; otherwise `parcial`. Its time is
-  `Resumo.timestamp`, else the envelope's `timestamp`.
+* `m160.M160SummaryFamily` — the M-160 summary (wrapped `Resumo` or flat TON/PD666):
+  energy, power, count, the outlier guard (decided at flush time) and quality; its
+  rules are in aupus_ha/m160.py.
 * `GenericFamily` — the fallback for any other object, stored whole (re-encoded by
   orjson: whitespace dropped, a duplicated key keeps its last value). Its time is
   `timestamp`.
@@ -91,13 +83,11 @@ REASON_TIMESTAMP_OUT_OF_RANGE: Final = timestamps.REASON_OUT_OF_RANGE
 REASON_TIMESTAMP_WRONG_TYPE: Final = timestamps.REASON_WRONG_TYPE
 
 MAX_DETAIL_CHARS: Final = 160
-M160_WINDOW_S: Final = 30
 # The largest magnitude of a number that is averaged or stored in a numeric column:
 # 1e15 W is a million times the largest power plant, and sums of millions of such
 # values stay far below the double's range (1.8e308), so no rollup can overflow.
 MAX_ABS_NUMBER: Final = rollup.MAX_AVERAGED  # one summary covers 30 s: power = energy / (30/3600) h
 
-_INT32_MAX: Final = 2**31 - 1  # num_leituras is an `integer` column
 # DOMAIN v2, "Overflow frames": an inverter register read as UINT max (2^32, 2^16/10,
 # 65535, "ffff") or beyond any plant. (group, field, is it the signature?)
 _OVERFLOW_SIGNATURES: Final[tuple[tuple[str, str, Callable[[object], bool]], ...]] = (
@@ -108,10 +98,6 @@ _OVERFLOW_SIGNATURES: Final[tuple[tuple[str, str, Callable[[object], bool]], ...
     ("info", "device_type", lambda v: v == "ffff"),
     ("power", "active_total", lambda v: _at_least(v, 1e8)),
 )
-_VOLTAGES: Final = ("Va", "Vb", "Vc")
-_CURRENTS: Final = ("Ia", "Ib", "Ic")
-_ACTIVE_POWERS: Final = ("Pa", "Pb", "Pc", "Pt")
-_ABSENT: Final = object()
 _JSON_KINDS: Final[dict[type, str]] = {
     dict: "an object",
     list: "an array",
@@ -205,35 +191,6 @@ class GenericFamily:
         ]
 
 
-class M160SummaryFamily:
-    """The M-160 multimeter's 30-second summary, wrapped in `Resumo` or unwrapped."""
-
-    name = "m160_summary"
-
-    def matches(self, obj: dict[str, object]) -> bool:
-        return "Resumo" in obj or "Va" in obj or "consumo_phf" in obj
-
-    def decode(
-        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
-    ) -> list[Reading]:
-        summary, raw_time = _flatten_summary(obj)
-        timestamp, matchable = reading_time(raw_time, received_at)
-        energia = _optional_number(summary, "energia_total")
-        return [
-            Reading(
-                equipamento_id=equipment.id,
-                timestamp_dados=timestamp,
-                dados=encode_dados(summary),
-                qualidade=_summary_quality(summary),
-                fonte=constants.SOURCE_MQTT,
-                energia_kwh=energia,
-                potencia_ativa_kw=None if energia is None else energia / (M160_WINDOW_S / 3600),
-                num_leituras=_optional_count(summary, "total_leituras"),
-                matchable=matchable,
-            )
-        ]
-
-
 class InverterFamily:
     """A solar inverter reading: one sample of its minute's rollup (see rollup.py)."""
 
@@ -266,6 +223,8 @@ class InverterFamily:
 
 def default_families() -> list[Family]:
     """Fresh instances (stateful families must not share state between decoders)."""
+    from aupus_ha.m160 import M160SummaryFamily  # m160 builds on this module's helpers
+
     return [M160SummaryFamily(), InverterFamily(), GenericFamily()]
 
 
@@ -354,56 +313,9 @@ def _load_object(payload: bytes) -> dict[str, object]:
     return obj
 
 
-def _flatten_summary(obj: dict[str, object]) -> tuple[dict[str, object], object]:
-    """(summary fields, raw timestamp): `Resumo` over the envelope, or `obj` unwrapped."""
-    resumo = obj.get("Resumo", _ABSENT)
-    if resumo is _ABSENT:
-        return obj, obj.get("timestamp")
-    if not isinstance(resumo, dict):
-        kind = _JSON_KINDS.get(type(resumo), "unknown")
-        raise DecodeError(REASON_INVALID_SUMMARY, f"Resumo is {kind}, not an object")
-    raw_time = resumo.get("timestamp")
-    if raw_time is None:
-        raw_time = obj.get("timestamp")
-    summary = obj.copy()
-    del summary["Resumo"]
-    summary.update(resumo)
-    if raw_time is not None:
-        summary["timestamp"] = raw_time  # the stored JSON shows the time the row has
-    return summary, raw_time
-
-
 def _is_number(value: object) -> TypeGuard[int | float]:
     # type(), not isinstance: JSON true/false must not count as 1/0.
     return type(value) is float or type(value) is int
-
-
-def _has_any(summary: dict[str, object], keys: tuple[str, ...]) -> bool:
-    for key in keys:  # a plain loop: any() over a generator costs 3x here
-        value = summary.get(key)
-        if type(value) is float or type(value) is int:
-            return True
-    return False
-
-
-def _summary_quality(summary: dict[str, object]) -> str:
-    if not _has_any(summary, _VOLTAGES):
-        return constants.QUALITY_BAD
-    if _has_any(summary, _CURRENTS) and _has_any(summary, _ACTIVE_POWERS):
-        return constants.QUALITY_GOOD
-    return constants.QUALITY_PARTIAL
-
-
-def _optional_number(summary: dict[str, object], key: str) -> float | None:
-    value = summary.get(key)
-    if value is None:
-        return None
-    if not _is_number(value):
-        kind = _JSON_KINDS.get(type(value), "unknown")
-        raise DecodeError(REASON_INVALID_SUMMARY, f"{key} is {kind}, not a number")
-    number = float(value)
-    _check_magnitude(key, number)
-    return number
 
 
 def _check_averaged_numbers(obj: dict[str, object]) -> None:
@@ -435,15 +347,6 @@ def _check_magnitude(field: str, value: float) -> None:
         raise DecodeError(
             REASON_NUMBER_OUT_OF_RANGE, f"{field} is {value!r}, beyond ±{MAX_ABS_NUMBER:g}"
         )
-
-
-def _optional_count(summary: dict[str, object], key: str) -> int | None:
-    number = _optional_number(summary, key)
-    if number is None:
-        return None
-    if not (number.is_integer() and 0 <= number <= _INT32_MAX):
-        raise DecodeError(REASON_INVALID_SUMMARY, f"{key} is not a count: {number!r}")
-    return int(number)
 
 
 def _has_nul(value: object) -> bool:

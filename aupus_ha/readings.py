@@ -54,6 +54,9 @@ class Reading:
     # Set for a sample of a per-minute rollup (inverters): the sample's own instant (UTC).
     # Then `timestamp_dados` is the minute it belongs to and `dados` the raw sample.
     sample_at: datetime | None = None
+    # An M-160 summary whose `consumo_phf` is an outlier with a `phf` (m160.py): the flush
+    # decides its energy from the equipment's previous reading in device time.
+    outlier_guard: bool = False
 
     @property
     def key(self) -> ReadingKey:

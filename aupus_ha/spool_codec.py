@@ -14,7 +14,10 @@ logs it, and goes on with the next one.
 
 Compatibility: format 1 as written by every version so far. A reject may carry a sixth
 field (the whole message's size, when its payload is a prefix); a reader that knows five
-fields ignores it, and a five-field reject reads as a whole payload.
+fields ignores it, and a five-field reject reads as a whole payload. A reading may carry
+a twelfth field, `true`, only when it is an M-160 outlier the flush must still decide
+(`Reading.outlier_guard`, m160.py); an eleven-field reading is not one. A version that
+knows eleven fields skips such a record as bad (a rollback loses those rare readings).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from aupus_ha import constants
 from aupus_ha.readings import Decoded, Reading, Reject
 
 FORMAT_VERSION = 1
-READING_FIELDS = 11
+READING_FIELDS = (11, 12)
 REJECT_FIELDS = (5, 6)
 
 
@@ -63,7 +66,7 @@ def decode(body: bytes) -> Decoded:
 
 
 def _reading_fields(r: Reading) -> list[Any]:
-    return [
+    fields: list[Any] = [
         r.equipamento_id,
         r.timestamp_dados,
         r.dados.decode(),
@@ -76,11 +79,16 @@ def _reading_fields(r: Reading) -> list[Any]:
         r.matchable,
         r.sample_at,
     ]
+    if r.outlier_guard:
+        fields.append(True)
+    return fields
 
 
 def _reading_from(f: object) -> Reading:
-    if not isinstance(f, list) or len(f) != READING_FIELDS:
+    if not isinstance(f, list) or len(f) not in READING_FIELDS:
         raise ValueError(f"a reading must be a list of {READING_FIELDS} fields")
+    if len(f) == 12 and f[11] is not True:
+        raise ValueError("a reading's twelfth field (outlier_guard) must be true")
     quality = _text(f[3], "qualidade")
     if quality not in constants.QUALITY_LABELS:
         raise ValueError(f"qualidade {quality!r} is not one of {constants.QUALITY_LABELS}")
@@ -96,6 +104,7 @@ def _reading_from(f: object) -> Reading:
         timestamp_fim=None if f[8] is None else _instant(f[8], "timestamp_fim"),
         matchable=_flag(f[9]),
         sample_at=None if f[10] is None else _instant(f[10], "sample_at"),
+        outlier_guard=len(f) == 12,
     )
 
 

@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 
 import asyncpg
 import orjson
 
-from aupus_ha import constants, rollup
+from aupus_ha import constants, m160, rollup
 from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S
 from aupus_ha.db import (
     CONNECTION_ERRORS,
@@ -46,6 +47,10 @@ log = get_logger(__name__)
 # A pooled connection or a plain one: the flush helpers work on either.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Item = Reading | Reject
+
+# The batch's own "previous reading" of each M-160 outlier (m160.previous_by_key).
+_PreviousByKey = Mapping[ReadingKey, m160.Previous]
+_NO_PREVIOUS: _PreviousByKey = MappingProxyType({})
 
 STAGING_COLUMNS = (
     "equipamento_id",
@@ -163,8 +168,10 @@ class Store:
         item's (`db.classify`): the caller keeps the batch and retries it later.
         """
         started = time.perf_counter()
+        # M-160 outliers look at the whole batch once, so a split cannot change them.
+        in_batch = m160.previous_by_key(readings)
         try:
-            tally = await self._flush_isolating([*readings, *rejects], epoch)
+            tally = await self._flush_isolating([*readings, *rejects], epoch, in_batch)
         except Fenced:
             raise
         except Exception as exc:  # every failure becomes "retry later"
@@ -187,7 +194,9 @@ class Store:
             tally.merged,
         )
 
-    async def _flush_isolating(self, items: Sequence[Item], epoch: int) -> _Tally:
+    async def _flush_isolating(
+        self, items: Sequence[Item], epoch: int, in_batch: _PreviousByKey = _NO_PREVIOUS
+    ) -> _Tally:
         """Flush `items` in one transaction; when it fails for an item, bisect down to
         the items it fails on (about 2·log2(n) transactions per poison item)."""
         if not items:
@@ -195,7 +204,7 @@ class Store:
         readings = [i for i in items if isinstance(i, Reading)]
         rejects = [i for i in items if isinstance(i, Reject)]
         try:
-            return await self._flush_once(readings, rejects, epoch)
+            return await self._flush_once(readings, rejects, epoch, in_batch)
         except Fenced:
             raise
         except Exception as exc:  # classified: all but an item's re-raise
@@ -205,8 +214,8 @@ class Store:
         if len(items) == 1:
             return await self._store_refused(items[0], failure, epoch)
         middle = len(items) // 2
-        first = await self._flush_isolating(items[:middle], epoch)
-        return first.add(await self._flush_isolating(items[middle:], epoch))
+        first = await self._flush_isolating(items[:middle], epoch, in_batch)
+        return first.add(await self._flush_isolating(items[middle:], epoch, in_batch))
 
     async def _store_refused(self, item: Item, failure: BaseException, epoch: int) -> _Tally:
         """The one item a flush fails on, kept as a reject that can be stored."""
@@ -236,7 +245,11 @@ class Store:
         return _Tally()
 
     async def _flush_once(
-        self, readings: list[Reading], rejects: list[Reject], epoch: int
+        self,
+        readings: list[Reading],
+        rejects: list[Reject],
+        epoch: int,
+        in_batch: _PreviousByKey = _NO_PREVIOUS,
     ) -> _Tally:
         plain = [r for r in readings if not r.is_rollup_sample]
         samples = [r for r in readings if r.is_rollup_sample]
@@ -247,6 +260,9 @@ class Store:
                 raise Fenced(epoch, current)
             tally = _Tally()
             if plain:
+                plain = await m160.resolve_outliers(
+                    conn, self._q["m160_previous_rows"], plain, in_batch
+                )
                 tally.plain_rows = await self._copy_plain(conn, plain, epoch)
                 tally.rows = tally.plain_rows
             if samples:

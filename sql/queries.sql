@@ -248,6 +248,25 @@ WHERE ctid = ANY (ARRAY(
 UPDATE ha_leadership SET last_flush_at = now(), flush_seq = flush_seq + 1
 WHERE cluster_name = $1;
 
+-- name: m160_previous_rows
+-- $1 equipamento ids, $2 timestamps (parallel arrays). For each M-160 reading whose
+-- consumo_phf is an outlier (aupus_ha/m160.py), the equipment's stored row just before
+-- it in device time: its 1-based position, timestamp_dados, and phf as text when dados
+-- holds a JSON number there (NULL otherwise: text, so a number beyond a double never
+-- fails the flush). Runs inside the flush transaction; one backward step of the natural
+-- key per item, whatever the table's size.
+SELECT k.pos, p.timestamp_dados, p.phf
+FROM unnest($1::{id_type}[], $2::{ts_type}[]) WITH ORDINALITY AS k(equipamento_id, ts, pos)
+CROSS JOIN LATERAL (
+    SELECT d.timestamp_dados,
+           CASE WHEN jsonb_typeof(d.dados::jsonb -> 'phf') = 'number'
+                THEN d.dados::jsonb ->> 'phf' END AS phf
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = k.equipamento_id AND d.timestamp_dados < k.ts
+    ORDER BY d.timestamp_dados DESC
+    LIMIT 1
+) AS p;
+
 -- name: probe_readings
 -- $1 equipamento ids, $2 timestamps (parallel arrays). Which of a standby's buffered
 -- readings are already committed: returns their 1-based positions. Index-backed by the
