@@ -358,7 +358,7 @@ def test_reason_detail_is_bounded_and_has_no_nul() -> None:
         assert "\x00" not in reject.reason
 
 
-# --- M-160 summary ---------------------------------------------------------------------------
+# --- M-160 summary (the rules themselves: tests/unit/test_m160.py) ---------------------------
 
 
 def test_unwrapped_m160_decodes_like_wrapped() -> None:
@@ -370,7 +370,7 @@ def test_unwrapped_m160_decodes_like_wrapped() -> None:
 
 @pytest.mark.parametrize("key", ["Resumo", "Va", "consumo_phf"])
 def test_m160_is_recognised_by_its_keys(key: str) -> None:
-    """`Resumo`, or an unwrapped `Va`/`consumo_phf`, selects the M-160 family."""
+    """`Resumo` (an object), or an unwrapped `Va`/`consumo_phf`: the M-160 shapes."""
     obj: dict[str, object] = {key: {} if key == "Resumo" else 1.0}
     assert M160SummaryFamily().matches(obj)
     assert not M160SummaryFamily().matches({"power": 1})
@@ -378,73 +378,59 @@ def test_m160_is_recognised_by_its_keys(key: str) -> None:
 
 @pytest.mark.parametrize("value", ["text", None, [1], 3, True])
 def test_resumo_that_is_not_an_object(value: object) -> None:
-    """A `Resumo` that is not an object (null included) rejects the message."""
-    assert reject_code({"Resumo": value, "timestamp": 1795910430}) == REASON_INVALID_SUMMARY
+    """On an M-160, a `Resumo` that is not an object (null included) and no top-level
+    Va / consumo_phf: DOMAIN v2 `m160_unknown_format`."""
+    payload = {"Resumo": value, "timestamp": 1795910430}
+    assert reject_code(payload, M160_EQUIPMENT) == "m160_unknown_format"
 
 
 def test_m160_timestamp_falls_back_to_envelope() -> None:
-    """Without Resumo.timestamp, the envelope's timestamp dates the row (and the JSON)."""
+    """Without Resumo.timestamp, the envelope's timestamp dates the row; dados is the
+    Resumo object as sent (DOMAIN v2)."""
     summary = resumo()
     del summary["timestamp"]
-    reading = only_reading({"timestamp": 1795910430000, "Resumo": summary})
+    reading = only_reading({"timestamp": 1795910430000, "Resumo": summary}, M160_EQUIPMENT)
     assert reading.timestamp_dados == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
-    assert orjson.loads(reading.dados)["timestamp"] == 1795910430000
+    assert orjson.loads(reading.dados) == summary
 
 
 def test_m160_null_resumo_timestamp_falls_back_too() -> None:
     """A null Resumo.timestamp counts as absent."""
-    reading = only_reading({"timestamp": 1795910430, "Resumo": {"timestamp": None, "Va": 1.0}})
+    payload = {"timestamp": 1795910430, "Resumo": {"timestamp": None, "Va": 1.0}}
+    reading = only_reading(payload, M160_EQUIPMENT)
     assert reading.timestamp_dados == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
     assert reading.matchable is True
 
 
 def test_m160_without_any_timestamp_uses_arrival() -> None:
     """No timestamp anywhere: arrival time, unmatchable."""
-    reading = only_reading({"Resumo": {"Va": 220.0}})
+    reading = only_reading({"Resumo": {"Va": 220.0}}, M160_EQUIPMENT)
     assert (reading.timestamp_dados, reading.matchable) == (RECEIVED, False)
 
 
-def test_m160_envelope_fields_are_kept() -> None:
-    """Envelope fields besides Resumo stay in the stored JSON, under the summary's own."""
-    reading = only_reading({"device": "m1", "Va": 0, "Resumo": {"Va": 220.0}})
-    assert orjson.loads(reading.dados) == {"device": "m1", "Va": 220.0}
-
-
-@pytest.mark.parametrize(
-    ("fields", "quality"),
-    [
-        ({}, "ruim"),
-        ({"Ia": 1.0, "Pa": 1.0}, "ruim"),
-        ({"Va": True, "Ia": 1.0, "Pa": 1.0}, "ruim"),  # a boolean is not a voltage
-        ({"Va": "220", "Ia": 1.0, "Pa": 1.0}, "ruim"),  # nor is text
-        ({"Va": 220.0}, "parcial"),
-        ({"Va": 220.0, "Ia": 1.0}, "parcial"),
-        ({"Va": 220.0, "Pt": 1.0}, "parcial"),
-        ({"Vb": 0, "Ic": 0, "Pt": 0}, "bom"),  # a measured zero is a value
-        ({"Va": 220.0, "Ia": 1.0, "Pa": 1.0}, "bom"),
-    ],
-)
-def test_m160_quality(fields: dict[str, object], quality: str) -> None:
-    """No voltage → ruim; voltage, current and active power → bom; otherwise parcial."""
-    assert only_reading({"Resumo": fields}).qualidade == quality
+def test_m160_dados_is_the_resumo_object() -> None:
+    """DOMAIN v2: dados = the Resumo object; envelope fields beside it are not kept."""
+    reading = only_reading({"device": "m1", "Va": 0, "Resumo": {"Va": 220.0}}, M160_EQUIPMENT)
+    assert orjson.loads(reading.dados) == {"Va": 220.0, "_timestamp_motivo": "ausente"}
 
 
 def test_m160_without_energy_or_count() -> None:
-    """Absent energia_total/total_leituras leave the columns NULL."""
-    reading = only_reading({"Resumo": {"Va": 220.0, "energia_total": None}})
+    """No consumo_phf, energia_total nor Pt: energy and power NULL; no total_leituras: 1."""
+    reading = only_reading({"Resumo": {"Va": 220.0, "energia_total": None}}, M160_EQUIPMENT)
     assert (reading.energia_kwh, reading.potencia_ativa_kw, reading.num_leituras) == (
         None,
         None,
-        None,
+        1,
     )
 
 
 def test_m160_integral_float_count() -> None:
     """total_leituras sent as 30.0 is the count 30; an int energy is a float kWh."""
-    reading = only_reading({"Resumo": {"Va": 1.0, "total_leituras": 30.0, "energia_total": 1}})
+    payload = {"Resumo": {"Va": 1.0, "total_leituras": 30.0, "energia_total": 1}}
+    reading = only_reading(payload, M160_EQUIPMENT)
     assert reading.num_leituras == 30
     assert reading.energia_kwh == 1.0
-    assert reading.potencia_ativa_kw == 120.0
+    assert reading.potencia_ativa_kw == 120.0  # no Pt: 1 / (30/3600)
 
 
 @pytest.mark.parametrize(
@@ -461,7 +447,8 @@ def test_m160_integral_float_count() -> None:
 )
 def test_m160_malformed_energy_or_count(fields: dict[str, object]) -> None:
     """Energy or count present but not a usable number rejects the summary."""
-    assert reject_code({"Resumo": {"Va": 220.0, **fields}}) == REASON_INVALID_SUMMARY
+    payload = {"Resumo": {"Va": 220.0, **fields}}
+    assert reject_code(payload, M160_EQUIPMENT) == REASON_INVALID_SUMMARY
 
 
 # --- the family seam -------------------------------------------------------------------------
