@@ -10,16 +10,25 @@ checks, in order, each ending the message as a single `Reject` whose reason is
 2. no equipment owns the topic: `unknown_topic`;
 3. not UTF-8: `not_utf8`; not JSON: `invalid_json`; JSON but not an object:
    `not_an_object`;
-4. the first family whose `matches` accepts the object decodes it for each
-   equipment; a `DecodeError` or `TimestampError` for any of them rejects the whole
-   message (no readings at all); any other exception is a bug and becomes a
-   `decoder_error` reject instead of stopping the intake.
+4. each equipment on the topic gets its own family (DOMAIN v2 "Which family"): the
+   first family that `owns` the equipment (decided by its type: code, category), else
+   the first other family whose `matches` accepts the object (decided by the
+   payload). A `DecodeError` or `TimestampError` ends that equipment's reading; the
+   message then has one reject (the first refusal), and the equipment whose families
+   accepted it keep their readings (several types may share a topic). Any other
+   exception is a bug and becomes a `decoder_error` reject for the whole message
+   instead of stopping the intake.
 
-Families (`default_families`, tried in this order):
+Families (`default_families`, in routing order):
 
-* `m160.M160SummaryFamily` — the M-160 summary (wrapped `Resumo` or flat TON/PD666):
-  energy, power, count, the outlier guard (decided at flush time) and quality; its
-  rules are in aupus_ha/m160.py.
+* `m160.M160SummaryFamily` — owns equipment whose type code is `M-160`, `M160` or
+  `METER_M160`: the M-160 summary (wrapped `Resumo` or flat TON/PD666): energy, power,
+  count, the outlier guard (decided at flush time) and quality; its rules are in
+  aupus_ha/m160.py.
+* `gateway.GatewayFamily` — owns equipment whose type's category is `Gateway`: the
+  A-966 pulse counts of a 15-minute bucket (raw-only filters, the phf glitch, energy,
+  power and derived fields); its rules are in aupus_ha/gateway.py.
+* `InverterFamily` — an object `power`: one sample of its minute's rollup.
 * `GenericFamily` — the fallback for any other object, stored whole (re-encoded by
   orjson: whitespace dropped, a duplicated key keeps its last value). Its time is
   `timestamp`.
@@ -29,7 +38,8 @@ family's own field, `timestamp`, in any form `parse_timestamp` accepts). When no
 usable (absent, `"sem_ntp"`, zero, malformed, before 2020, more than 15 minutes ahead)
 the reading is stored, not rejected: the arrival time (`received_at`, aware UTC), the
 row `matchable=False`, and `_timestamp_bruto` / `_timestamp_motivo` in its `dados`. The
-type's `mqtt_schema` is not applied here.
+type's `mqtt_schema` judges only readings of families chosen by the payload (inverter,
+generic): a family that owns its equipment has DOMAIN's own quality rule.
 
 Numbers that reach a computation or a numeric column must be finite and within
 `MAX_ABS_NUMBER` (1e15) in magnitude, else the message is rejected as
@@ -137,6 +147,14 @@ class FlushingFamily(Family, Protocol):
     def flush(self, now: datetime) -> list[Reading]: ...
 
 
+@runtime_checkable
+class EquipmentFamily(Family, Protocol):
+    """A family chosen by the equipment's type, never by the payload's shape alone (its
+    `matches` only describes the shape, for tools)."""
+
+    def owns(self, equipment: Equipment) -> bool: ...
+
+
 def encode_dados(obj: Mapping[str, object]) -> bytes:
     """`obj` as the `dados` jsonb bytes; `DecodeError` when jsonb could not store it."""
     try:
@@ -222,16 +240,18 @@ class InverterFamily:
 
 
 def default_families() -> list[Family]:
-    """Fresh instances (stateful families must not share state between decoders)."""
-    from aupus_ha.m160 import M160SummaryFamily  # m160 builds on this module's helpers
+    """Fresh instances in routing order (stateful families must not share state between
+    decoders): the equipment-owned families first, the payload ones after, generic last."""
+    from aupus_ha.gateway import GatewayFamily  # both build on this module's helpers
+    from aupus_ha.m160 import M160SummaryFamily
 
-    return [M160SummaryFamily(), InverterFamily(), GenericFamily()]
+    return [M160SummaryFamily(), GatewayFamily(), InverterFamily(), GenericFamily()]
 
 
 class Decoder:
     """Turns (topic, payload) into a `Decoded`; see the module docstring for the rules."""
 
-    __slots__ = ("_flushing", "families", "max_payload_bytes")
+    __slots__ = ("_by_equipment", "_by_payload", "_flushing", "families", "max_payload_bytes")
 
     def __init__(self, *, max_payload_bytes: int, families: Sequence[Family] | None = None) -> None:
         if max_payload_bytes <= 0:
@@ -241,6 +261,8 @@ class Decoder:
             default_families() if families is None else families
         )
         self._flushing = tuple(f for f in self.families if isinstance(f, FlushingFamily))
+        self._by_equipment = tuple(f for f in self.families if isinstance(f, EquipmentFamily))
+        self._by_payload = tuple(f for f in self.families if not isinstance(f, EquipmentFamily))
 
     def decode(
         self,
@@ -249,7 +271,8 @@ class Decoder:
         equipment: Sequence[Equipment],
         received_at: datetime,
     ) -> Decoded:
-        """Readings for every equipment on `topic`, or one reject. Never raises."""
+        """Readings for every equipment on `topic` whose family accepts the message, and
+        one reject if any refused it. Never raises."""
         try:
             return self._decode(topic, payload, equipment, received_at)
         except Exception as exc:  # a bug in a family must not stop the intake
@@ -274,18 +297,32 @@ class Decoder:
             return _reject(topic, payload, received_at, REASON_UNKNOWN_TOPIC, detail)
         try:
             obj = _load_object(payload)
-            family = self._family_for(obj)
-            readings = [
-                _checked(r, obj, e) for e in equipment for r in family.decode(obj, e, received_at)
-            ]
-        except (DecodeError, TimestampError) as exc:
+        except DecodeError as exc:
             return _reject(topic, payload, received_at, exc.reason, exc.message)
-        return Decoded(readings)
+        readings: list[Reading] = []
+        refusal: DecodeError | TimestampError | None = None
+        for item in equipment:
+            try:
+                readings += self._readings_for(item, obj, received_at)
+            except (DecodeError, TimestampError) as exc:
+                refusal = refusal or exc
+        if refusal is None:
+            return Decoded(readings)
+        # One reject per message (its key is the topic and the payload's hash).
+        decoded = _reject(topic, payload, received_at, refusal.reason, refusal.message)
+        decoded.readings = readings
+        return decoded
 
-    def _family_for(self, obj: dict[str, object]) -> Family:
-        for family in self.families:
+    def _readings_for(
+        self, equipment: Equipment, obj: dict[str, object], received_at: datetime
+    ) -> list[Reading]:
+        for owner in self._by_equipment:
+            if owner.owns(equipment):
+                return owner.decode(obj, equipment, received_at)  # DOMAIN's own quality
+        for family in self._by_payload:
             if family.matches(obj):
-                return family
+                decoded = family.decode(obj, equipment, received_at)
+                return [_checked(r, obj, equipment) for r in decoded]
         raise DecodeError(REASON_NO_FAMILY, "no family matches the object")
 
 

@@ -98,6 +98,9 @@ class M160SummaryFamily:
 
     name = "m160_summary"
 
+    def owns(self, equipment: Equipment) -> bool:
+        return is_m160(equipment)
+
     def matches(self, obj: dict[str, object]) -> bool:
         return looks_like_summary(obj)
 

@@ -17,12 +17,19 @@ RejectKey = tuple[str, str]
 
 @dataclass(slots=True, frozen=True)
 class Equipment:
-    """One enabled `equipamentos` row, as the decoder needs it."""
+    """One enabled `equipamentos` row, as the decoder needs it.
+
+    `type_code` (`tipos_equipamentos.codigo`) and `type_category` (the type's
+    `categorias_equipamentos.nome`) choose the family before the payload does (DOMAIN
+    v2); both are None for an equipment without a type, the category also for a type
+    without one.
+    """
 
     id: str
     topic: str
     type_code: str | None = None
     mqtt_schema: object | None = None
+    type_category: str | None = None
 
 
 @dataclass(slots=True)

@@ -419,6 +419,7 @@ class Store:
                 topic=r["topic"],
                 type_code=r["type_code"],
                 mqtt_schema=compile_schema(r["mqtt_schema"]),
+                type_category=r["type_category"],
             )
             for r in rows
         ]

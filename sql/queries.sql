@@ -328,11 +328,14 @@ JOIN ha_instances i
 WHERE l.cluster_name = $1 AND l.released_at IS NULL AND i.stopped_at IS NULL;
 
 -- name: enabled_equipment
--- Equipment whose topics this cluster subscribes to.
+-- Equipment whose topics this cluster subscribes to, with what routes its family: the
+-- type's code and its category's name (NULL without a type or a category; migration
+-- 007 gives a fresh database the platform's category table).
 SELECT e.id::text AS id, e.topico_mqtt AS topic, t.codigo AS type_code,
-       t.mqtt_schema::text AS mqtt_schema
+       c.nome::text AS type_category, t.mqtt_schema::text AS mqtt_schema
 FROM equipamentos e
 LEFT JOIN tipos_equipamentos t ON t.id = e.tipo_equipamento_id
+LEFT JOIN categorias_equipamentos c ON c.id = t.categoria_id
 WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
 ORDER BY e.id;
 

@@ -520,7 +520,12 @@ def test_default_decoders_do_not_share_families() -> None:
     """Each decoder gets its own family instances (state must not leak between them)."""
     first = Decoder(max_payload_bytes=LIMIT)
     second = Decoder(max_payload_bytes=LIMIT)
-    assert [f.name for f in first.families] == ["m160_summary", "inverter", "generic"]
+    assert [f.name for f in first.families] == [
+        "m160_summary",
+        "a966_gateway",
+        "inverter",
+        "generic",
+    ]
     assert all(a is not b for a, b in zip(first.families, second.families, strict=True))
     assert first.flush(RECEIVED).readings == []
 
