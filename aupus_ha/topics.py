@@ -1,15 +1,17 @@
 """The topic catalogue: which equipment listens on which MQTT topic.
 
 Built from `equipamentos` rows (enabled, with a topic, not deleted) and refreshed every
-few seconds, so adding or disabling equipment needs no restart. A stored topic must be
-a plain topic: wildcards, empty levels at either end or an empty string would subscribe
-to far more than one device, so such rows are skipped, logged and reported.
+few seconds, so adding or disabling equipment needs no restart. Whitespace around a
+stored topic is trimmed first, as the platform does (DOMAIN v2), so a topic typed with a
+stray space still gets its readings. The topic must then be a plain topic: wildcards,
+empty levels at either end or an empty string would subscribe to far more than one
+device, so such rows are skipped, logged and reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aupus_ha.readings import Equipment
 
@@ -17,11 +19,10 @@ MAX_TOPIC_BYTES = 65535
 
 
 def topic_problem(topic: str | None) -> str | None:
-    """Why a stored topic cannot be subscribed, or None when it is fine."""
+    """Why a stored topic cannot be subscribed once trimmed, or None when it is fine."""
     if topic is None or not topic.strip():
         return "empty topic"
-    if topic != topic.strip():
-        return "leading or trailing whitespace"
+    topic = topic.strip()
     if "+" in topic or "#" in topic:
         return "contains an MQTT wildcard (+ or #)"
     if topic.startswith("/") or topic.endswith("/"):
@@ -52,7 +53,8 @@ class TopicCatalog:
             if problem:
                 invalid.append(InvalidTopic(item.id, item.topic, problem))
                 continue
-            grouped.setdefault(item.topic, []).append(item)
+            trimmed = replace(item, topic=item.topic.strip())
+            grouped.setdefault(trimmed.topic, []).append(trimmed)
         return cls({t: tuple(items) for t, items in grouped.items()}, invalid)
 
     def equipment_for(self, topic: str) -> Sequence[Equipment]:

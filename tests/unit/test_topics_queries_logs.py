@@ -11,10 +11,24 @@ from aupus_ha.readings import Equipment
 from aupus_ha.topics import TopicCatalog, topic_problem
 
 
-@pytest.mark.parametrize("topic", ["", "  ", "a/+/b", "a/#", "/a/b", "a/b/", None, " a"])
+@pytest.mark.parametrize("topic", ["", "  ", "a/+/b", "a/#", "/a/b", "a/b/", None, " /a "])
 def test_invalid_topics_are_refused(topic: str | None) -> None:
     """Wildcards, empty topics and leading/trailing '/' are never subscribed."""
     assert topic_problem(topic) is not None
+
+
+def test_whitespace_around_a_topic_is_trimmed() -> None:
+    """DOMAIN v2: surrounding whitespace is trimmed (as the platform does), so a row whose
+    topic was typed with a space still gets its readings; inner spaces are kept."""
+    cat = TopicCatalog.build(
+        [Equipment("a", " site/m1 "), Equipment("b", "site/m1\t\n"), Equipment("c", "x y")]
+    )
+    assert cat.topics == ["site/m1", "x y"]
+    assert [(e.id, e.topic) for e in cat.equipment_for("site/m1")] == [
+        ("a", "site/m1"),
+        ("b", "site/m1"),
+    ]
+    assert cat.invalid == []
 
 
 def test_catalog_groups_shared_topics_and_skips_invalid() -> None:
