@@ -45,6 +45,7 @@ from aupus_ha.flusher import Flusher, FlushProgress
 from aupus_ha.ha import HaLoop
 from aupus_ha.ingest import MqttIngest
 from aupus_ha.intake import DurableIntake
+from aupus_ha.legacytime import NOT_LEGACY, LegacyTimeCheck, check_legacy_time
 from aupus_ha.logs import get_logger
 from aupus_ha.metrics import Metrics, ObservedStore
 from aupus_ha.migrate import apply_migrations
@@ -54,6 +55,7 @@ from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
 from aupus_ha.runtime import tune_gc
 from aupus_ha.spool import Spool, SpoolRefused
 from aupus_ha.store import KeyConvention, Store, detect_convention
+from aupus_ha.timestamps import time_motivo_of
 from aupus_ha.topics import TopicCatalog
 
 log = get_logger(__name__)
@@ -69,6 +71,8 @@ class IntakeStats:
     rejects: int = 0
     last_message_at: datetime | None = None
     by_reason: dict[str, int] = field(default_factory=dict)
+    # Readings stored with the arrival time, by `_timestamp_motivo` (DOMAIN v2 "Time").
+    time_fallbacks: dict[str, int] = field(default_factory=dict)
 
 
 class Instance:
@@ -111,6 +115,8 @@ class Instance:
         self.flusher: Flusher | None = None
         self.mqtt: MqttIngest | None = None
         self.convention = KeyConvention(False, False, "text")
+        # The start-up check of a legacy database's wall-time convention (/health).
+        self.legacy_time: LegacyTimeCheck = NOT_LEGACY
         self._queries = Queries()
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -228,7 +234,13 @@ class Instance:
         try:
             if self.migrate:
                 await apply_migrations(conn)
-            self.convention = await detect_convention(conn, Queries()["column_types"])
+            self.convention = await detect_convention(
+                conn, Queries()["column_types"], self.settings.legacy_zone
+            )
+            if self.convention.legacy_timestamps:
+                self.legacy_time = await check_legacy_time(
+                    conn, Queries()["legacy_time_offset"], self.settings.legacy_timestamp_zone
+                )
         except CONNECTION_ERRORS as exc:  # read-only, disk full, shutting down: retried
             log.warning("db.unavailable", during="start", error=describe_error(exc))
             raise unavailable(exc) from exc
@@ -336,6 +348,11 @@ class Instance:
         for reject in decoded.rejects:
             code = reject.reason.split(":", 1)[0]
             stats.by_reason[code] = stats.by_reason.get(code, 0) + 1
+        for reading in decoded.readings:
+            if not reading.matchable:  # timed by arrival: count why (a byte search)
+                motivo = time_motivo_of(reading.dados)
+                if motivo is not None:
+                    stats.time_fallbacks[motivo] = stats.time_fallbacks.get(motivo, 0) + 1
         if not self.settings.may_lead:
             return None  # development mode shows data but never writes: nothing to keep
         durable = self.durable.accept(decoded)

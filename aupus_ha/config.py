@@ -11,9 +11,11 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aupus_ha import constants
 from aupus_ha.spool_files import directory_problem
@@ -123,6 +125,14 @@ class Settings:
     recent_data_critical_s: float = 7200.0
     alert_interval_s: float = 300.0
     alert_cooldown_s: float = 3600.0
+    # The zone of the wall times in legacy `timestamp without time zone` columns
+    # (DOMAIN v2: UTC). Every database session runs in it, so `created_at` defaults too.
+    legacy_timestamp_zone: str = "UTC"
+
+    @property
+    def legacy_zone(self) -> tzinfo:
+        """`legacy_timestamp_zone` as a tzinfo (validated at parse time)."""
+        return UTC if self.legacy_timestamp_zone == "UTC" else ZoneInfo(self.legacy_timestamp_zone)
 
     @property
     def may_lead(self) -> bool:
@@ -209,6 +219,22 @@ def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     value = raw.strip().lower()
     if value not in choices:
         raise ConfigError(f"{name}={raw!r} is invalid (accepts {' | '.join(choices)})")
+    return value
+
+
+def _parse_zone(name: str, raw: str) -> str:
+    """An IANA time zone name both Python and PostgreSQL know (`UTC`, `America/Sao_Paulo`)."""
+    value = raw.strip()
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/_-+")
+    problem = f"{name}={raw!r} is invalid (accepts an IANA time zone name, e.g. UTC)"
+    if not value or len(value) > 64 or not set(value) <= allowed or value.startswith("/"):
+        raise ConfigError(problem)
+    if value.upper() == "UTC":
+        return "UTC"
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(problem) from None
     return value
 
 
@@ -450,5 +476,8 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         alert_interval_s=num("ALERT_INTERVAL_S", get("ALERT_INTERVAL_S", "300"), float, 1, 86_400),
         alert_cooldown_s=num(
             "ALERT_COOLDOWN_S", get("ALERT_COOLDOWN_S", "3600"), float, 0, 604_800
+        ),
+        legacy_timestamp_zone=_parse_zone(
+            "LEGACY_TIMESTAMP_ZONE", get("LEGACY_TIMESTAMP_ZONE", "UTC")
         ),
     )

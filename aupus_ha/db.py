@@ -156,6 +156,10 @@ def _server_settings(settings: Settings, app_name: str) -> dict[str, str]:
     idle = max(1, int(settings.lease_ttl_s / 2))
     return {
         "application_name": app_name,
+        # Legacy `timestamp without time zone` columns hold wall time of this zone (UTC,
+        # DOMAIN v2): `created_at DEFAULT now()` and every `::timestamptz` cast of them
+        # follow the session's TimeZone, never the server's (often America/Sao_Paulo).
+        "TimeZone": settings.legacy_timestamp_zone,
         # The server notices a vanished client (host dead, cable cut) within about
         # idle + interval * count seconds and ends its session, releasing the lock.
         "tcp_keepalives_idle": str(idle),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aupus_ha import constants
 from aupus_ha.db import DatabaseUnavailable
+from aupus_ha.legacytime import STATUS_MISMATCH
 
 if TYPE_CHECKING:
     from aupus_ha.app import Instance
@@ -273,9 +274,15 @@ class HealthViews:
         leader = self.leader_body()
         checks["recentData"] = await self.recent_data(details)
         checks["leadership"] = self.leadership_check(leader)
+        legacy_time = self._instance.legacy_time
+        checks["legacyTime"] = legacy_time.body()
         if not self.healthy(role, checks):
             status = STATUS_UNHEALTHY
-        elif checks["recentData"]["status"] != DATA_OK or leader["leader_id"] is None:
+        elif (
+            checks["recentData"]["status"] != DATA_OK
+            or leader["leader_id"] is None
+            or legacy_time.status == STATUS_MISMATCH
+        ):
             status = STATUS_DEGRADED
         else:
             status = STATUS_HEALTHY
@@ -370,6 +377,11 @@ class HealthViews:
             "rejects": {
                 "thisInstance": inst.intake.rejects,
                 "byReason": dict(inst.intake.by_reason),
+            },
+            # Readings stored with the arrival time (device time unusable), by reason.
+            "timeFallbacks": {
+                "thisInstance": sum(inst.intake.time_fallbacks.values()),
+                "byReason": dict(inst.intake.time_fallbacks),
             },
             "buffer": {
                 "pending": len(inst.buffer),

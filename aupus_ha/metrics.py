@@ -25,6 +25,7 @@ from aupus_ha.httpguard import GuardStats
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Reading, Reject
 from aupus_ha.store import FlushResult, Store
+from aupus_ha.timestamps import MOTIVOS
 
 if TYPE_CHECKING:
     from aupus_ha.app import Instance
@@ -144,6 +145,16 @@ class _InstanceCollector(Collector):
         for reason, count in sorted(intake.by_reason.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        fallback = CounterMetricFamily(
+            f"{PREFIX}_readings_time_fallback",
+            "Readings stored with the arrival time because the device time was unusable, "
+            "by reason (_timestamp_motivo: sem_ntp, zero, malformado, antes_de_2020, "
+            "futuro, ausente).",
+            labels=["reason"],
+        )
+        for reason in MOTIVOS:
+            fallback.add_metric([reason], intake.time_fallbacks.get(reason, 0))
+        yield fallback
         yield _counter(
             "readings_stored",
             "Rows newly stored by this instance's flushes.",

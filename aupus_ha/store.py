@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -40,7 +40,7 @@ from aupus_ha.logs import get_logger
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Equipment, Reading, ReadingKey, Reject, RejectKey
 from aupus_ha.schemas import compile_schema
-from aupus_ha.timestamps import to_legacy_local
+from aupus_ha.timestamps import to_legacy_wall
 
 log = get_logger(__name__)
 
@@ -105,24 +105,30 @@ class _Tally:
 
 @dataclass(frozen=True, slots=True)
 class KeyConvention:
-    """How `timestamp_dados` is stored: full-precision UTC, or legacy Brasília seconds."""
+    """How `timestamp_dados` is stored: full-precision UTC (timestamptz), or legacy wall
+    time to the second in `zone` (LEGACY_TIMESTAMP_ZONE: UTC, as the platform writes it;
+    v1 wrote Brasília time, 3 h off the platform's keys)."""
 
     legacy_timestamps: bool
     legacy_fim: bool
     id_type: str
+    zone: tzinfo = UTC
 
     def apply(self, reading: Reading) -> Reading:
         """The reading with its timestamps in the column's convention (also its key)."""
         if not (self.legacy_timestamps or self.legacy_fim):
             return reading
-        ts = to_legacy_local(reading.timestamp_dados) if self.legacy_timestamps else None
+        zone = self.zone
+        ts = to_legacy_wall(reading.timestamp_dados, zone) if self.legacy_timestamps else None
         fim = reading.timestamp_fim
         if self.legacy_fim and fim is not None:
-            fim = to_legacy_local(fim)
+            fim = to_legacy_wall(fim, zone)
         return replace(reading, timestamp_dados=ts or reading.timestamp_dados, timestamp_fim=fim)
 
 
-async def detect_convention(conn: asyncpg.Connection, queries_sql: str) -> KeyConvention:
+async def detect_convention(
+    conn: asyncpg.Connection, queries_sql: str, zone: tzinfo = UTC
+) -> KeyConvention:
     rows = await conn.fetch(queries_sql)
     types = {r["column_name"]: r["data_type"] for r in rows}
     if "timestamp_dados" not in types:
@@ -131,6 +137,7 @@ async def detect_convention(conn: asyncpg.Connection, queries_sql: str) -> KeyCo
         legacy_timestamps=types["timestamp_dados"] == "timestamp without time zone",
         legacy_fim=types.get("timestamp_fim") == "timestamp without time zone",
         id_type="bpchar" if types.get("equipamento_id") == "character" else "text",
+        zone=zone,
     )
 
 

@@ -347,6 +347,25 @@ FROM information_schema.columns
 WHERE table_schema = current_schema() AND table_name = 'equipamentos_dados'
   AND column_name IN ('equipamento_id', 'timestamp_dados', 'timestamp_fim');
 
+-- name: legacy_time_offset
+-- Start-up check of a legacy database's time convention (DOMAIN v2: UTC wall time in
+-- `timestamp without time zone` columns). Over the $1 most recently created rows (one
+-- range of the created_at index), the median of created_at - timestamp_dados in seconds
+-- and how many rows it covers. Both are wall times; their difference does not depend on
+-- the session's TimeZone. Near 0 when the writers agree; near 3 h when one column holds
+-- Brasilia time and the other UTC.
+SELECT percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM recent.created_at - recent.timestamp_dados)
+       )::float8 AS median_s,
+       count(*)::int AS n_rows
+FROM (
+    SELECT created_at, timestamp_dados
+    FROM equipamentos_dados
+    WHERE created_at IS NOT NULL
+    ORDER BY created_at DESC
+    LIMIT $1
+) AS recent;
+
 -- name: leadership
 -- $1 cluster_name.
 SELECT epoch, leader_instance_id, acquired_at, released_at, ended_reason, last_flush_at,
