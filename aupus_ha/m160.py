@@ -286,7 +286,7 @@ async def resolve_outliers(
 ) -> list[Reading]:
     """`plain` with every guarded reading decided, inside the flush transaction: its
     previous reading is the closer of the batch's (`in_batch`, from the whole batch
-    before any split) and the equipment's stored row just before it (`m160_previous_rows`)."""
+    before any split) and the equipment's stored row just before it (`summary_previous_rows`)."""
     guarded = [r for r in plain if r.outlier_guard]
     if not guarded:
         return plain

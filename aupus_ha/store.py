@@ -268,7 +268,7 @@ class Store:
             tally = _Tally()
             if plain:
                 plain = await m160.resolve_outliers(
-                    conn, self._q["m160_previous_rows"], plain, in_batch
+                    conn, self._q["summary_previous_rows"], plain, in_batch
                 )
                 tally.plain_rows = await self._copy_plain(conn, plain, epoch)
                 tally.rows = tally.plain_rows

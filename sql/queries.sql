@@ -248,7 +248,7 @@ WHERE ctid = ANY (ARRAY(
 UPDATE ha_leadership SET last_flush_at = now(), flush_seq = flush_seq + 1
 WHERE cluster_name = $1;
 
--- name: m160_previous_rows
+-- name: summary_previous_rows
 -- $1 equipamento ids, $2 timestamps (parallel arrays). For each M-160 reading whose
 -- consumo_phf is an outlier (aupus_ha/m160.py), the equipment's stored row just before
 -- it in device time: its 1-based position, timestamp_dados, and phf as text when dados
