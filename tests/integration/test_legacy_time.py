@@ -8,15 +8,16 @@ Brasília time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from aupus_ha.config import load_settings
+from aupus_ha.config import Settings, load_settings
 from aupus_ha.db import connect, create_pool
 from aupus_ha.decoding import Decoder
 from aupus_ha.legacytime import (
@@ -56,7 +57,7 @@ async def legacy(database_url: str) -> AsyncIterator[tuple[str, asyncpg.Connecti
         await conn.close()
 
 
-def settings_for(dsn: str, **env: str) -> object:
+def settings_for(dsn: str, **env: str) -> Settings:
     return load_settings({"DATABASE_URL": dsn, "MQTT_MODE": "disabled", **env}, dotenv=None)
 
 
@@ -66,7 +67,7 @@ async def flush_generic(dsn: str, conn: asyncpg.Connection, payload: bytes) -> N
     convention = await detect_convention(
         conn,
         Queries()["column_types"],
-        settings.legacy_zone,  # type: ignore[attr-defined]
+        settings.legacy_zone,
     )
     assert convention.legacy_timestamps
     decoded = Decoder(max_payload_bytes=65536).decode(
@@ -74,7 +75,7 @@ async def flush_generic(dsn: str, conn: asyncpg.Connection, payload: bytes) -> N
     )
     assert not decoded.rejects
     readings = [convention.apply(r) for r in decoded.readings]
-    pool = await create_pool(settings, "aupus-ha/legacy-time")  # type: ignore[arg-type]
+    pool = await create_pool(settings, "aupus-ha/legacy-time")
     try:
         queries = Queries(id_type=convention.id_type, ts_type="timestamp")
         store = Store(pool, queries, cluster_name=CLUSTER, instance_id="legacy-time")
@@ -133,8 +134,8 @@ async def test_every_session_runs_in_the_legacy_zone(
         ({"LEGACY_TIMESTAMP_ZONE": "America/Bahia"}, "America/Bahia"),
     ):
         settings = settings_for(dsn, **env)
-        lock = await connect(settings, "aupus-ha/lt-lock", tune=False)  # type: ignore[arg-type]
-        pool = await create_pool(settings, "aupus-ha/lt-pool")  # type: ignore[arg-type]
+        lock = await connect(settings, "aupus-ha/lt-lock", tune=False)
+        pool = await create_pool(settings, "aupus-ha/lt-pool")
         try:
             assert await lock.fetchval("SHOW TimeZone") == expected
             assert await pool.fetchval("SHOW TimeZone") == expected
@@ -156,7 +157,9 @@ async def insert_history(conn: asyncpg.Connection, count: int, *, brasilia: bool
         await conn.execute(PLATFORM_INSERT, cuid(f"h{n}"), EQUIPMENT, dados, ts, created)
 
 
-async def run_check(conn: asyncpg.Connection) -> tuple[str, float | None, list[dict[str, object]]]:
+async def run_check(
+    conn: asyncpg.Connection,
+) -> tuple[str, float | None, list[MutableMapping[str, Any]]]:
     with capture_logs() as logs:
         result = await check_legacy_time(conn, Queries()["legacy_time_offset"], "UTC")
     return result.status, result.median_s, logs
