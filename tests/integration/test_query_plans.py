@@ -32,6 +32,7 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     "probe_readings": KEYS,
     "probe_rollup_samples": (*KEYS, ["s1", "s2"]),
     "rollup_rows_for_update": KEYS,
+    "summary_previous_rows": KEYS,  # the M-160 outlier guard, in the flush transaction
 }
 NOT_READS = {"create_staging"}
 GROWING = {
