@@ -49,28 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         help="fraction of messages replaced by bad inputs (they end in ingest_rejects)",
     )
 
-    sim = sub.add_parser("simulate", help="publish a simulated fleet of meters and inverters")
-    sim.add_argument(
-        "--broker", help="mqtt:// or mqtts:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)"
-    )
-    sim.add_argument("--ca", help="CA file for an mqtts:// broker (default: MQTT_TLS_CA)")
-    sim.add_argument("--meters", type=int, default=10, help="M-160 meters (a summary every 30 s)")
-    sim.add_argument("--unwrapped-meters", type=int, default=0, help="of them, without `Resumo`")
-    sim.add_argument("--inverters", type=int, default=5, help="inverters (a reading every 60 s)")
-    sim.add_argument("--speedup", type=float, default=1.0, help="simulated s per real s; 0 = max")
-    sim.add_argument("--count", type=int, help="stop after this many messages")
-    sim.add_argument("--duration", type=float, help="stop after this many real seconds")
-    sim.add_argument("--bad-ratio", type=float, default=0.0, help="fraction of bad inputs, 0..1")
-    sim.add_argument("--seed", type=int, default=1, help="same seed, same messages")
-    sim.add_argument("--start", help="simulated start, ISO 8601 (no offset = Brasília; now)")
-    sim.add_argument("--topic-prefix", default="aupus/sim")
-    sim.add_argument(
-        "--register",
-        nargs="?",
-        const="",
-        metavar="DSN",
-        help="first add the equipment rows (DSN default: DATABASE_URL); --count 0 = only that",
-    )
+    sim = sub.add_parser("simulate", help="publish a simulated fleet (meters, inverters, gateways)")
+    _add_simulate_arguments(sim)
 
     bench = sub.add_parser(
         "bench", help="end-to-end benchmark on embedded servers, with same-run baselines"
@@ -196,6 +176,39 @@ def _add_chaos_arguments(parser: argparse.ArgumentParser) -> None:
     from aupus_ha.chaos.options import add_arguments
 
     add_arguments(parser)
+
+
+def _add_simulate_arguments(sim: argparse.ArgumentParser) -> None:
+    sim.add_argument(
+        "--broker", help="mqtt:// or mqtts:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)"
+    )
+    sim.add_argument("--ca", help="CA file for an mqtts:// broker (default: MQTT_TLS_CA)")
+    sim.add_argument("--meters", type=int, default=10, help="M-160 meters (a summary every 30 s)")
+    sim.add_argument(
+        "--wrapped-meters", type=int, help="of them, wrapped in `Resumo` (default: a quarter)"
+    )
+    sim.add_argument(
+        "--clockless-meters", type=int, help="flat meters without NTP (default: a fifth)"
+    )
+    sim.add_argument("--inverters", type=int, default=5, help="inverters (a reading every 60 s)")
+    sim.add_argument("--gateways", type=int, default=1, help="A-966 gateways (every 15 min)")
+    sim.add_argument(
+        "--settle", type=float, default=15.0, help="with --register: s to wait for the ingest"
+    )
+    sim.add_argument("--speedup", type=float, default=1.0, help="simulated s per real s; 0 = max")
+    sim.add_argument("--count", type=int, help="stop after this many messages")
+    sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+    sim.add_argument("--bad-ratio", type=float, default=0.0, help="fraction of bad inputs, 0..1")
+    sim.add_argument("--seed", type=int, default=1, help="same seed, same messages")
+    sim.add_argument("--start", help="simulated start, ISO 8601 (no offset = Brasília; now)")
+    sim.add_argument("--topic-prefix", default="aupus/sim")
+    sim.add_argument(
+        "--register",
+        nargs="?",
+        const="",
+        metavar="DSN",
+        help="first add the equipment rows (DSN default: DATABASE_URL); --count 0 = only that",
+    )
 
 
 def _chaos(args: argparse.Namespace) -> int:

@@ -1,16 +1,21 @@
 """`aupus-ha demo`: the whole promise on one machine, in well under a minute.
 
 Starts an embedded PostgreSQL and a broker, two instances with the same configuration,
-and the simulated fleet of `simulate.py` (M-160 meters, some without the `Resumo`
-envelope, and solar inverters) played at a speed-up, so that the default 30 s show more
+and the simulated fleet of `simulate.py` in the formats the platform sees today (flat
+TON/PD666 M-160 meters, some without NTP, wrapped `Resumo` meters, TON Sungrow
+inverters, an A-966 gateway) played at a speed-up, so that the default 30 s show more
 than an hour of a working day. It kills the leader with SIGKILL at a third of the run,
-restarts it at two thirds, prints a status line a second and a summary: published,
-stored, lost, duplicated, failover time.
+restarts it at two thirds, prints a status line a second and a summary: per family
+published, stored, with energy, timed by arrival and rejected; then lost, duplicated,
+failover time.
 
 Lost and duplicated are counted on the natural keys: each published message is decoded
 by the ingest's own `Decoder`, and the rows it must become are the readings' row keys
-(an inverter's reading belongs to the row of its minute). Everything the demo starts is
-stopped and every temporary directory removed on exit, Ctrl-C and SIGTERM included.
+(an inverter's reading belongs to the row of its minute). A reading timed by its arrival
+(a meter without NTP) has a different arrival time on every instance, so it is matched
+by its content instead (its `dados` without the ingest's `_` annotations), as the
+ingest itself matches it. Everything the demo starts is stopped and every temporary
+directory removed on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+import asyncpg
+import orjson
+
 from aupus_ha import constants
 from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.interrupt import Interrupted, until_interrupted
@@ -35,22 +43,28 @@ from aupus_ha.localcluster import (
     InstanceProcess,
     fetch,
     leaders,
-    stored_keys,
     wait_single_leader,
     wait_until,
 )
 from aupus_ha.simulate import (
-    FAMILY_BAD,
+    FAMILY_GATEWAY,
     FAMILY_INVERTER,
+    FAMILY_M160_FLAT,
+    FAMILY_M160_WRAPPED,
+    GATEWAY_CATEGORY,
     Fleet,
     SimMessage,
+    SimReport,
     build_fleet,
+    family_table,
+    read_back,
     register_equipment,
     run_simulation,
 )
 from aupus_ha.timestamps import BRASILIA
 
 RowKey = tuple[str, datetime]  # (equipamento_id, timestamp_dados), aware UTC
+ContentKey = tuple[str, bytes]  # (equipamento_id, canonical dados) of a row timed by arrival
 RejectKey = tuple[str, str]  # (topic, sha256 of the payload)
 
 DEMO_ENV: Final = {
@@ -68,7 +82,7 @@ _DEFAULT_MAX_PAYLOAD: Final = 256 * 1024
 @dataclass(slots=True)
 class DemoOptions:
     duration_s: float = 30.0
-    fleet: int = 20  # devices: two thirds M-160 meters, one third inverters
+    fleet: int = 20  # devices: about 60 % M-160 meters, 30 % inverters, 10 % gateways
     rate: float = 100.0  # messages per second, on average
     bad_ratio: float = 0.0  # fraction of the messages replaced by bad inputs
     seed: int = 1
@@ -90,16 +104,22 @@ class DemoOptions:
 
 
 def demo_fleet(options: DemoOptions) -> Fleet:
-    """Two thirds meters (a third of them unwrapped), one third inverters."""
-    meters = max(1, round(options.fleet * 2 / 3))
-    inverters = options.fleet - meters
-    unwrapped = max(meters // 3, min(1, meters - 1))
+    """A site's proportions: a gateway per ten devices (one from four), 30 % inverters,
+    the rest meters, mostly flat (some without NTP) and at least one wrapped."""
+    gateways = max(1, options.fleet // 10) if options.fleet >= 4 else 0
+    inverters = round((options.fleet - gateways) * 0.3) if options.fleet >= 2 else 0
+    meters = options.fleet - gateways - inverters
+    wrapped = max(1, meters // 4) if meters >= 2 else 0
+    flat = meters - wrapped
+    clockless = max(1, flat // 4) if flat >= 2 else 0
     return build_fleet(
         meters,
         inverters,
         options.seed,
+        gateways=gateways,
+        wrapped_meters=wrapped,
+        clockless_meters=clockless,
         bad_ratio=options.bad_ratio,
-        unwrapped_meters=unwrapped,
         topic_prefix="aupus/demo",
     )
 
@@ -159,11 +179,13 @@ class Expected:
 
     When the decoder cannot be used (its API changed), falls back to the simulator's own
     account: the reading's timestamp, an inverter's mapped to its minute when the ingest
-    has the rollup module; `fallback_reason` then says why.
+    has the rollup module (readings timed by arrival are then not checked);
+    `fallback_reason` then says why.
     """
 
     def __init__(self, fleet: Fleet) -> None:
         self.rows: set[RowKey] = set()
+        self.contents: set[ContentKey] = set()  # readings timed by their arrival
         self.rejects: set[RejectKey] = set()
         self.good = 0  # published messages that decode to readings (or are held by a family)
         self.bad = 0  # published messages that decode to a reject
@@ -172,12 +194,10 @@ class Expected:
         self._equipment: dict[str, Any] = {}
         try:
             from aupus_ha.decoding import Decoder
-            from aupus_ha.readings import Equipment
 
             self._decoder = Decoder(max_payload_bytes=_max_payload_bytes())
             self._equipment = {
-                d.topic: Equipment(id=d.id, topic=d.topic, type_code=d.type_code)
-                for d in fleet.devices
+                d.topic: _equipment(d.id, d.topic, d.type_code, d.family) for d in fleet.devices
             }
         except Exception as exc:  # any API drift: fall back, and say so
             self._fall_back(exc)
@@ -212,16 +232,20 @@ class Expected:
             self._fall_back(exc)
 
     def _keep(self, readings: list[Any], rejects: list[Any]) -> None:
-        rows = [row_key(r) for r in readings]
-        keys = [(r.topic, r.payload_sha256) for r in rejects]
-        self.rows.update(rows)
-        self.rejects.update(keys)
+        for reading in readings:
+            if getattr(reading, "matchable", True) or _is_sample(reading):
+                self.rows.add(row_key(reading))
+            else:
+                self.contents.add((reading.equipamento_id, content_of(reading.dados)))
+        self.rejects.update((r.topic, r.payload_sha256) for r in rejects)
 
     def _add_by_simulator(self, message: SimMessage) -> None:
-        if message.family == FAMILY_BAD or message.timestamp is None:
+        if message.bad_kind is not None:
             self.bad += 1
             return
         self.good += 1
+        if message.timestamp is None:  # timed by arrival: no key to expect without the decoder
+            return
         ts = message.timestamp.astimezone(UTC)
         if message.family == FAMILY_INVERTER and _ingest_has_rollup():
             ts = minute_of(ts)
@@ -231,6 +255,38 @@ class Expected:
         if self.fallback_reason is None:
             self.fallback_reason = f"{type(exc).__name__}: {exc}"
         self._decoder = None
+
+
+def _equipment(equipment_id: str, topic: str, type_code: str, family: str) -> Any:
+    """The ingest's `Equipment` for a simulated device, its category where it has one."""
+    from aupus_ha.readings import Equipment
+
+    fields = {f.name for f in dataclasses.fields(Equipment)}
+    extra = {}
+    for name in ("type_category", "category", "categoria"):  # as the ingest names it
+        if name in fields and family == FAMILY_GATEWAY:
+            extra[name] = GATEWAY_CATEGORY
+    return Equipment(id=equipment_id, topic=topic, type_code=type_code, **extra)
+
+
+def content_of(dados: bytes | str) -> bytes:
+    """A row's `dados` in a canonical form: keys sorted, numbers as floats, and without
+    the `_` annotations of the ingest (the time fallback's, a flush's), so that what the
+    decoder produced and what jsonb gives back compare equal."""
+    obj = orjson.loads(dados)
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if not k.startswith("_")}
+    return orjson.dumps(_floats(obj), option=orjson.OPT_SORT_KEYS)
+
+
+def _floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        return float(value)
+    return value
 
 
 def _max_payload_bytes() -> int:
@@ -316,11 +372,8 @@ async def _scenario(
     speedup = speedup_for(fleet, options.rate)
     span = timedelta(seconds=options.duration_s * speedup)
     start = simulated_start(span)
-    meters = [d for d in fleet.devices if d.family != FAMILY_INVERTER]
-    unwrapped = sum(d.unwrapped for d in meters)
     timeline.say(
-        f"fleet: {len(meters)} M-160 meters ({unwrapped} unwrapped) and "
-        f"{len(fleet.devices) - len(meters)} inverters, ~{options.rate:.0f} msg/s (QoS 1), "
+        f"fleet: {_fleet_text(fleet)}; ~{options.rate:.0f} msg/s (QoS 1), "
         f"x{speedup:.0f}: {_local(start)} -> {_local(start + span)} Brasilia, "
         f"{span.total_seconds() / 60:.0f} simulated minutes"
         + (f", {options.bad_ratio:.0%} bad inputs" if options.bad_ratio else "")
@@ -355,7 +408,18 @@ async def _scenario(
         for task in (publisher, watcher):
             with contextlib.suppress(BaseException):
                 await task
-    return await _summary(dsn, report.published, expected, failover_ms)
+    return await _summary(dsn, fleet, report, expected, failover_ms)
+
+
+def _fleet_text(fleet: Fleet) -> str:
+    groups = fleet.by_family()
+    flat = groups[FAMILY_M160_FLAT]
+    clockless = sum(d.clock != "ntp" for d in flat)
+    return (
+        f"{len(flat)} flat M-160 meters ({clockless} without NTP), "
+        f"{len(groups[FAMILY_M160_WRAPPED])} wrapped (Resumo), "
+        f"{len(groups[FAMILY_INVERTER])} inverters, {len(groups[FAMILY_GATEWAY])} A-966 gateways"
+    )
 
 
 async def _kill_and_restart(
@@ -388,7 +452,10 @@ async def _settle(dsn: str, expected: Expected) -> None:
     """Wait (bounded) until every expected row and reject is in the database."""
 
     async def complete() -> bool:
-        if not expected.rows <= set(await stored_keys(dsn)):
+        stored = await _stored_rows(dsn)
+        if not expected.rows <= {(e, ts) for e, ts, _ in stored}:
+            return False
+        if not expected.contents <= {(e, c) for e, _, c in stored}:
             return False
         return not expected.rejects or expected.rejects <= await _stored_rejects(dsn)
 
@@ -396,12 +463,41 @@ async def _settle(dsn: str, expected: Expected) -> None:
         await wait_until(complete, SETTLE_TIMEOUT_S, "not everything stored", interval=0.25)
 
 
-async def _summary(dsn: str, published: int, expected: Expected, failover_ms: float) -> int:
-    keys = [(e, _utc(ts)) for e, ts in await stored_keys(dsn)]
-    stored = set(keys)
-    lost = len(expected.rows - stored)
-    # A second row for a reading: the same key twice, or a key no published reading has.
-    duplicated = len(keys) - len(stored) + len(stored - expected.rows)
+StoredRow = tuple[str, datetime, bytes]  # (equipamento_id, timestamp_dados UTC, content)
+
+
+async def _stored_rows(dsn: str) -> list[StoredRow]:
+    rows = await fetch(
+        dsn, "SELECT equipamento_id, timestamp_dados, dados::text AS dados FROM equipamentos_dados"
+    )
+    return [(r[0], _utc(r[1]), content_of(r[2])) for r in rows]
+
+
+def lost_and_duplicated(expected: Expected, stored: list[StoredRow]) -> tuple[int, int, int]:
+    """(matched, lost, duplicated). A stored row counts for the reading whose key it has,
+    else for the reading timed by arrival whose content it has; a second row for one
+    reading, or a row for no published reading, is a duplicate."""
+    by_key: set[RowKey] = set()
+    by_content: set[ContentKey] = set()
+    extra = 0
+    for equipment_id, ts, content in stored:
+        if (equipment_id, ts) in expected.rows:
+            extra += (equipment_id, ts) in by_key
+            by_key.add((equipment_id, ts))
+        elif (equipment_id, content) in expected.contents:
+            extra += (equipment_id, content) in by_content
+            by_content.add((equipment_id, content))
+        else:
+            extra += 1
+    matched = len(by_key) + len(by_content)
+    lost = len(expected.rows) + len(expected.contents) - matched
+    return matched, lost, extra
+
+
+async def _summary(
+    dsn: str, fleet: Fleet, report: SimReport, expected: Expected, failover_ms: float
+) -> int:
+    matched, lost, duplicated = lost_and_duplicated(expected, await _stored_rows(dsn))
     handovers = await fetch(
         dsn,
         "SELECT epoch, from_instance_id, to_instance_id, reason, "
@@ -414,8 +510,13 @@ async def _summary(dsn: str, published: int, expected: Expected, failover_ms: fl
             f"({h['reason']}, gap {h['gap_ms'] if h['gap_ms'] is not None else '-'} ms)"
         )
     print(
-        f"\nexpected rows: {len(expected.rows)} from {expected.good} good messages "
-        "(row keys asked of the ingest's own decoder)"
+        "\nper family (stored rows read back from equipamentos_dados, rejects from ingest_rejects):"
+    )
+    print(family_table(report.counts(await _read_back(dsn, fleet))))
+    print(
+        f"\nexpected rows: {len(expected.rows) + len(expected.contents)} from {expected.good} "
+        f"good messages ({len(expected.contents)} timed by arrival, matched by content; "
+        "row keys asked of the ingest's own decoder)"
     )
     rejects_ok = True
     if expected.bad or expected.rejects:
@@ -434,12 +535,20 @@ async def _summary(dsn: str, published: int, expected: Expected, failover_ms: fl
             "expected keys come from the simulator's timestamps instead"
         )
     print(
-        f"\nsummary: published {published}, stored {len(stored & expected.rows)}, lost {lost}, "
+        f"\nsummary: published {report.published}, stored {matched}, lost {lost}, "
         f"duplicated {duplicated}, failover {failover_ms:.0f} ms (kill -9 -> new leader "
         f"answering /health/leader)"
     )
     ok = lost == 0 and duplicated == 0 and rejects_ok
     return constants.EXIT_OK if ok else constants.EXIT_FAILURE
+
+
+async def _read_back(dsn: str, fleet: Fleet) -> dict[str, tuple[int, int, int, int]]:
+    conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"})
+    try:
+        return await read_back(conn, fleet, None)
+    finally:
+        await conn.close()
 
 
 async def _stored_rejects(dsn: str) -> set[RejectKey]:
@@ -468,10 +577,8 @@ async def _watch(
 
 
 def _utc(ts: datetime) -> datetime:
-    if ts.tzinfo is None:  # a legacy timestamp(0) column: Brasília wall time
-        from aupus_ha.timestamps import from_legacy_local
-
-        return from_legacy_local(ts)
+    if ts.tzinfo is None:  # a legacy timestamp(0) column: UTC wall time (DOMAIN v2)
+        return ts.replace(tzinfo=UTC)
     return ts.astimezone(UTC)
 
 

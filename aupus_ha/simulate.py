@@ -1,20 +1,33 @@
-"""`aupus-ha simulate`: a deterministic fleet of M-160 meters and solar inverters on MQTT.
+"""`aupus-ha simulate`: a deterministic fleet of the devices the platform sees today, on MQTT.
 
-Every device has its own slowly wandering state (voltages, load, cloud cover) and
-publishes on its own topic in the fixture shapes (`tests/fixtures`): an M-160 summary
-every 30 s (wrapped in `Resumo`, or unwrapped for the meters configured so), an inverter
-reading every 60 s. Each device starts at a fixed phase offset within its period.
+Every device publishes on its own topic in the DOMAIN v2 formats (`simdevices.py`;
+the samples in `tests/fixtures/`), in the proportions of a real site:
 
-Time is simulated: it starts at `start` (floored to the second, because the Brazilian
-text form has no fraction) and `speedup` simulated seconds pass per real second (0 = as
-fast as the broker acknowledges). The same seed, start and count give byte-identical
-messages. A `bad_ratio` fraction of the messages is replaced, on the same topic, by one
-of the bad inputs of `fixtures/bad_inputs.txt`, made unique by the message's sequence
-number so that each becomes its own `ingest_rejects` row. The replaced device still
-advances, so the good messages do not depend on the ratio.
+* M-160 meters, a summary every 30 s: most in the flat TON/PD666 format (the common
+  one today), some of those without NTP (their time is `"sem_ntp"` or `"0"`: the ingest
+  stores them with the arrival time), about a quarter wrapped in `Resumo`;
+* solar inverters on the TON firmware's Sungrow layout, a reading every 60 s;
+* A-966 gateways on `<site>/A966/SSU/state`, the pulse counts of each 15-min bucket,
+  with the occasional post-boot dump, boot frame (`sts` 0) and `phf` glitch.
 
-Beware: the ingest refuses readings more than 15 minutes ahead of their arrival
-(`FUTURE_TOLERANCE_S`); with a large speedup, start in the past.
+Each device starts at a fixed phase offset within its period (a gateway just after a
+bucket ends). Time is simulated: it starts at `start` (floored to the second, because
+the Brazilian text form has no fraction) and `speedup` simulated seconds pass per real
+second (0 = as fast as the broker acknowledges). The same seed, start and counts give
+byte-identical messages. A `bad_ratio` fraction of the messages is replaced, on the same
+topic, by one of the bad inputs of `fixtures/bad_inputs.txt` that the topic's family
+must reject, made unique by the message's sequence number so that each becomes its own
+`ingest_rejects` row. The replaced device still advances, so the good messages do not
+depend on the ratio.
+
+`--register` creates the equipment rows with their types (`M-160`, `INVERSOR`,
+`SSU_A966` in the category `Gateway` where the database has categories) and, after the
+run, reads back per family what was stored, with energy, timed by arrival and rejected.
+
+Beware: the ingest times readings more than 15 minutes ahead of their arrival by the
+arrival instead (`FUTURE_TOLERANCE_S`); with a large speedup, start in the past. Readings
+timed by arrival land on a legacy database's second-precision key: at a speedup above
+30, two summaries of one clockless meter can share a second, and only one is stored.
 """
 
 from __future__ import annotations
@@ -31,9 +44,9 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -45,34 +58,95 @@ from aupus_ha import constants
 from aupus_ha.config import load_dotenv_file, mask_url
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.publisher import Publisher
-from aupus_ha.timestamps import BRASILIA, TimestampError, parse_timestamp
+from aupus_ha.simdevices import (
+    CLOCK_NTP,
+    CLOCK_SEM_NTP,
+    CLOCK_ZERO,
+    GATEWAY_PERIOD_S,
+    INVERTER_PERIOD_S,
+    M160_PERIOD_S,
+    DeviceSpec,
+    Gateway,
+    Inverter,
+    Meter,
+    daylight_factor,
+)
+from aupus_ha.timestamps import TimestampError, parse_timestamp
 
-M160_PERIOD_S: Final = 30
-INVERTER_PERIOD_S: Final = 60
-FAMILY_M160: Final = "m160_summary"  # the decoder's family name
+__all__ = [
+    "FAMILIES",
+    "DeviceSpec",
+    "Fleet",
+    "SimMessage",
+    "build_fleet",
+    "daylight_factor",
+    "register_equipment",
+    "run_simulation",
+]
+
+# The simulator's families: one per device format (the summary's rows).
+FAMILY_M160_FLAT: Final = "m160_flat"
+FAMILY_M160_WRAPPED: Final = "m160_resumo"
 FAMILY_INVERTER: Final = "inverter"
-FAMILY_BAD: Final = "bad"
+FAMILY_GATEWAY: Final = "a966_gateway"
+FAMILIES: Final = (FAMILY_M160_FLAT, FAMILY_M160_WRAPPED, FAMILY_INVERTER, FAMILY_GATEWAY)
+METER_FAMILIES: Final = (FAMILY_M160_FLAT, FAMILY_M160_WRAPPED)
+FAMILY_LABELS: Final = {
+    FAMILY_M160_FLAT: "M-160 flat (TON/PD666)",
+    FAMILY_M160_WRAPPED: "M-160 Resumo (LoRa)",
+    FAMILY_INVERTER: "inverter (TON Sungrow)",
+    FAMILY_GATEWAY: "A-966 gateway",
+}
 TYPE_M160: Final = "M-160"
 TYPE_INVERTER: Final = "INVERSOR"
+TYPE_GATEWAY: Final = "SSU_A966"
+GATEWAY_CATEGORY: Final = "Gateway"  # DOMAIN v2: the A-966 family is told by this category
 # Codes that already mean each type on an existing database (DOMAIN.md): reused, not doubled.
-TYPE_ALIASES: Final = {TYPE_M160: ("M-160", "M160", "METER_M160"), TYPE_INVERTER: ("INVERSOR",)}
+TYPE_ALIASES: Final = {
+    TYPE_M160: ("M-160", "M160", "METER_M160"),
+    TYPE_INVERTER: ("INVERSOR",),
+    TYPE_GATEWAY: ("SSU_A966", "A966", "A-966"),
+}
 DEFAULT_BROKER: Final = "mqtt://127.0.0.1:1883"
-SUNRISE_H: Final = 6.0
-SUNSET_H: Final = 18.0
+SETTLE_POLL_S: Final = 0.5
+SETTLE_STABLE_POLLS: Final = 4  # unchanged for 2 s: longer than any flush interval in use
 
-_PHASES: Final = ("a", "b", "c")
-_INVERTER_EFFICIENCY: Final = 0.978
-_RATED_KW: Final = (8, 12, 20, 30, 36, 50, 60)
+_RATED_KW: Final = (8, 12, 20, 30, 36, 50, 60, 75, 110)
+_PLANT_KW: Final = (150, 300, 500, 1000)
 
-# One per line of fixtures/bad_inputs.txt; `n` makes every occurrence a distinct payload.
-BAD_INPUTS: Final[dict[str, Callable[[int], bytes]]] = {
-    "not_json": lambda n: f"not json at all #{n}".encode(),
-    "invalid_date": lambda n: orjson.dumps({"timestamp": "31/02/2026 25:61:00", "power": n}),
-    "absurd_epoch": lambda n: orjson.dumps({"timestamp": 99999999999999, "power": n}),
-    "negative_epoch": lambda n: orjson.dumps({"timestamp": -5, "power": n}),
-    "array": lambda n: orjson.dumps([1, 2, 3, n]),
-    "resumo_not_object": lambda n: orjson.dumps({"Resumo": "should be an object", "seq": n}),
-    "not_utf8": lambda n: b"\xff\xfe\x00garbage" + str(n).encode(),
+
+def _epoch(at: datetime) -> int:
+    return int(at.timestamp())
+
+
+# One per line of fixtures/bad_inputs.txt, with the families whose equipment must reject it
+# (a `Resumo` string on a gateway's topic, say, is a raw gateway row, not a reject);
+# `n` makes every occurrence a distinct payload.
+_ALL: Final = FAMILIES
+BAD_INPUTS: Final[dict[str, tuple[tuple[str, ...], Callable[[int, datetime], bytes]]]] = {
+    "not_json": (_ALL, lambda n, at: f"not json at all #{n}".encode()),
+    "array": (_ALL, lambda n, at: orjson.dumps([1, 2, 3, n])),
+    "not_utf8": (_ALL, lambda n, at: b"\xff\xfe\x00garbage" + str(n).encode()),
+    "resumo_not_object": (
+        METER_FAMILIES,
+        lambda n, at: orjson.dumps({"Resumo": "should be an object", "seq": n}),
+    ),
+    "number_out_of_range": (
+        (FAMILY_INVERTER,),
+        lambda n, at: orjson.dumps(
+            {"timestamp": _epoch(at), "power": {"active_total": 1e308, "reactive_total": n}}
+        ),
+    ),
+    "inverter_overflow": (
+        (FAMILY_INVERTER,),
+        lambda n, at: orjson.dumps(
+            {
+                "timestamp": _epoch(at),
+                "energy": {"total_yield": 4294967000},
+                "power": {"active_total": 41250, "reactive_total": n},
+            }
+        ),
+    ),
 }
 
 
@@ -85,26 +159,17 @@ class SimMessage:
 
     topic: str
     payload: bytes
-    family: str  # FAMILY_M160, FAMILY_INVERTER or FAMILY_BAD
+    family: str  # one of FAMILIES (the device's), bad inputs included
     device_id: str
     at: datetime  # simulated send time (UTC)
-    timestamp: datetime | None  # the reading's own time; None for a bad input
+    # The reading's own time; None for a bad input and for a device without a clock
+    # (the ingest uses the arrival time).
+    timestamp: datetime | None
     bad_kind: str | None = None
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceSpec:
-    """What does not change about a device; its state lives in a fresh simulator per run."""
-
-    id: str
-    name: str
-    topic: str
-    family: str
-    type_code: str
-    period_s: int
-    phase_s: int
-    nominal: float  # M-160: phase voltage (V); inverter: rated AC power (W)
-    unwrapped: bool = False
+    @property
+    def timed_by_arrival(self) -> bool:
+        return self.bad_kind is None and self.timestamp is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +188,23 @@ class Fleet:
         bad_rng = random.Random(f"{self.seed}/bad")
         for seq, message in enumerate(itertools.islice(merged, count)):
             if bad_rng.random() < self.bad_ratio:
-                yield _spoil(message, bad_rng.choice(tuple(BAD_INPUTS)), seq)
+                kinds = [k for k, (fams, _) in BAD_INPUTS.items() if message.family in fams]
+                yield _spoil(message, bad_rng.choice(kinds), seq)
             else:
                 yield message
+
+    def by_family(self) -> dict[str, list[DeviceSpec]]:
+        return {f: [d for d in self.devices if d.family == f] for f in FAMILIES}
+
+
+def default_wrapped(meters: int) -> int:
+    """About a quarter of the meters still wrap their summary in `Resumo` (LoRa firmware)."""
+    return (meters + 2) // 4
+
+
+def default_clockless(flat_meters: int) -> int:
+    """About one flat meter in five runs without NTP."""
+    return (flat_meters + 3) // 5
 
 
 def build_fleet(
@@ -133,44 +212,75 @@ def build_fleet(
     inverters: int,
     seed: int = 1,
     *,
+    gateways: int = 0,
+    wrapped_meters: int | None = None,
+    clockless_meters: int | None = None,
     bad_ratio: float = 0.0,
-    unwrapped_meters: int = 0,
     topic_prefix: str = "aupus/sim",
 ) -> Fleet:
-    """`meters` M-160s (`m160-0001`…; the last `unwrapped_meters` unwrapped) and inverters."""
-    if meters < 0 or inverters < 0 or not 0 <= unwrapped_meters <= meters:
-        raise ValueError("device counts must be >= 0 and unwrapped_meters <= meters")
+    """`meters` M-160s (`m160-0001`…), `inverters` (`inv-…`) and A-966 `gateways` (`a966-…`).
+
+    The first `clockless_meters` flat meters have no NTP (alternately `"sem_ntp"` and
+    `"0"`), the last `wrapped_meters` meters use `Resumo`; None takes the defaults.
+    """
+    wrapped = default_wrapped(meters) if wrapped_meters is None else wrapped_meters
+    flat = meters - wrapped
+    clockless = default_clockless(flat) if clockless_meters is None else clockless_meters
+    if min(meters, inverters, gateways, wrapped, clockless) < 0 or wrapped > meters:
+        raise ValueError("device counts must be >= 0 and wrapped meters <= meters")
+    if clockless > flat:
+        raise ValueError("clockless meters must be flat ones: at most meters - wrapped meters")
     if not 0.0 <= bad_ratio <= 1.0:
         raise ValueError("bad_ratio must be between 0 and 1")
     rng = random.Random(seed)
-    specs = [
-        DeviceSpec(
-            id=f"m160-{n:04d}",
-            name=f"M-160 simulado {n:04d}",
-            topic=f"{topic_prefix}/m160/{n:04d}",
-            family=FAMILY_M160,
-            type_code=TYPE_M160,
-            period_s=M160_PERIOD_S,
-            phase_s=rng.randrange(M160_PERIOD_S),
-            nominal=rng.choice((127.0, 220.0)),
-            unwrapped=n > meters - unwrapped_meters,
-        )
-        for n in range(1, meters + 1)
-    ]
-    specs += [
-        DeviceSpec(
-            id=f"inv-{n:04d}",
-            name=f"Inversor simulado {n:04d}",
-            topic=f"{topic_prefix}/inverter/{n:04d}",
-            family=FAMILY_INVERTER,
-            type_code=TYPE_INVERTER,
-            period_s=INVERTER_PERIOD_S,
-            phase_s=rng.randrange(INVERTER_PERIOD_S),
-            nominal=rng.choice(_RATED_KW) * 1000.0,
-        )
-        for n in range(1, inverters + 1)
-    ]
+    specs = [_meter(n, rng, topic_prefix, flat, clockless) for n in range(1, meters + 1)]
+    specs += [_inverter(n, rng, topic_prefix) for n in range(1, inverters + 1)]
+    specs += [_gateway(n, rng, topic_prefix) for n in range(1, gateways + 1)]
     return Fleet(tuple(specs), seed, bad_ratio)
+
+
+def _meter(n: int, rng: random.Random, prefix: str, flat: int, clockless: int) -> DeviceSpec:
+    wrapped = n > flat
+    clock = CLOCK_NTP if wrapped or n > clockless else (CLOCK_SEM_NTP, CLOCK_ZERO)[(n - 1) % 2]
+    return DeviceSpec(
+        id=f"m160-{n:04d}",
+        name=f"M-160 simulado {n:04d}",
+        topic=f"{prefix}/m160/{n:04d}",
+        family=FAMILY_M160_WRAPPED if wrapped else FAMILY_M160_FLAT,
+        type_code=TYPE_M160,
+        period_s=M160_PERIOD_S,
+        phase_s=rng.randrange(M160_PERIOD_S),
+        nominal=rng.choice((127.0, 220.0)),
+        wrapped=wrapped,
+        clock=clock,
+        reflashed=not wrapped and n % 3 == 0,  # some units already send Freq and FPt
+    )
+
+
+def _inverter(n: int, rng: random.Random, prefix: str) -> DeviceSpec:
+    return DeviceSpec(
+        id=f"inv-{n:04d}",
+        name=f"Inversor simulado {n:04d}",
+        topic=f"{prefix}/inverter/{n:04d}",
+        family=FAMILY_INVERTER,
+        type_code=TYPE_INVERTER,
+        period_s=INVERTER_PERIOD_S,
+        phase_s=rng.randrange(INVERTER_PERIOD_S),
+        nominal=rng.choice(_RATED_KW) * 1000.0,
+    )
+
+
+def _gateway(n: int, rng: random.Random, prefix: str) -> DeviceSpec:
+    return DeviceSpec(
+        id=f"a966-{n:04d}",
+        name=f"Gateway A-966 simulado {n:04d}",
+        topic=f"{prefix}/site{n:04d}/A966/SSU/state",
+        family=FAMILY_GATEWAY,
+        type_code=TYPE_GATEWAY,
+        period_s=GATEWAY_PERIOD_S,
+        phase_s=rng.randrange(5, 60),  # a few seconds after its bucket closes
+        nominal=rng.choice(_PLANT_KW) * 1000.0,
+    )
 
 
 def whole_second(at: datetime) -> datetime:
@@ -179,194 +289,40 @@ def whole_second(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(microsecond=0)
 
 
-def daylight_factor(at: datetime) -> float:
-    """0 at night, rising to 1 at local noon (UTC−3), as a half sine between 6 h and 18 h."""
-    hour = _local_hour(at)
-    if not SUNRISE_H < hour < SUNSET_H:
-        return 0.0
-    return math.sin(math.pi * (hour - SUNRISE_H) / (SUNSET_H - SUNRISE_H))
-
-
-def _local_hour(at: datetime) -> float:
-    local = at.astimezone(BRASILIA)
-    return local.hour + local.minute / 60 + local.second / 3600
-
-
 def _device_stream(spec: DeviceSpec, seed: int, origin: datetime) -> Iterator[SimMessage]:
     rng = random.Random(f"{seed}/{spec.id}")
-    device = _Meter(spec, rng) if spec.family == FAMILY_M160 else _Inverter(spec, rng, origin)
-    at, step = origin + timedelta(seconds=spec.phase_s), timedelta(seconds=spec.period_s)
+    device: Meter | Inverter | Gateway
+    step = timedelta(seconds=spec.period_s)
+    at = origin + timedelta(seconds=spec.phase_s)
+    if spec.family == FAMILY_INVERTER:
+        device = Inverter(spec, rng, origin)
+    elif spec.family == FAMILY_GATEWAY:
+        device = Gateway(spec, rng)
+        into_bucket = _epoch(origin) % spec.period_s
+        at += timedelta(seconds=(spec.period_s - into_bucket) % spec.period_s)
+    else:
+        device = Meter(spec, rng)
     while True:
-        payload = orjson.dumps(device.payload(at))
-        yield SimMessage(spec.topic, payload, spec.family, spec.id, at, at)
+        payload = device.payload(at)
+        own_time = _own_time(spec, at)
+        yield SimMessage(spec.topic, orjson.dumps(payload), spec.family, spec.id, at, own_time)
         at += step
 
 
+def _own_time(spec: DeviceSpec, at: datetime) -> datetime | None:
+    """The instant the reading carries: None without a clock, a gateway's bucket start."""
+    if spec.clock != CLOCK_NTP:
+        return None
+    if spec.family == FAMILY_GATEWAY:
+        return at - timedelta(seconds=_epoch(at) % spec.period_s + spec.period_s)
+    return at
+
+
 def _spoil(message: SimMessage, kind: str, seq: int) -> SimMessage:
-    payload = BAD_INPUTS[kind](seq)
-    return SimMessage(message.topic, payload, FAMILY_BAD, message.device_id, message.at, None, kind)
-
-
-class _Drift:
-    """A mean-reverting random walk: a value that wanders slowly around its set point."""
-
-    __slots__ = ("_hi", "_lo", "_mean", "_rng", "_sigma", "value")
-
-    def __init__(self, rng: random.Random, mean: float, sigma: float, lo: float, hi: float) -> None:
-        self._rng, self._mean, self._sigma, self._lo, self._hi = rng, mean, sigma, lo, hi
-        self.value = mean
-
-    def step(self) -> float:
-        pulled = self.value + 0.1 * (self._mean - self.value) + self._rng.gauss(0.0, self._sigma)
-        self.value = min(self._hi, max(self._lo, pulled))
-        return self.value
-
-
-class _Meter:
-    """An M-160 on a building's supply: a load that follows business hours and wanders."""
-
-    def __init__(self, spec: DeviceSpec, rng: random.Random) -> None:
-        self._spec = spec
-        volts = spec.nominal
-        self._volts = [
-            _Drift(rng, volts, volts * 0.004, volts * 0.94, volts * 1.06) for _ in _PHASES
-        ]
-        self._pf = [_Drift(rng, rng.uniform(0.96, 0.99), 0.002, 0.95, 1.0) for _ in _PHASES]
-        self._freq = _Drift(rng, 60.0, 0.005, 59.9, 60.1)
-        self._load = _Drift(rng, 1.0, 0.03, 0.5, 1.5)
-        self._base_w = rng.uniform(2_000.0, 20_000.0)
-        self._shares = [rng.uniform(0.9, 1.1) for _ in _PHASES]  # a fixed phase imbalance
-        self._phf = rng.uniform(1_000.0, 60_000.0)
-        self._qhfi = self._phf * rng.uniform(0.05, 0.15)
-        self._phr = 0.0  # no generation behind these meters: export stays put
-        self._qhfr = rng.uniform(0.0, 20.0)
-
-    def payload(self, at: datetime) -> dict[str, object]:
-        business = 0.6 + 0.4 * max(0.0, math.sin(math.pi * (_local_hour(at) - 7) / 14))
-        total_w = self._base_w * business * self._load.step()
-        p = [total_w * share / sum(self._shares) for share in self._shares]
-        v = [d.step() for d in self._volts]
-        pf = [d.step() for d in self._pf]
-        s = [pi / fi for pi, fi in zip(p, pf, strict=True)]
-        q = [math.sqrt(max(0.0, si * si - pi * pi)) for si, pi in zip(s, p, strict=True)]
-        window_h = M160_PERIOD_S / 3600
-        energy = sum(p) / 1000 * window_h
-        self._phf += energy
-        self._qhfi += sum(q) / 1000 * window_h
-        resumo: dict[str, object] = {
-            "timestamp": at.astimezone(BRASILIA).strftime("%d/%m/%Y %H:%M:%S")
-        }
-        resumo |= {f"V{x}": round(vx, 1) for x, vx in zip(_PHASES, v, strict=True)}
-        resumo |= {f"I{x}": round(sx / vx, 2) for x, sx, vx in zip(_PHASES, s, v, strict=True)}
-        for name, values in (("P", p), ("Q", q), ("S", s)):
-            resumo |= {f"{name}{x}": round(val, 1) for x, val in zip(_PHASES, values, strict=True)}
-            resumo[f"{name}t"] = round(sum(values), 1)
-        resumo |= {f"FP{x}": round(f, 3) for x, f in zip(_PHASES, pf, strict=True)}
-        resumo |= {
-            "freq": round(self._freq.step(), 2),
-            "energia_total": round(energy, 4),
-            "consumo_phf": round(self._phf, 2),
-            "consumo_phr": round(self._phr, 2),
-            "consumo_qhfi": round(self._qhfi, 2),
-            "consumo_qhfr": round(self._qhfr, 2),
-            "total_leituras": M160_PERIOD_S,  # one sample a second
-        }
-        if self._spec.unwrapped:
-            return resumo
-        # As in the fixture: the envelope carries the window's start, Resumo its end.
-        window_start = int(at.timestamp()) - M160_PERIOD_S
-        return {"timestamp": window_start, "Resumo": resumo}
-
-
-class _Inverter:
-    """A three-phase string inverter following the sun, with clouds passing by."""
-
-    def __init__(self, spec: DeviceSpec, rng: random.Random, origin: datetime) -> None:
-        self._rated_w = spec.nominal
-        self._model = f"SUN2000-{round(spec.nominal / 1000)}KTL"
-        self._serial = f"HV21{rng.randrange(10**8):08d}"
-        self._cloud = _Drift(rng, 0.85, 0.04, 0.3, 1.0)
-        self._pf = _Drift(rng, 0.998, 0.0005, 0.99, 1.0)
-        self._volts = [_Drift(rng, 380.0, 0.8, 370.0, 390.0) for _ in _PHASES]
-        self._freq = _Drift(rng, 60.0, 0.005, 59.9, 60.1)
-        self._insulation = _Drift(rng, rng.uniform(2.5, 4.0), 0.02, 1.0, 6.0)
-        self._strings_per_mppt = max(1, round(spec.nominal / (2 * 600 * 10)))  # ~10 A strings
-        hour = min(max(_local_hour(origin), SUNRISE_H), SUNSET_H)
-        # Start mid-day with what a typical (85 % clear) day would have yielded so far.
-        sun_hours = 12 / math.pi * (1 - math.cos(math.pi * (hour - SUNRISE_H) / 12))
-        self._day = origin.astimezone(BRASILIA).date()
-        self._daily_kwh = self._rated_w / 1000 * 0.85 * sun_hours
-        self._daily_min = (hour - SUNRISE_H) * 60
-        days_in_service = rng.randrange(30, 1500)
-        self._total_kwh = self._rated_w / 1000 * 4.5 * days_in_service + self._daily_kwh
-        self._total_h = days_in_service * 11.5 + self._daily_min / 60
-
-    def payload(self, at: datetime) -> dict[str, object]:
-        self._roll_day(at.astimezone(BRASILIA).date())
-        sun = daylight_factor(at)
-        p = round(self._rated_w * sun * self._cloud.step())
-        pf = self._pf.step() if p else 1.0
-        q = round(p * math.tan(math.acos(pf)))
-        s = round(math.hypot(p, q))
-        volts = [d.step() for d in self._volts]
-        amps = s / (math.sqrt(3) * sum(volts) / 3)
-        self._accumulate(p)
-        return {
-            "timestamp": int(at.timestamp()),
-            "status": {"state": "running" if p else "standby", "alarm": 0},
-            "info": {"model": self._model, "serial": self._serial},
-            "power": {
-                "active_total": p,
-                "reactive_total": q,
-                "apparent_total": s,
-                "power_factor": round(pf, 3),
-                "frequency": round(self._freq.step(), 2),
-            },
-            "voltage": {
-                f"phase_{x}-{y}": round(v, 1)
-                for x, y, v in zip(_PHASES, ("b", "c", "a"), volts, strict=True)
-            },
-            "current": {
-                f"phase_{x}": round(amps * (1 + 0.003 * i), 2) for i, x in enumerate(_PHASES)
-            },
-            "temperature": {"internal": round(24 + 26 * p / self._rated_w, 1)},
-            "dc": self._dc(p, sun),
-            "energy": {
-                "daily_yield": round(self._daily_kwh, 2),
-                "total_yield": round(self._total_kwh, 1),
-                "total_running_time": int(self._total_h),
-                "daily_running_time": int(self._daily_min),
-            },
-            "protection": {
-                "insulation_resistance": round(self._insulation.step(), 1),
-                "bus_voltage": round(735.0 if p else 0.0, 1),
-            },
-            "pid": {"status": "idle"},
-        }
-
-    def _roll_day(self, today: date) -> None:
-        if today != self._day:  # the inverter's day counters restart at local midnight
-            self._day, self._daily_kwh, self._daily_min = today, 0.0, 0.0
-
-    def _accumulate(self, active_w: int) -> None:
-        kwh = active_w / 1000 * INVERTER_PERIOD_S / 3600
-        self._daily_kwh += kwh
-        self._total_kwh += kwh
-        if active_w:
-            self._daily_min += INVERTER_PERIOD_S / 60
-            self._total_h += INVERTER_PERIOD_S / 3600
-
-    def _dc(self, active_w: int, sun: float) -> dict[str, object]:
-        dc_w = round(active_w / _INVERTER_EFFICIENCY)
-        mppt_v = 560.0 + 60.0 * sun if active_w else 0.0
-        string_a = dc_w / (2 * mppt_v * self._strings_per_mppt) if active_w else 0.0
-        return {
-            "total_power": dc_w,
-            "mppt1_voltage": round(mppt_v, 1),
-            "mppt2_voltage": round(mppt_v * 0.995, 1),
-            "string1_current": round(string_a, 2),
-            "string2_current": round(string_a * 0.996, 2),
-        }
+    payload = BAD_INPUTS[kind][1](seq, message.at)
+    return SimMessage(
+        message.topic, payload, message.family, message.device_id, message.at, None, kind
+    )
 
 
 # --- registering the equipment -----------------------------------------------------------
@@ -377,52 +333,214 @@ class Registration:
     type_ids: dict[str, str]  # type code -> tipos_equipamentos.id used
     created: int  # equipment rows inserted now
     existing: int  # equipment rows that were already there (left untouched)
+    # The category name the gateway type has now; None: the database has no categories
+    # (then the ingest cannot tell a gateway from its equipment).
+    gateway_category: str | None = None
 
 
+_HAS_CATEGORIES = """
+SELECT to_regclass('categorias_equipamentos') IS NOT NULL AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'tipos_equipamentos'
+      AND column_name = 'categoria_id')
+"""
+# Timestamp columns a table has: a legacy (Prisma) table may need them filled by the writer.
+_STAMP_COLUMNS = """
+SELECT column_name::text FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = $1
+  AND column_name IN ('created_at', 'updated_at')
+ORDER BY column_name
+"""
 _INSERT_TYPE = """
-INSERT INTO tipos_equipamentos (id, codigo, nome)
-SELECT $1, $2, $3
+INSERT INTO tipos_equipamentos (id, codigo, nome{stamps})
+SELECT $1::text, $2::text, $3::text{nows}
 WHERE NOT EXISTS (SELECT 1 FROM tipos_equipamentos WHERE codigo = ANY($4::text[]))
 ON CONFLICT DO NOTHING
 """
 _TYPE_ID = """
-SELECT id FROM tipos_equipamentos WHERE codigo = ANY($1::text[])
+SELECT id::text FROM tipos_equipamentos WHERE codigo = ANY($1::text[])
 ORDER BY array_position($1::text[], codigo::text) LIMIT 1
 """
+_CATEGORY_ID = "SELECT id FROM categorias_equipamentos WHERE nome = $1::text ORDER BY id LIMIT 1"
+_INSERT_CATEGORY = """
+INSERT INTO categorias_equipamentos (id, nome{stamps})
+SELECT $1::text, $2::text{nows}
+WHERE NOT EXISTS (SELECT 1 FROM categorias_equipamentos WHERE nome = $2::text)
+ON CONFLICT DO NOTHING
+"""
+_SET_TYPE_CATEGORY = """
+UPDATE tipos_equipamentos SET categoria_id = $1 WHERE id = $2 AND categoria_id IS NULL
+"""
+_TYPE_CATEGORY = """
+SELECT c.nome::text FROM tipos_equipamentos t
+JOIN categorias_equipamentos c ON c.id = t.categoria_id
+WHERE t.id = $1
+"""
 _INSERT_EQUIPMENT = """
-INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado, tipo_equipamento_id)
-SELECT d.id, d.nome, d.topic, true, $4
+INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado, tipo_equipamento_id{stamps})
+SELECT d.id, d.nome, d.topic, true, $4{nows}
 FROM unnest($1::text[], $2::text[], $3::text[]) AS d(id, nome, topic)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
-_TYPE_NAMES: Final = {TYPE_M160: "Multimedidor M-160", TYPE_INVERTER: "Inversor solar"}
+_TYPE_NAMES: Final = {
+    TYPE_M160: "Multimedidor M-160",
+    TYPE_INVERTER: "Inversor solar",
+    TYPE_GATEWAY: "Gateway A-966 (SSU)",
+}
 
 
 async def register_equipment(dsn: str, fleet: Fleet) -> Registration:
-    """Migrate, then add the fleet's types and enabled equipment rows; safe to repeat."""
-    conn = await asyncpg.connect(dsn)
+    """Migrate, then add the fleet's types and enabled equipment rows; safe to repeat.
+
+    The gateway type gets the category `Gateway` when the database has categories
+    (a legacy one does; a fresh one once its migrations add them); without, it is
+    registered all the same.
+    """
+    conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"})
     try:
         await apply_migrations(conn)
         async with conn.transaction():
             codes = dict.fromkeys(d.type_code for d in fleet.devices)  # only the types used
             type_ids = {code: await _type_id(conn, code) for code in codes}
+            category = None
+            if TYPE_GATEWAY in type_ids and await conn.fetchval(_HAS_CATEGORIES):
+                category = await _categorise_gateway(conn, type_ids[TYPE_GATEWAY])
             created = 0
+            sql = await _with_stamps(conn, _INSERT_EQUIPMENT, "equipamentos")
             for code, type_id in type_ids.items():
                 specs = [d for d in fleet.devices if d.type_code == code]
                 columns = ([d.id for d in specs], [d.name for d in specs], [d.topic for d in specs])
-                created += len(await conn.fetch(_INSERT_EQUIPMENT, *columns, type_id))
+                created += len(await conn.fetch(sql, *columns, type_id))
     finally:
         await conn.close()
-    return Registration(type_ids, created, len(fleet.devices) - created)
+    return Registration(type_ids, created, len(fleet.devices) - created, category)
+
+
+async def _with_stamps(conn: asyncpg.Connection, sql: str, table: str) -> str:
+    """`sql` with the table's created_at/updated_at filled by now(), where it has them."""
+    stamps = [r[0] for r in await conn.fetch(_STAMP_COLUMNS, table)]
+    return sql.format(stamps="".join(f", {c}" for c in stamps), nows=", now()" * len(stamps))
 
 
 async def _type_id(conn: asyncpg.Connection, code: str) -> str:
     aliases = list(TYPE_ALIASES[code])
     # An explicit id: a legacy table (char(26), ids made by Prisma) has no default.
-    await conn.execute(_INSERT_TYPE, f"sim-{code.lower()}", code, _TYPE_NAMES[code], aliases)
+    sql = await _with_stamps(conn, _INSERT_TYPE, "tipos_equipamentos")
+    await conn.execute(sql, f"sim-{code.lower()}", code, _TYPE_NAMES[code], aliases)
     type_id: str = await conn.fetchval(_TYPE_ID, aliases)
     return type_id
+
+
+async def _categorise_gateway(conn: asyncpg.Connection, type_id: str) -> str | None:
+    """Put the gateway type in the `Gateway` category (kept if it already has one)."""
+    sql = await _with_stamps(conn, _INSERT_CATEGORY, "categorias_equipamentos")
+    await conn.execute(sql, "sim-categoria-gateway", GATEWAY_CATEGORY)
+    category_id = await conn.fetchval(_CATEGORY_ID, GATEWAY_CATEGORY)
+    await conn.execute(_SET_TYPE_CATEGORY, category_id, type_id)
+    name: str | None = await conn.fetchval(_TYPE_CATEGORY, type_id)
+    return name
+
+
+# --- what the ingest made of it ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FamilyCounts:
+    """One row of the summary: what a family's devices sent, and what became of it."""
+
+    published: int = 0  # acknowledged by the broker, bad inputs included
+    bad: int = 0  # of them, bad inputs
+    clockless: int = 0  # of them, readings without a usable device time
+    stored: int | None = None  # rows in equipamentos_dados (None: not read back)
+    with_energy: int | None = None  # of them, energia_kwh not NULL
+    by_arrival: int | None = None  # of them, timed by arrival (`_timestamp_motivo`)
+    rejected: int | None = None  # rows in ingest_rejects
+
+    def stored_part(self) -> tuple[int, int, int, int] | None:
+        if None in (self.stored, self.with_energy, self.by_arrival, self.rejected):
+            return None
+        return (self.stored or 0, self.with_energy or 0, self.by_arrival or 0, self.rejected or 0)
+
+
+_STORED_BY_FAMILY = """
+SELECT f.family, count(*) AS stored, count(d.energia_kwh) AS with_energy,
+       count(*) FILTER (WHERE d.dados ? '_timestamp_motivo') AS by_arrival
+FROM unnest($1::text[], $2::text[]) AS f(id, family)
+JOIN equipamentos_dados d ON d.equipamento_id = f.id
+WHERE $3::timestamptz IS NULL OR d.created_at >= $3::timestamptz
+GROUP BY f.family
+"""
+_REJECTED_BY_FAMILY = """
+SELECT f.family, count(*) AS rejected
+FROM unnest($1::text[], $2::text[]) AS f(topic, family)
+JOIN ingest_rejects r ON r.topic = f.topic
+WHERE $3::timestamptz IS NULL OR r.received_at >= $3::timestamptz
+GROUP BY f.family
+"""
+
+
+async def read_back(
+    conn: asyncpg.Connection, fleet: Fleet, since: datetime | None
+) -> dict[str, tuple[int, int, int, int]]:
+    """Per family: (stored, with energy, timed by arrival, rejected) since `since`.
+
+    `conn` should run its session in UTC: a legacy `created_at` (timestamp without time
+    zone, UTC wall time) is compared with `since` in the session's zone.
+    """
+    ids = [d.id for d in fleet.devices]
+    topics = [d.topic for d in fleet.devices]
+    families = [d.family for d in fleet.devices]
+    stored = {r["family"]: r for r in await conn.fetch(_STORED_BY_FAMILY, ids, families, since)}
+    rejected = {
+        r["family"]: r["rejected"]
+        for r in await conn.fetch(_REJECTED_BY_FAMILY, topics, families, since)
+    }
+    out = {}
+    for family in FAMILIES:
+        row = stored.get(family)
+        counts = (row["stored"], row["with_energy"], row["by_arrival"]) if row else (0, 0, 0)
+        out[family] = (*counts, rejected.get(family, 0))
+    return out
+
+
+async def settle_and_read_back(
+    dsn: str, fleet: Fleet, since: datetime | None, timeout: float
+) -> dict[str, tuple[int, int, int, int]]:
+    """Read back once the figures stop moving (the ingest has flushed), or at `timeout`."""
+    deadline = time.monotonic() + timeout
+    conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"}, timeout=10)
+    try:
+        last, stable = await read_back(conn, fleet, since), 0
+        while stable < SETTLE_STABLE_POLLS and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+            now = await read_back(conn, fleet, since)
+            stable = stable + 1 if now == last else 0
+            last = now
+        return last
+    finally:
+        await conn.close()
+
+
+def family_table(counts: Mapping[str, FamilyCounts], families: tuple[str, ...] = FAMILIES) -> str:
+    """The per-family summary, one line per family (every family, sent or not)."""
+    head = (
+        f"  {'family':24s} {'published':>9s} {'bad':>5s} {'no clock':>8s} "
+        f"{'stored':>7s} {'energy':>7s} {'arrival':>7s} {'rejected':>8s}"
+    )
+    lines = [head]
+    for family in families:
+        c = counts.get(family, FamilyCounts())
+        part = c.stored_part()
+        tail = " ".join(f"{v:>{w}}" for v, w in zip(part or ("-",) * 4, (7, 7, 7, 8), strict=True))
+        lines.append(
+            f"  {FAMILY_LABELS[family]:24s} {c.published:>9d} {c.bad:>5d} {c.clockless:>8d} {tail}"
+        )
+    lines.append(
+        "  (energy: rows with energia_kwh; arrival: rows timed by the arrival time, "
+        "`_timestamp_motivo`; an inverter row is one minute)"
+    )
+    return "\n".join(lines)
 
 
 # --- publishing --------------------------------------------------------------------------
@@ -432,13 +550,16 @@ async def _type_id(conn: asyncpg.Connection, code: str) -> str:
 class SimReport:
     published: int = 0  # acknowledged by the broker (QoS 1)
     per_family: Counter[str] = field(default_factory=Counter)
+    bad_per_family: Counter[str] = field(default_factory=Counter)
+    clockless_per_family: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     first_at: datetime | None = None
     last_at: datetime | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def bad(self) -> int:
-        return self.per_family[FAMILY_BAD]
+        return self.bad_per_family.total()
 
     @property
     def rate(self) -> float:
@@ -447,16 +568,35 @@ class SimReport:
     def add(self, message: SimMessage) -> None:
         self.published += 1
         self.per_family[message.family] += 1
+        self.bad_per_family[message.family] += message.bad_kind is not None
+        self.clockless_per_family[message.family] += message.timed_by_arrival
         self.first_at = self.first_at or message.at
         self.last_at = message.at
 
+    def counts(
+        self, stored: Mapping[str, tuple[int, int, int, int]] | None = None
+    ) -> dict[str, FamilyCounts]:
+        out = {}
+        for family in FAMILIES:
+            c = FamilyCounts(
+                self.per_family[family],
+                self.bad_per_family[family],
+                self.clockless_per_family[family],
+            )
+            if stored is not None:
+                c.stored, c.with_energy, c.by_arrival, c.rejected = stored[family]
+            out[family] = c
+        return out
+
     def line(self) -> str:
-        families = ", ".join(f"{name} {n}" for name, n in sorted(self.per_family.items()))
         span = f"; simulated {_iso(self.first_at)} .. {_iso(self.last_at)}" if self.last_at else ""
         return (
             f"simulate: {self.published} published and acknowledged, {self.bad} bad "
-            f"({families or 'none'}) in {self.seconds:.2f} s, {self.rate:.1f} msg/s{span}"
+            f"in {self.seconds:.2f} s, {self.rate:.1f} msg/s{span}"
         )
+
+    def summary(self, stored: Mapping[str, tuple[int, int, int, int]] | None = None) -> str:
+        return f"{self.line()}\n{family_table(self.counts(stored))}"
 
 
 def _iso(at: datetime | None) -> str:
@@ -531,6 +671,7 @@ class SimulateOptions:
     speedup: float
     register_dsn: str | None
     ca_file: str | None = None
+    settle_s: float = 15.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
@@ -546,8 +687,8 @@ class SimulateOptions:
         ca_file = args.ca or env.get("MQTT_TLS_CA") or None
         if ca_file is not None and not Path(ca_file).is_file():
             raise ValueError(f"--ca: {ca_file!r} is not a readable file")
-        if args.speedup < 0 or (args.count or 0) < 0 or (args.duration or 0) < 0:
-            raise ValueError("--speedup, --count and --duration must not be negative")
+        if min(args.speedup, args.count or 0, args.duration or 0, args.settle) < 0:
+            raise ValueError("--speedup, --count, --duration and --settle must not be negative")
         dsn = args.register
         if dsn == "":  # --register without a value
             dsn = env.get("DATABASE_URL") or None
@@ -557,8 +698,10 @@ class SimulateOptions:
             args.meters,
             args.inverters,
             args.seed,
+            gateways=args.gateways,
+            wrapped_meters=args.wrapped_meters,
+            clockless_meters=args.clockless_meters,
             bad_ratio=args.bad_ratio,
-            unwrapped_meters=args.unwrapped_meters,
             topic_prefix=args.topic_prefix,
         )
         return cls(
@@ -570,6 +713,7 @@ class SimulateOptions:
             args.speedup,
             dsn,
             ca_file,
+            args.settle,
         )
 
 
@@ -603,6 +747,7 @@ async def _main(options: SimulateOptions) -> int:
             f"simulate: registered types {', '.join(done.type_ids)}; equipment "
             f"{done.created} new, {done.existing} already present"
         )
+        _say_gateway_category(options.fleet, done)
     if options.count == 0:
         return constants.EXIT_OK
     stop = asyncio.Event()
@@ -619,13 +764,38 @@ async def _main(options: SimulateOptions) -> int:
         stop=stop,
         ca_file=options.ca_file,
     )
-    print(report.line())
+    stored = None
+    if options.register_dsn is not None:
+        since = report.started_at - timedelta(seconds=1)  # created_at may be whole seconds
+        stored = await settle_and_read_back(
+            options.register_dsn, options.fleet, since, options.settle_s
+        )
+    print(report.summary(stored))
+    if stored is None:
+        print("simulate: stored, energy, arrival, rejected: read back with --register")
     horizon = datetime.now(UTC) + timedelta(seconds=constants.FUTURE_TOLERANCE_S)
     if report.last_at is not None and report.last_at > horizon:
         print(
             f"simulate: warning: readings more than {constants.FUTURE_TOLERANCE_S} s ahead "
-            "are rejected by the ingest; "
-            "use an earlier --start",
+            "are timed by their arrival by the ingest; use an earlier --start",
             file=sys.stderr,
         )
     return constants.EXIT_OK
+
+
+def _say_gateway_category(fleet: Fleet, done: Registration) -> None:
+    if not any(d.family == FAMILY_GATEWAY for d in fleet.devices):
+        return
+    if done.gateway_category is None:
+        print(
+            "simulate: warning: the database has no equipment categories: the A-966 "
+            f"gateways cannot be put in {GATEWAY_CATEGORY!r}, so the ingest cannot tell them "
+            "from their equipment",
+            file=sys.stderr,
+        )
+    elif done.gateway_category != GATEWAY_CATEGORY:
+        print(
+            f"simulate: warning: the existing type {TYPE_GATEWAY} is in the category "
+            f"{done.gateway_category!r}, not {GATEWAY_CATEGORY!r} (left as it was)",
+            file=sys.stderr,
+        )

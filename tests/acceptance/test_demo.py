@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from aupus_ha.simulate import FAMILY_LABELS, FAMILY_M160_FLAT
+
 DEMO_TIMEOUT_S = 150.0
 POLL_S = 0.05
 
@@ -47,7 +49,9 @@ def _demo_dirs() -> set[Path]:
 
 
 def test_demo_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
-    """The short demo ends 0 lost / 0 duplicated, its processes and temp dirs all gone."""
+    """The short demo ends 0 lost / 0 duplicated with every device family (DOMAIN v2)
+    stored, the clockless meter's readings by their arrival; its processes and temp dirs
+    all gone."""
     dirs_before = _demo_dirs()
     output = tmp_path / "demo.out"
     seen: set[ProcessId] = set()
@@ -72,6 +76,12 @@ def test_demo_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
 
     assert proc.returncode == 0, text
     assert "lost 0" in text and "duplicated 0" in text, text
+    for family, label in FAMILY_LABELS.items():  # every v2 family published and stored
+        (line,) = [row for row in text.splitlines() if row.strip().startswith(label)]
+        published, bad, no_clock, stored, energy, arrival, rejected = map(int, line.split()[-7:])
+        assert published > 0 and stored > 0 and rejected == bad, (family, line)
+        if family == FAMILY_M160_FLAT:  # the meter without NTP: stored, timed by arrival
+            assert no_clock > 0 and arrival == no_clock and energy == stored, line
     assert seen, "no child process was observed"
     leftovers = [p for p in seen if _still_running(p)]
     assert not leftovers, f"processes left behind: {leftovers}"
