@@ -1,22 +1,28 @@
 """The equipment catalogue query (`enabled_equipment`) on a real PostgreSQL: the type's
 code and its category (`tipos_equipamentos.categoria_id` → `categorias_equipamentos.nome`,
 which routes the A-966 gateway family) on the legacy-shaped schema and on the fresh one,
-and the previous release's query still answering after migration 007 (rolling upgrade).
+the previous release's query still answering after migration 007 (rolling upgrade), and
+the routing end to end from the database's types to stored rows.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from aupus_ha.config import load_settings
 from aupus_ha.db import create_pool
+from aupus_ha.decoding import Decoder
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Equipment
-from aupus_ha.store import Store
+from aupus_ha.store import Store, detect_convention
+from aupus_ha.topics import TopicCatalog
 from tests.legacy_schema import (
     GATEWAY_CATEGORY,
     SchemaKind,
@@ -26,6 +32,7 @@ from tests.legacy_schema import (
     register_equipment,
 )
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # The query of the release before migration 007: an instance of it keeps running
 # against the migrated schema during a rolling upgrade.
 PREVIOUS_QUERY = """
@@ -137,3 +144,61 @@ async def test_previous_release_query_still_works(
     assert sorted(r["id"].strip() for r in rows) == sorted(
         cuid(label) for label in ("gw", "meter", "inv", "none")
     )
+
+
+async def test_one_topic_three_types_routed_from_the_database(v2_schema: tuple[str, str]) -> None:
+    """The routing end to end: three equipment of different types registered on ONE
+    topic, the catalogue read by the store, an A-966 message decoded and flushed on
+    both schemas: a gateway row with its energy, an untyped row stored as sent, and
+    the M-160's refusal as one reject, all under the same topic."""
+    kind, dsn = v2_schema
+    topic = "site/A966/SSU/state"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO ha_leadership (cluster_name, epoch) VALUES ('catalog', 1)")
+        gateway = await ensure_type(conn, "SSU_A966", category=GATEWAY_CATEGORY)
+        meter = await ensure_type(conn, "M-160")
+        for label, type_id in (("gw", gateway), ("meter", meter), ("plain", None)):
+            await register_equipment(conn, cuid(label), f" {topic} ", type_id)  # stray spaces
+        convention = await detect_convention(conn, Queries()["column_types"])
+        queries = Queries(
+            id_type=convention.id_type,
+            ts_type="timestamp" if convention.legacy_timestamps else "timestamptz",
+        )
+        settings = load_settings({"DATABASE_URL": dsn, "MQTT_MODE": "disabled"}, dotenv=None)
+        pool = await create_pool(settings, "aupus-ha/catalog-test")
+        try:
+            store = Store(pool, queries, cluster_name="catalog", instance_id="catalog")
+            catalog = TopicCatalog.build(await store.enabled_equipment())
+            assert catalog.topics == [topic]  # trimmed, one subscription for the three
+            payload = (FIXTURES / "a966_ssu_state.json").read_bytes()
+            decoded = Decoder(max_payload_bytes=64 * 1024).decode(
+                topic, payload, catalog.equipment_for(topic), datetime.now(UTC)
+            )
+            readings = [convention.apply(r) for r in decoded.readings]
+            await store.flush(readings, decoded.rejects, epoch=1)
+        finally:
+            await pool.close()
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch(
+                "SELECT trim(equipamento_id) AS id, energia_kwh, potencia_ativa_kw, qualidade,"
+                " dados::text AS dados FROM equipamentos_dados"
+            )
+        }
+        rejects = await conn.fetch("SELECT topic, reason FROM ingest_rejects")
+    finally:
+        await conn.close()
+    assert set(rows) == {cuid("gw"), cuid("plain")}, kind
+    gw = rows[cuid("gw")]
+    # (1487 − 0) × 0.048 = 71.376 kWh; × 4 = 285.504 kW (exact at DECIMAL(10,3) too)
+    assert float(gw["energia_kwh"]) == pytest.approx(71.376, abs=5e-4)
+    assert float(gw["potencia_ativa_kw"]) == pytest.approx(285.504, abs=5e-4)
+    assert gw["qualidade"] == "bom"
+    assert json.loads(gw["dados"])["P_rev"] == 285.504  # 1487 × 0.048 / 0.25
+    plain = rows[cuid("plain")]
+    assert plain["energia_kwh"] is None and "P_rev" not in json.loads(plain["dados"])
+    # the M-160 refuses a payload in neither of its forms (DOMAIN rule 1)
+    assert [(r["topic"], r["reason"].partition(":")[0]) for r in rejects] == [
+        (topic, "m160_unknown_format")
+    ]
