@@ -28,6 +28,7 @@ from aupus_ha.config import Settings
 from aupus_ha.db import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
+    QueryStats,
     connect,
     create_pool,
     describe_error,
@@ -122,6 +123,7 @@ class Instance:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._fatal: BaseException | None = None
         self.metrics = Metrics(self)  # per-instance Prometheus registry (GET /metrics)
+        self.query_stats = QueryStats()  # queries on the pool (/health/metrics/database)
         self.alerts = AlertManager(self)  # checks, ha_alerts, webhook/e-mail delivery
 
     # --- lifecycle --------------------------------------------------------------------
@@ -251,7 +253,9 @@ class Instance:
             ts_type="timestamp" if self.convention.legacy_timestamps else "timestamptz",
         )
         if self.pool is None:
-            self.pool = await create_pool(self.settings, self.identity.app_name)
+            self.pool = await create_pool(
+                self.settings, self.identity.app_name, query_stats=self.query_stats
+            )
         self.store = ObservedStore(
             self.pool,
             self._queries,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import socket
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -56,6 +57,8 @@ TRANSIENT_SQLSTATES: Final = frozenset(
     }
 )
 READ_ONLY_SQLSTATE: Final = "25006"
+# A query slower than this counts as slow (the legacy API's SLOW_QUERY_THRESHOLD default).
+SLOW_QUERY_MS: Final = 1000.0
 # Refused for what one row holds: bisect the batch down to it and keep it as a reject.
 ITEM_SQLSTATE_CLASSES: Final = frozenset(
     {
@@ -152,6 +155,25 @@ def unavailable(exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(describe_error(exc), sqlstate=sqlstate(exc))
 
 
+@dataclass(slots=True)
+class QueryStats:
+    """Queries this process ran on its pool (`GET /health/metrics/database`, the legacy
+    route's `totalQueries` / `slowQueries` / `errorCount`). Fed by asyncpg's query
+    logger, which runs after each statement (scheduled on the loop, never inline)."""
+
+    slow_ms: float = SLOW_QUERY_MS
+    total: int = 0
+    slow: int = 0
+    errors: int = 0
+
+    def observe(self, record: asyncpg.connection.LoggedQuery) -> None:
+        self.total += 1
+        if record.elapsed * 1000 > self.slow_ms:
+            self.slow += 1
+        if record.exception is not None:
+            self.errors += 1
+
+
 def _server_settings(settings: Settings, app_name: str) -> dict[str, str]:
     idle = max(1, int(settings.lease_ttl_s / 2))
     return {
@@ -241,12 +263,21 @@ async def connect(settings: Settings, app_name: str, *, tune: bool = True) -> as
     return conn
 
 
-async def create_pool(settings: Settings, app_name: str, *, max_size: int = 4) -> asyncpg.Pool:
-    """The pool for flushes and queries (never for the lock)."""
+async def create_pool(
+    settings: Settings,
+    app_name: str,
+    *,
+    max_size: int = 4,
+    query_stats: QueryStats | None = None,
+) -> asyncpg.Pool:
+    """The pool for flushes and queries (never for the lock); `query_stats` counts what
+    runs on it."""
 
     async def init(conn: asyncpg.Connection) -> None:
         _tune_client_socket(conn, settings)
         await _init_connection(conn)
+        if query_stats is not None:
+            conn.add_query_logger(query_stats.observe)
 
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(

@@ -407,6 +407,25 @@ class HealthViews:
             },
         }
 
+    def metrics_database(self) -> Body:
+        """`/health/metrics/database`: the legacy route's query counters (its Prisma
+        service counted every query, those slower than 1 s, and errors), for this
+        process's pool. Always 200: it reports, it does not judge."""
+        inst = self._instance
+        stats = inst.query_stats
+        now = datetime.now(UTC)
+        return {
+            "database": {
+                "totalQueries": stats.total,
+                "slowQueries": stats.slow,
+                "errorCount": stats.errors,
+                "timestamp": now,
+                "slowQueryThresholdMs": stats.slow_ms,
+                "instanceId": inst.settings.instance_id,
+            },
+            "timestamp": now,
+        }
+
     async def metrics_simple(self) -> tuple[Body, int]:
         """`/health/metrics/simple`: the five numbers a dashboard tile shows."""
         inst = self._instance

@@ -118,6 +118,7 @@ class HttpServer:
             ("/health/dados-recentes", self.recent_data),
             ("/health/metrics", self.metrics_view),
             ("/health/metrics/simple", self.metrics_simple),
+            ("/health/metrics/database", self.metrics_database),
             ("/health/alerts", self.alerts),
         ]
         health = [web.get(path, _plain(view)) for path, view in views]
@@ -281,6 +282,9 @@ class HttpServer:
 
     async def metrics_simple(self, request: web.Request) -> tuple[Body, int]:
         return await self._views.metrics_simple()
+
+    async def metrics_database(self, request: web.Request) -> tuple[Body, int]:
+        return self._views.metrics_database(), 200
 
     async def alerts(self, request: web.Request) -> tuple[Body, int]:
         """The last 100 alerts of the cluster (plus this instance's in-memory ones)."""
