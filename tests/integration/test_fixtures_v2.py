@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import orjson
@@ -333,3 +334,46 @@ async def test_rows_written_before_aupus_ha_share_the_key(pipeline: Pipeline) ->
         assert row["id"] == cuid(f"before:{equipment_id}")
         assert as_utc(row["timestamp_dados"]) == wall_utc.replace(tzinfo=UTC)  # type: ignore[arg-type]
         assert row["fonte"] == fonte and orjson.loads(str(row["dados"])) == {"antes": True}
+
+
+def test_the_checker_tells_a_right_legacy_row_from_a_wrong_one() -> None:
+    """The harness itself: the legacy row DOMAIN v2 predicts for m160_ton_flat.json passes
+    (UTC wall time, DECIMAL(10,3) values, the exact ones in dados); the same row written
+    in Brasília wall time with v1's NULL energy fails on exactly those columns."""
+    (case,) = [c for c in m160_cases() if c.label == "m160-ton-flat"]
+    written = datetime.now(UTC).replace(microsecond=0)
+    dados = orjson.loads(case.messages[0].payload)
+    right = {
+        "equipamento_id": case.equipment_id,
+        "timestamp_dados": datetime(2026, 11, 29, 0, 0, 30),  # naive UTC wall time
+        "timestamp_fim": datetime(2026, 11, 29, 0, 0, 30),
+        "created_at": written.replace(tzinfo=None),
+        "dados": orjson.dumps(dados).decode(),
+        "fonte": "MQTT",
+        "qualidade": "bom",
+        "energia_kwh": Decimal("0.062"),  # 0.0618 in DECIMAL(10,3)
+        "potencia_ativa_kw": Decimal("7.415"),  # 7.4145
+        "num_leituras": 1,
+    }
+    window = Window(written - timedelta(seconds=2), written + timedelta(seconds=2))
+    report = Report()
+    check_case(report, case, [right], [], window, prefix=PREFIX, legacy=True)
+    assert report.failures == []
+    brasilia = {
+        **right,
+        "timestamp_dados": datetime(2026, 11, 28, 21, 0, 30),
+        "timestamp_fim": None,
+        "created_at": (written - timedelta(hours=3)).replace(tzinfo=None),
+        "energia_kwh": None,
+        "potencia_ativa_kw": Decimal("7.416"),
+    }
+    report = Report()
+    check_case(report, case, [brasilia], [], window, prefix=PREFIX, legacy=True)
+    wrong = sorted(f.split(": ")[1].split(" ")[0] for f in report.failures)
+    assert wrong == [
+        "created_at",
+        "energia_kwh",
+        "potencia_ativa_kw",
+        "timestamp_dados",
+        "timestamp_fim",
+    ]
