@@ -315,7 +315,7 @@ def test_gateway_rules_hold_for_any_counts(
     glitch = phf > 100 and phr > 100
     assert ("_aupus_glitch_phf" in d) is glitch
     used_phf = 0 if glitch else phf
-    assert r.qualidade == "bom"
+    assert r.qualidade == "bom" and r.energia_kwh is not None
     assert r.energia_kwh == pytest.approx((phr - used_phf) * 0.048, abs=1e-9)
     assert r.potencia_ativa_kw == pytest.approx(4 * r.energia_kwh, abs=1e-9)
     p_direto, p_rev = used_phf * 0.048 / 0.25, phr * 0.048 / 0.25
