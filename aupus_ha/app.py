@@ -55,7 +55,7 @@ from aupus_ha.queries import Queries
 from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
 from aupus_ha.runtime import tune_gc
 from aupus_ha.spool import Spool, SpoolRefused
-from aupus_ha.store import KeyConvention, Store, detect_convention
+from aupus_ha.store import KeyConvention, Store, content_match_window_s, detect_convention
 from aupus_ha.timestamps import time_motivo_of
 from aupus_ha.topics import TopicCatalog
 
@@ -265,6 +265,7 @@ class Instance:
             process_token=self.identity.process_token,
         )
         self.store.reject_prefix_bytes = self.settings.reject_payload_prefix_bytes
+        self.store.content_window_s = content_match_window_s(self.settings.lease_ttl_s)
 
     def _start_tasks(self) -> None:
         assert self.ha is not None and self.flusher is not None and self.store is not None

@@ -240,7 +240,11 @@ def previous_in_batch(readings: Sequence[Reading]) -> dict[int, Previous]:
     for i in guarded:
         me = readings[i]
         before = [
-            r for r in by_equipment[me.equipamento_id] if r.timestamp_dados < me.timestamp_dados
+            r
+            for r in by_equipment[me.equipamento_id]
+            if r.timestamp_dados < me.timestamp_dados
+            # a reading timed by arrival is never its own previous (a redelivered copy)
+            and (me.matchable or r.dados != me.dados)
         ]
         if before:
             last = max(before, key=lambda r: r.timestamp_dados)
@@ -286,7 +290,8 @@ async def resolve_outliers(
 ) -> list[Reading]:
     """`plain` with every guarded reading decided, inside the flush transaction: its
     previous reading is the closer of the batch's (`in_batch`, from the whole batch
-    before any split) and the equipment's stored row just before it (`summary_previous_rows`)."""
+    before any split) and the equipment's stored row just before it
+    (`summary_previous_rows`)."""
     guarded = [r for r in plain if r.outlier_guard]
     if not guarded:
         return plain
@@ -295,13 +300,47 @@ async def resolve_outliers(
         [r.equipamento_id for r in guarded],
         [r.timestamp_dados for r in guarded],
     )
-    stored = {
-        row["pos"] - 1: Previous(row["timestamp_dados"], parse_phf_text(row["phf"])) for row in rows
-    }
-    decided = {
-        id(r): resolve(r, later(in_batch.get(r.key), stored.get(n))) for n, r in enumerate(guarded)
-    }
+    candidates: dict[int, list[StoredRow]] = {}
+    for row in rows:  # newest first per position
+        stored_row = StoredRow(row["timestamp_dados"], row["phf"], row["bruto"])
+        candidates.setdefault(row["pos"] - 1, []).append(stored_row)
+    decided = {}
+    for n, reading in enumerate(guarded):
+        stored = stored_previous(reading, candidates.get(n, []))
+        decided[id(reading)] = resolve(reading, later(in_batch.get(reading.key), stored))
     return [decided.get(id(r), r) for r in plain]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A stored row before a guarded reading: `phf` and `_consumo_phf_bruto` as text."""
+
+    at: datetime
+    phf: str | None
+    bruto: str | None
+
+
+def stored_previous(reading: Reading, rows: Sequence[StoredRow]) -> Previous | None:
+    """The stored previous reading, newest first. A reading timed by arrival skips
+    stored copies of ITSELF (same `phf`, same raw outlier): another instance stored the
+    same message under its own, slightly earlier arrival, and 0 kWh against it would
+    also make the two copies' dados differ, so content matching would store both."""
+    mine = _copy_identity(reading) if not reading.matchable else None
+    for row in rows:
+        phf = parse_phf_text(row.phf)
+        if mine is not None and (phf, parse_phf_text(row.bruto)) == mine:
+            continue
+        return Previous(row.at, phf)
+    return None
+
+
+def _copy_identity(reading: Reading) -> tuple[float | None, float | None]:
+    summary = orjson.loads(reading.dados)
+    return phf_of(reading.dados), _finite(summary.get(RAW_CONSUMO_KEY))
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if _is_number(value) and math.isfinite(value) else None
 
 
 def previous_by_key(readings: Sequence[Reading]) -> dict[ReadingKey, Previous]:

@@ -250,22 +250,26 @@ WHERE cluster_name = $1;
 
 -- name: summary_previous_rows
 -- $1 equipamento ids, $2 timestamps (parallel arrays). For each M-160 reading whose
--- consumo_phf is an outlier (aupus_ha/m160.py), the equipment's stored row just before
--- it in device time: its 1-based position, timestamp_dados, and phf as text when dados
--- holds a JSON number there (NULL otherwise: text, so a number beyond a double never
--- fails the flush). Runs inside the flush transaction; one backward step of the natural
--- key per item, whatever the table's size.
-SELECT k.pos, p.timestamp_dados, p.phf
+-- consumo_phf is an outlier (aupus_ha/m160.py), the equipment's last stored rows before
+-- it in device time, newest first (up to 4: a reading timed by arrival skips stored
+-- copies of itself, keyed by another instance's arrival): the 1-based position,
+-- timestamp_dados, phf as text when dados holds a JSON number there (text, so a number
+-- beyond a double never fails the flush), and _consumo_phf_bruto as text. Runs inside
+-- the flush transaction; a short backward step of the natural key per item, whatever
+-- the table's size.
+SELECT k.pos, p.timestamp_dados, p.phf, p.bruto
 FROM unnest($1::{id_type}[], $2::{ts_type}[]) WITH ORDINALITY AS k(equipamento_id, ts, pos)
 CROSS JOIN LATERAL (
     SELECT d.timestamp_dados,
            CASE WHEN jsonb_typeof(d.dados::jsonb -> 'phf') = 'number'
-                THEN d.dados::jsonb ->> 'phf' END AS phf
+                THEN d.dados::jsonb ->> 'phf' END AS phf,
+           d.dados::jsonb ->> '_consumo_phf_bruto' AS bruto
     FROM equipamentos_dados d
     WHERE d.equipamento_id = k.equipamento_id AND d.timestamp_dados < k.ts
     ORDER BY d.timestamp_dados DESC
-    LIMIT 1
-) AS p;
+    LIMIT 4
+) AS p
+ORDER BY k.pos, p.timestamp_dados DESC;
 
 -- name: probe_readings
 -- $1 equipamento ids, $2 timestamps (parallel arrays). Which of a standby's buffered

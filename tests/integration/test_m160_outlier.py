@@ -239,3 +239,34 @@ async def test_a_previous_row_without_phf_leaves_the_window_unknown(cluster: Clu
     dados = orjson.loads(str(row["dados"]))
     assert (dados["consumo_phf"], dados["_consumo_phf_bruto"]) == (None, 10381.6)
     assert float(row["energia_kwh"]) == pytest.approx(0.043, abs=5e-4)  # type: ignore[arg-type]
+
+
+def clockless(line: bytes) -> bytes:
+    """The line as a TON without NTP sends it: `"timestamp": "sem_ntp"`."""
+    obj = orjson.loads(line)
+    obj["timestamp"] = "sem_ntp"
+    return orjson.dumps(obj)
+
+
+async def test_a_clockless_outlier_is_stored_once_across_a_failover(cluster: Cluster) -> None:
+    """A meter without NTP: its readings are timed by each instance's own arrival. The
+    old leader stored lines 2 and 3 (the outlier resolved: 10557.6 − 10557.56 = 0.04);
+    the new leader's copies arrived 1.4 s later. Its copy of line 3 must not take the
+    old leader's copy of the SAME message as its previous reading (10557.6 − 10557.6 =
+    0, then Pt: 0.043): it resolves to the same dados, is matched by content, and the
+    message is stored once."""
+    meter = await cluster.meter("clockless-failover")
+    lines = [clockless(LINES[1]), clockless(LINES[2])]
+    first_arrival = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    for n, lag in enumerate((timedelta(0), timedelta(seconds=1.4))):  # old, new leader
+        decoder, store = await cluster.instance(10 + n)
+        readings = []
+        for k, payload in enumerate(lines):
+            at = first_arrival + timedelta(seconds=30 * k) + lag
+            decoded = decoder.decode(meter.topic, payload, [meter], at)
+            readings += [cluster.convention.apply(r) for r in decoded.readings]
+        await store.flush(readings, [], epoch=1)
+    rows = await cluster.rows(meter)
+    assert len(rows) == 2, [str(r["dados"])[:60] for r in rows]
+    dados = orjson.loads(str(rows[1]["dados"]))
+    assert (dados["consumo_phf"], dados["_consumo_phf_bruto"]) == (0.04, 10381.6)

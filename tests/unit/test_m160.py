@@ -402,3 +402,55 @@ def test_later_prefers_the_closer_and_the_stored_on_a_tie() -> None:
 def test_stored_phf_text(text: str | None, value: float | None) -> None:
     """`dados->>'phf'` of the stored previous row: a number beyond a double is unknown."""
     assert m160.parse_phf_text(text) == value
+
+
+def test_a_clockless_reading_is_not_its_own_previous() -> None:
+    """Two copies of one clockless outlier in a batch (a redelivery): the later copy's
+    previous is not the earlier copy (same dados) but the reading before both."""
+    obj = {**outlier_lines()[2], "timestamp": "sem_ntp"}
+    prev_obj = {**outlier_lines()[1], "timestamp": "sem_ntp"}
+    family = M160SummaryFamily()
+    (prev,) = family.decode(prev_obj, METER, RECEIVED - timedelta(seconds=30))
+    (copy1,) = family.decode(obj, METER, RECEIVED)
+    (copy2,) = family.decode(obj, METER, RECEIVED + timedelta(seconds=1))
+    found = m160.previous_in_batch([prev, copy1, copy2])
+    assert found[2] == Previous(prev.timestamp_dados, 10557.56)
+
+
+def test_stored_copies_of_a_clockless_reading_are_skipped() -> None:
+    """Stored rows newest first: a copy of this message (phf 10557.6, raw 10381.6) stored
+    by another instance is skipped; the row before it is the previous. A reading with a
+    device time never skips (its copies share its key, never before it)."""
+    clockless = decode({**outlier_lines()[2], "timestamp": "sem_ntp"})
+    timed = decode(outlier_lines()[2])
+    rows = [
+        m160.StoredRow(RECEIVED - timedelta(seconds=1), "10557.6", "10381.6"),
+        m160.StoredRow(RECEIVED - timedelta(seconds=30), "10557.56", None),
+    ]
+    assert m160.stored_previous(clockless, rows) == Previous(rows[1].at, 10557.56)
+    assert m160.stored_previous(timed, rows) == Previous(rows[0].at, 10557.6)
+    assert m160.stored_previous(clockless, rows[:1]) is None
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_the_spool_keeps_the_guard(guard: bool) -> None:
+    """A spooled reading replays with its outlier mark (an 11-field record: none), so a
+    replayed outlier is decided at flush like one never spooled."""
+    from aupus_ha import spool_codec
+    from aupus_ha.readings import Decoded
+
+    reading = decode(outlier_lines()[2] if guard else outlier_lines()[1])
+    assert reading.outlier_guard is guard
+    body = spool_codec.encode(Decoded([reading]))
+    assert len(orjson.loads(body)["r"][0]) == (12 if guard else 11)
+    assert spool_codec.decode(body).readings == [reading]
+
+
+def test_a_spooled_guard_must_be_true() -> None:
+    from aupus_ha import spool_codec
+    from aupus_ha.readings import Decoded
+
+    record = orjson.loads(spool_codec.encode(Decoded([decode(outlier_lines()[2])])))
+    record["r"][0][11] = "yes"
+    with pytest.raises(ValueError, match="twelfth"):
+        spool_codec.decode(orjson.dumps(record))
