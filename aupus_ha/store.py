@@ -64,6 +64,25 @@ STAGING_COLUMNS = (
     "timestamp_fim",
 )
 
+# The content-matching window of the flush and of a standby's probe (readings timed by
+# arrival). It must cover the gap between the arrival stamps of two copies of ONE
+# message — not the time between two leaders' flushes: a copy keeps the time it arrived
+# whenever it is flushed. Two instances receive a message within a second of each other
+# plus their clocks' skew; a leader that lost the broker for less than LEASE_TTL_S keeps
+# leading and receives its queued copies that much later (plus a reconnect attempt);
+# an MQTT redelivery to one instance comes after its reconnect. So: LEASE_TTL_S plus a
+# margin for skew, fan-out and a reconnect, never below the buffer's 10 s — and never
+# above half the 30 s a device waits between readings, or two genuine byte-identical
+# readings of one device would count once.
+CONTENT_WINDOW_MARGIN_S = 5.0
+CONTENT_WINDOW_MAX_S = 15.0
+
+
+def content_match_window_s(lease_ttl_s: float) -> float:
+    """The matching window for a cluster with this LEASE_TTL_S (10 s by default)."""
+    wanted = lease_ttl_s + CONTENT_WINDOW_MARGIN_S
+    return min(CONTENT_WINDOW_MAX_S, max(CONTENT_MATCH_WINDOW_S, wanted))
+
 
 class Fenced(Exception):
     """The epoch moved on: this process is no longer the leader and must not write."""
@@ -147,6 +166,9 @@ class Store:
     # Bytes of a reject's payload stored (REJECT_PAYLOAD_PREFIX_BYTES, set at start): the
     # intake bounds its rejects already; this bounds the rows the database refused too.
     reject_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
+    # Readings timed by arrival closer than this to a stored row of the same equipment
+    # with equal `dados` are that row (set at start: `content_match_window_s`).
+    content_window_s: float = CONTENT_MATCH_WINDOW_S
 
     def __init__(
         self,
@@ -282,11 +304,31 @@ class Store:
             return tally
 
     async def _copy_plain(self, conn: Conn, readings: list[Reading], epoch: int) -> int:
-        await conn.execute(self._q["create_staging"])
+        """COPY and insert the plain readings; returns how many rows were new. Readings
+        timed by arrival go through their own staging table and are matched by content
+        there (`insert_clockless_from_staging`); the others never pay for it."""
+        ordinary = [r for r in readings if r.matchable]
+        clockless = [r for r in readings if not r.matchable]
+        stored = 0
+        if ordinary:
+            await self._stage(conn, "aupus_staging", "create_staging", ordinary)
+            stored += int(await conn.fetchval(self._q["insert_from_staging"], epoch))
+        if clockless:
+            await self._stage(
+                conn, "aupus_staging_clockless", "create_staging_clockless", clockless
+            )
+            stored += int(
+                await conn.fetchval(
+                    self._q["insert_clockless_from_staging"], epoch, self.content_window_s
+                )
+            )
+        return stored
+
+    async def _stage(self, conn: Conn, table: str, create: str, readings: list[Reading]) -> None:
+        await conn.execute(self._q[create])
         await conn.copy_records_to_table(
-            "aupus_staging", records=[_record(r) for r in readings], columns=STAGING_COLUMNS
+            table, records=[_record(r) for r in readings], columns=STAGING_COLUMNS
         )
-        return int(await conn.fetchval(self._q["insert_from_staging"], epoch))
 
     async def _merge_rollups(
         self, conn: Conn, samples: list[Reading], epoch: int
@@ -508,7 +550,7 @@ class Store:
 
     async def committed_by_content(self, readings: list[Reading]) -> list[ReadingKey]:
         """Which of these readings timed by arrival the leader stored under its own
-        arrival time: same equipment, equal `dados`, within CONTENT_MATCH_WINDOW_S."""
+        arrival time: same equipment, equal `dados`, within `content_window_s`."""
         if not readings:
             return []
         try:
@@ -517,7 +559,7 @@ class Store:
                 [r.equipamento_id for r in readings],
                 [r.timestamp_dados for r in readings],
                 [r.dados.decode() for r in readings],
-                CONTENT_MATCH_WINDOW_S,
+                self.content_window_s,
                 timeout=constants.DB_CALL_TIMEOUT_S,
             )
         except CONNECTION_ERRORS as exc:

@@ -198,6 +198,56 @@ WITH inserted AS (
 )
 SELECT count(*) FROM inserted;
 
+-- name: create_staging_clockless
+-- Per connection, once: the COPY target of the readings timed by arrival, which are
+-- inserted by insert_clockless_from_staging (same columns as aupus_staging).
+CREATE TEMP TABLE IF NOT EXISTS aupus_staging_clockless ON COMMIT DELETE ROWS AS
+SELECT equipamento_id, timestamp_dados, dados, fonte, qualidade, energia_kwh,
+       potencia_ativa_kw, num_leituras, timestamp_fim
+FROM equipamentos_dados WITH NO DATA;
+
+-- name: insert_clockless_from_staging
+-- $1 epoch, $2 the matching window in seconds. Readings timed by arrival: every
+-- instance keys one by its OWN arrival time, so a copy of a stored reading (another
+-- instance's, an MQTT redelivery) has another key. One is inserted only when no stored
+-- row of the same equipment keyed within the window around it has equal dados (jsonb:
+-- key order and spacing do not matter), and no copy of it comes earlier in the batch
+-- (keyed within the window of the previous one). The stored-row check is one short
+-- range scan of the natural key per staged reading: LATERAL ... LIMIT 1 keeps it a
+-- parameterised index scan whatever the planner guesses about the unanalysed temp
+-- table. The flush's epoch fence serialises writers, so the check sees every row the
+-- previous leader committed.
+WITH staged AS (
+    SELECT s.*,
+           lag(s.timestamp_dados) OVER (
+               PARTITION BY s.equipamento_id, s.dados::jsonb ORDER BY s.timestamp_dados
+           ) AS previous_copy_at
+    FROM aupus_staging_clockless s
+), inserted AS (
+    INSERT INTO equipamentos_dados (
+        equipamento_id, timestamp_dados, dados, fonte, qualidade, energia_kwh,
+        potencia_ativa_kw, num_leituras, timestamp_fim, ha_epoch
+    )
+    SELECT st.equipamento_id, st.timestamp_dados, st.dados, st.fonte, st.qualidade,
+           st.energia_kwh, st.potencia_ativa_kw, st.num_leituras, st.timestamp_fim, $1
+    FROM staged st
+    LEFT JOIN LATERAL (
+        SELECT true AS found
+        FROM equipamentos_dados d
+        WHERE d.equipamento_id = st.equipamento_id
+          AND d.timestamp_dados BETWEEN st.timestamp_dados - make_interval(secs => $2)
+                                    AND st.timestamp_dados + make_interval(secs => $2)
+          AND d.dados::jsonb = st.dados::jsonb
+        LIMIT 1
+    ) AS stored ON true
+    WHERE stored.found IS NULL
+      AND (st.previous_copy_at IS NULL
+           OR st.timestamp_dados - st.previous_copy_at > make_interval(secs => $2))
+    ON CONFLICT (equipamento_id, timestamp_dados) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM inserted;
+
 -- name: rollup_rows_for_update
 -- $1 equipamento ids, $2 minute starts (parallel arrays). The stored rollup rows of
 -- these minutes, locked: their samples are merged with the new ones in this transaction.

@@ -33,8 +33,10 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     "probe_rollup_samples": (*KEYS, ["s1", "s2"]),
     "rollup_rows_for_update": KEYS,
     "summary_previous_rows": KEYS,  # the M-160 outlier guard, in the flush transaction
+    "probe_readings_by_content": (*KEYS, ["{}", "{}"], 10.0),
+    "insert_clockless_from_staging": (1, 10.0),  # reads the staging table, then the key
 }
-NOT_READS = {"create_staging"}
+NOT_READS = {"create_staging", "create_staging_clockless"}
 GROWING = {
     BIG_TABLE,
     "ha_alerts",
@@ -63,6 +65,7 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     try:
         await apply_migrations(connection)
         await connection.execute(FILL)
+        await connection.execute(Queries()["create_staging_clockless"])
         await connection.execute("SET enable_seqscan = off")
         yield connection
     finally:

@@ -1,0 +1,50 @@
+"""The content-matching window of readings timed by arrival (issue 12), and the named
+queries the flush's content path depends on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S
+from aupus_ha.queries import Queries
+from aupus_ha.store import (
+    CONTENT_WINDOW_MARGIN_S,
+    CONTENT_WINDOW_MAX_S,
+    Store,
+    content_match_window_s,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_default_cluster_keeps_the_ten_second_window() -> None:
+    """LEASE_TTL_S 5 (the default) plus the margin is the buffer's own 10 s, which is
+    also what a Store uses until it is told (`aupus-ha status`, tests)."""
+    assert content_match_window_s(5.0) == CONTENT_MATCH_WINDOW_S == 10.0
+    assert Store.content_window_s == CONTENT_MATCH_WINDOW_S
+
+
+@given(st.floats(min_value=0.5, max_value=300.0))
+def test_the_window_covers_a_short_broker_loss_within_bounds(lease_ttl_s: float) -> None:
+    """Never below the buffer's window, never above half a device's 30 s period, and it
+    covers LEASE_TTL_S plus the margin whenever that bound allows."""
+    window = content_match_window_s(lease_ttl_s)
+    assert CONTENT_MATCH_WINDOW_S <= window <= CONTENT_WINDOW_MAX_S <= 15.0
+    if lease_ttl_s + CONTENT_WINDOW_MARGIN_S <= CONTENT_WINDOW_MAX_S:
+        assert window >= lease_ttl_s + CONTENT_WINDOW_MARGIN_S
+
+
+def test_every_named_block_is_its_own_query() -> None:
+    """A `-- name:` line the loader does not recognise (a digit in the name) silently
+    glued its block onto the previous query: `record_flush` became two statements and
+    every flush failed with 'cannot insert multiple commands into a prepared statement'."""
+    text = (ROOT / "sql/queries.sql").read_text()
+    declared = re.findall(r"^-- name: (\S+)\s*$", text, re.MULTILINE)
+    assert sorted(Queries().names()) == sorted(declared)
+    assert {"create_staging_clockless", "insert_clockless_from_staging"} <= set(declared)
+    for name in Queries().names():
+        assert ";" not in Queries()[name], name
