@@ -270,3 +270,24 @@ async def test_a_clockless_outlier_is_stored_once_across_a_failover(cluster: Clu
     assert len(rows) == 2, [str(r["dados"])[:60] for r in rows]
     dados = orjson.loads(str(rows[1]["dados"]))
     assert (dados["consumo_phf"], dados["_consumo_phf_bruto"]) == (0.04, 10381.6)
+
+
+async def test_a_power_no_legacy_column_holds_is_refused_alone(cluster: Cluster) -> None:
+    """Pt 1e11 W: potencia = 1e11 / 1000 = 1e8 kW, within the decoder's ±1e15 bound but
+    beyond DECIMAL(10,3) (max 9,999,999.999): the legacy database refuses that row, the
+    flush isolates it as a `store_refused` reject and stores the other four; the fresh
+    schema (double precision) stores all five."""
+    meter = await cluster.meter("huge-power")
+    huge = orjson.loads(LINES[3])
+    huge.update(Pt=1e11, timestamp="05/05/2026 23:56:30")
+    decoder, store = await cluster.instance(0)
+    payloads = [*LINES, orjson.dumps(huge)]
+    readings = [r for p in payloads for r in cluster.decode(decoder, meter, p)]
+    result = await store.flush(readings, [], epoch=1)
+    rows = await cluster.rows(meter)
+    if cluster.convention.legacy_timestamps:
+        assert (result.rows, result.refused, len(rows)) == (4, 1, 4)
+        check_expected(rows, legacy=True)
+    else:
+        assert (result.rows, result.refused, len(rows)) == (5, 0, 5)
+        assert rows[4]["potencia_ativa_kw"] == 1e8
