@@ -72,10 +72,10 @@ from typing import Final, Protocol, TypeGuard, runtime_checkable
 
 import orjson
 
-from aupus_ha import constants, rollup, timestamps
+from aupus_ha import constants, rollup
 from aupus_ha.readings import Decoded, Equipment, Reading, Reject
 from aupus_ha.schemas import validation_errors
-from aupus_ha.timestamps import TimestampError, payload_time, resolve_time
+from aupus_ha.timestamps import TimestampError, payload_time
 
 REASON_TOO_LARGE: Final = "payload_too_large"
 REASON_UNKNOWN_TOPIC: Final = "unknown_topic"
@@ -88,9 +88,6 @@ REASON_UNSTORABLE: Final = "unstorable_json"
 REASON_NUMBER_OUT_OF_RANGE: Final = "number_out_of_range"
 REASON_INVERTER_OVERFLOW: Final = "inverter_overflow"
 REASON_DECODER_ERROR: Final = "decoder_error"
-REASON_TIMESTAMP_UNPARSEABLE: Final = timestamps.REASON_UNPARSEABLE
-REASON_TIMESTAMP_OUT_OF_RANGE: Final = timestamps.REASON_OUT_OF_RANGE
-REASON_TIMESTAMP_WRONG_TYPE: Final = timestamps.REASON_WRONG_TYPE
 
 MAX_DETAIL_CHARS: Final = 160
 # The largest magnitude of a number that is averaged or stored in a numeric column:
@@ -176,13 +173,6 @@ def right_sized(data: bytes) -> bytes:
     The copy costs ~0.2 µs.
     """
     return bytes(memoryview(data))
-
-
-def reading_time(raw: object, received_at: datetime) -> tuple[datetime, bool]:
-    """(timestamp_dados, matchable): `raw` when usable, else the arrival time (DOMAIN v2
-    "Time"; families that flag their `dados` use `timestamps.payload_time` instead)."""
-    resolved = resolve_time((raw,), received_at)
-    return resolved.at, resolved.from_device
 
 
 class GenericFamily:
