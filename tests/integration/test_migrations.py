@@ -130,7 +130,8 @@ async def test_legacy_database_keeps_its_types_and_rows(conn: asyncpg.Connection
 async def test_store_writes_the_legacy_convention(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    """On the legacy schema rows are written in Brasília wall time to the second; two
+    """On the legacy schema rows are written in UTC wall time to the second (DOMAIN v2;
+    v1 said Brasília); two
     readings of one equipment in the same second keep only the first; rollup minutes
     and standby probes work with the char(26)/timestamp(0) types."""
     from datetime import UTC, datetime, timedelta
@@ -182,6 +183,6 @@ async def test_store_writes_the_legacy_convention(
     )
     assert [r["timestamp_dados"] for r in rows] == [
         datetime(2026, 11, 28, 21, 0, 30),  # the legacy row already there
-        datetime(2026, 11, 28, 21, 1),  # the rollup minute
-        datetime(2026, 11, 28, 21, 1, 2),
+        datetime(2026, 11, 29, 0, 1),  # the rollup minute, UTC wall time
+        datetime(2026, 11, 29, 0, 1, 2),
     ]
