@@ -6,9 +6,12 @@ first (type code M-160 → summary, type category Gateway → A-966), then the p
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aupus_ha.decoding import Decoder, default_families
 from aupus_ha.readings import Decoded, Equipment, Reading
@@ -164,3 +167,36 @@ def test_default_families_in_routing_order() -> None:
     names = [f.name for f in default_families()]
     assert names.index("a966_gateway") < names.index("inverter") < names.index("generic")
     assert names[-1] == "generic"
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+PAYLOADS = sorted(
+    p.name for p in FIXTURES.glob("*.json") if p.name.startswith(("a966", "m160", "ton", "inv"))
+)
+TYPES = [
+    (None, None),
+    ("M-160", None),
+    ("METER_M160", "Gateway"),
+    ("SSU_A966", "Gateway"),
+    ("INVERSOR", None),
+    ("OUTRO", "Medidor"),
+]
+
+
+@given(
+    kinds=st.lists(st.sampled_from(TYPES), min_size=1, max_size=5),
+    name=st.sampled_from(PAYLOADS),
+)
+def test_each_equipment_is_routed_as_if_alone(
+    kinds: list[tuple[str | None, str | None]], name: str
+) -> None:
+    """Whatever types share a topic and whatever the fixture: each equipment's reading is
+    exactly the one it gets alone on the topic, and the message has one reject when any
+    equipment's family refused it (none otherwise)."""
+    payload = (FIXTURES / name).read_bytes()
+    items = [equipment(f"eq-{n}", code, category) for n, (code, category) in enumerate(kinds)]
+    together = decode(payload, *items)
+    alone = [decode(payload, item) for item in items]
+    assert together.readings == [r for d in alone for r in d.readings]
+    refused = [d.rejects[0].reason for d in alone if d.rejects]
+    assert [r.reason for r in together.rejects] == refused[:1]
