@@ -55,6 +55,7 @@ from aupus_ha.simulate import (
     Fleet,
     SimMessage,
     SimReport,
+    StoredCounts,
     build_fleet,
     family_table,
     read_back,
@@ -543,7 +544,7 @@ async def _summary(
     return constants.EXIT_OK if ok else constants.EXIT_FAILURE
 
 
-async def _read_back(dsn: str, fleet: Fleet) -> dict[str, tuple[int, int, int, int]]:
+async def _read_back(dsn: str, fleet: Fleet) -> dict[str, StoredCounts]:
     conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"})
     try:
         return await read_back(conn, fleet, None)

@@ -15,8 +15,8 @@ payload that device would publish then, field for field as the samples in
   bucket with the bucket's pulse counts (`a966_ssu_state.json`), and now and then a
   reboot (a post-boot dump with `NSU` 1, then a frame with `sts` 0) or a `phf` glitch.
 
-Kept apart from `simulate.py` (the fleet, the registration, the publishing) so that each
-module stays one noun.
+Kept apart from the fleet (`simfleet.py`), the database side (`simstore.py`) and the
+publishing and its report (`simulate.py`) so that each module stays one noun.
 """
 
 from __future__ import annotations
