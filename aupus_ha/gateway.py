@@ -52,7 +52,8 @@ from aupus_ha.readings import Equipment, Reading
 
 REASON_INVALID_GATEWAY: Final = "invalid_gateway"
 GATEWAY_CATEGORY: Final = "Gateway"  # categorias_equipamentos.nome
-KD_KWH_PER_PULSE: Final = 0.048
+KD_WH_PER_PULSE: Final = 48
+KD_KWH_PER_PULSE: Final = KD_WH_PER_PULSE / 1000  # KD = 0.048 kWh per pulse
 BUCKET_H: Final = 0.25  # a 15-minute bucket
 GLITCH_PULSES: Final = 100  # above this in both counters: a leaked pulse (≈ 4.8 kWh)
 MIN_APPARENT_KVA: Final = 0.001  # below: no load, FP_calc is 1
@@ -175,9 +176,9 @@ class Bucket:
             "Q_liquido": _rounded(q_liquido),
             "FP_calc": _rounded(power_factor),
         }
-        # pulses × 48 / 1000: the division last gives the nearest double to the exact
+        # pulses × 48 Wh / 1000: the division last gives the nearest double to the exact
         # product (71.376, where × 0.048 gives 71.37599999999999).
-        return Energy((phr - phf) * 48 / 1000, glitch, derived)
+        return Energy((phr - phf) * KD_WH_PER_PULSE / 1000, glitch, derived)
 
     def count(self, key: str) -> float:
         """A pulse count as a bounded number; absent or null is 0 (`trusted` checks that
