@@ -291,3 +291,14 @@ async def test_a_power_no_legacy_column_holds_is_refused_alone(cluster: Cluster)
     else:
         assert (result.rows, result.refused, len(rows)) == (5, 0, 5)
         assert rows[4]["potencia_ativa_kw"] == 1e8
+
+
+async def test_the_largest_count_fits_the_integer_column(cluster: Cluster) -> None:
+    """total_leituras 2^31−1 = 2147483647, the `integer` column's maximum: stored as is on
+    both schemas (2^31 is refused by the decoder: tests/unit/test_m160.py)."""
+    meter = await cluster.meter("largest-count")
+    payload = orjson.dumps({**orjson.loads(LINES[0]), "total_leituras": 2**31 - 1})
+    decoder, store = await cluster.instance(0)
+    await store.flush(cluster.decode(decoder, meter, payload), [], epoch=1)
+    (row,) = await cluster.rows(meter)
+    assert row["num_leituras"] == 2_147_483_647
