@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -337,6 +337,7 @@ class Store:
         minutes: dict[tuple[str, datetime], dict[str, rollup.Sample]] = {}
         ends: dict[tuple[str, datetime], datetime | None] = {}
         invalid_new: set[str] = set()  # samples that failed their type's schema
+        clockless: set[str] = set()  # samples timed by arrival: matched by content
         for r in samples:
             assert r.sample_at is not None
             key = (r.equipamento_id, r.timestamp_dados)
@@ -345,6 +346,8 @@ class Store:
             ends[key] = r.timestamp_fim
             if r.qualidade == constants.QUALITY_BAD:
                 invalid_new.add(name)
+            if not r.matchable:
+                clockless.add(name)
         keys = list(minutes)
         stored = {
             (row["equipamento_id"], row["timestamp_dados"]): row["dados"]
@@ -353,8 +356,9 @@ class Store:
             )
         }
         writes, merged = [], 0
-        for key, new in minutes.items():
+        for key, arrived in minutes.items():
             old_samples, invalid = rollup.samples_of(stored.get(key))
+            new = _without_copies(arrived, old_samples, clockless, self.content_window_s)
             invalid |= invalid_new.intersection(new)
             row = rollup.build_row(rollup.merge_samples(old_samples, new), invalid)
             if key in stored:
@@ -605,6 +609,52 @@ def _same_json(ours: bytes, stored: bytes) -> bool:
 
 def _exact_json(text: bytes) -> object:
     return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
+def _without_copies(
+    new: dict[str, rollup.Sample],
+    stored: Mapping[str, rollup.Sample],
+    clockless: set[str],
+    window_s: float,
+) -> dict[str, rollup.Sample]:
+    """A minute's new samples without the copies among those timed by arrival.
+
+    Such a sample is named by this instance's arrival instant, so another instance's
+    copy of it (or a redelivery) has another name and would count twice in the minute.
+    It is a copy when a sample already in the row, or earlier in the batch, has equal
+    content (as jsonb compares it) and an instant within `window_s` of its own."""
+    if clockless.isdisjoint(new):
+        return new
+    window = timedelta(seconds=window_s)
+    seen = [(_sample_instant(k), _exact_json(orjson.dumps(s))) for k, s in stored.items()]
+    kept: dict[str, rollup.Sample] = {}
+    for name in sorted(new):  # time order: the earliest copy is the one kept
+        at, content = _sample_instant(name), _exact_json(orjson.dumps(new[name]))
+        if name in clockless and _seen_near(seen, at, content, window):
+            continue
+        seen.append((at, content))
+        kept[name] = new[name]
+    return kept
+
+
+def _seen_near(
+    seen: list[tuple[datetime | None, object]],
+    at: datetime | None,
+    content: object,
+    window: timedelta,
+) -> bool:
+    return at is not None and any(
+        t is not None and abs(at - t) <= window and c == content for t, c in seen
+    )
+
+
+def _sample_instant(name: str) -> datetime | None:
+    """The instant a sample is named by (`rollup.sample_key`); None if not one."""
+    try:
+        at = datetime.fromisoformat(name)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
 
 
 def _text_safe(text: str) -> str:

@@ -11,19 +11,24 @@ fresh schema and on the legacy-shaped one (second-precision `timestamp(0)` key).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from aupus_ha.config import load_settings
 from aupus_ha.db import create_pool
+from aupus_ha.decoding import InverterFamily
 from aupus_ha.queries import Queries
-from aupus_ha.readings import Reading
+from aupus_ha.readings import Equipment, Reading
 from aupus_ha.store import KeyConvention, Store, detect_convention
 from tests.legacy_schema import cuid, register_equipment
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 CLUSTER = "clockless-flush"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -143,3 +148,38 @@ async def test_what_is_not_a_copy_is_stored(cluster: Cluster) -> None:
     result = await cluster.a.flush([other, later, *timed], [], epoch=1)
     assert (result.rows, result.duplicates) == (4, 0)
     assert await cluster.rows() == 5
+
+
+async def test_an_inverter_sample_timed_by_arrival_is_one_sample_of_its_minute(
+    cluster: Cluster,
+) -> None:
+    """An inverter without a clock (ton_inverter_no_ntp.json): its sample is keyed inside
+    the minute's row by the arrival instant. The successor's copy, stamped 3 s later by
+    its own clock, is the same sample: the row keeps one (before, it counted two)."""
+    payload = json.loads((FIXTURES / "ton_inverter_no_ntp.json").read_text())
+    equipment = Equipment(cluster.equipment, "clockless/flush")
+    arrived = T0.replace(second=20)  # both copies inside one minute
+
+    def sample(at: datetime) -> list[Reading]:
+        decoded = InverterFamily().decode(payload, equipment, at)
+        assert decoded and not decoded[0].matchable
+        return [cluster.convention.apply(r) for r in decoded]
+
+    first = await cluster.a.flush(sample(arrived), [], epoch=1)
+    assert first.rows == 1
+    epoch = await cluster.new_term()
+    copy = await cluster.b.flush(sample(arrived + timedelta(seconds=3)), [], epoch)
+    assert (copy.rows, copy.merged) == (0, 0)
+    both = sample(arrived + timedelta(seconds=5)) + sample(arrived + timedelta(seconds=8))
+    await cluster.b.flush(both, [], epoch)  # two more copies in one batch
+    row = await cluster.conn.fetchrow(
+        "SELECT num_leituras, dados::text AS dados FROM equipamentos_dados "
+        "WHERE equipamento_id = $1",
+        cluster.equipment,
+    )
+    assert row is not None
+    assert (row["num_leituras"], len(json.loads(row["dados"])["samples"])) == (1, 1)
+    other = dict(payload, temperature={"internal": 49.0})  # another reading: a sample
+    decoded = InverterFamily().decode(other, equipment, arrived + timedelta(seconds=9))
+    result = await cluster.b.flush([cluster.convention.apply(r) for r in decoded], [], epoch)
+    assert result.merged == 1
