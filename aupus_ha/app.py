@@ -373,12 +373,22 @@ class Instance:
     # --- topics ------------------------------------------------------------------------------
 
     async def _topics_loop(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(constants.TOPIC_REFRESH_S)
             try:
                 await self._refresh_topics(log_invalid=False)
-            except DatabaseUnavailable as exc:
-                log.debug("topics.refresh_failed", error=str(exc))
+            except Exception as exc:
+                # A lost database, but also a schema an operator changed under us (a
+                # renamed column, a missing table): keep the last catalogue, keep trying,
+                # say so once per episode.
+                if not failing:
+                    log.warning("topics.refresh_failed", error=describe_error(exc))
+                failing = True
+                continue
+            if failing:
+                log.info("topics.refresh_recovered")
+            failing = False
 
     async def _first_topics(self) -> None:
         try:
