@@ -241,3 +241,34 @@ def test_a_usable_ts_always_wins(dt: datetime) -> None:
     seconds = int(dt.replace(tzinfo=UTC).timestamp())
     got = payload_time({"ts": seconds, "timestamp": "sem_ntp"}, ARRIVAL)
     assert got == ReadingTime(datetime.fromtimestamp(seconds, UTC))
+
+
+# 2020-01-01T00:00:00Z in epoch seconds; the arrival (12:00:00.25Z) plus 15 minutes.
+_EARLIEST_S = 1_577_836_800
+_LATEST_MS = int(ARRIVAL.timestamp() * 1000) + 900_000
+
+
+# Anywhere, and densely around the bounds in seconds and in milliseconds.
+_epoch_integers = st.one_of(
+    st.integers(min_value=-(10**16), max_value=10**16),
+    st.integers(min_value=_EARLIEST_S - 100, max_value=_LATEST_MS // 1000 + 100),
+    st.integers(min_value=_EARLIEST_S * 1000 - 10**5, max_value=_LATEST_MS + 10**5),
+)
+
+
+@given(_epoch_integers)
+def test_epoch_integers_are_classified_by_hand(n: int) -> None:
+    """Any integer: |n| < 1e10 is seconds, else milliseconds (exact integer bounds);
+    0 is `zero`, before 2020-01-01Z `antes_de_2020`, beyond arrival + 15 min `futuro`,
+    anything between is that instant."""
+    millis = n if abs(n) >= 10**10 else n * 1000
+    got = resolve_time([n], ARRIVAL)
+    if n == 0:
+        assert got.motivo == MOTIVO_ZERO
+    elif millis < _EARLIEST_S * 1000:
+        assert got.motivo == MOTIVO_ANTES_DE_2020
+    elif millis > _LATEST_MS:
+        assert got.motivo == MOTIVO_FUTURO
+    else:
+        assert got == ReadingTime(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=millis))
+    assert resolve_time([str(n)] if n >= 0 else [n], ARRIVAL).motivo == got.motivo
