@@ -31,7 +31,7 @@ Families (`default_families`, in routing order):
 * `InverterFamily` — an object `power`: one sample of its minute's rollup.
 * `GenericFamily` — the fallback for any other object, stored whole (re-encoded by
   orjson: whitespace dropped, a duplicated key keeps its last value). Its time is
-  `timestamp`.
+  `ts`, else `timestamp` (no field of its own), like the inverter's.
 
 A reading's time follows DOMAIN v2 "Time" (`timestamps.payload_time`: `ts`, the
 family's own field, `timestamp`, in any form `parse_timestamp` accepts). When none is
