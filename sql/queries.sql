@@ -450,14 +450,15 @@ FROM equipamentos_dados;
 -- window by quality, and coverage = enabled equipment with a row in the window. One
 -- range scan of idx_equipamentos_dados_created_at, grouped per equipment (a few
 -- thousand groups at most) and then joined to the enabled ones.
--- The legacy label 'boa' counts as good (the legacy service's own metrics forgot it).
+-- The legacy labels 'boa' and 'GOOD' count as good, 'BAD' as bad (old rows of the
+-- platform carry them; its own metrics forgot 'boa').
 WITH per_equipment AS (
     SELECT equipamento_id,
            count(*) AS total,
            count(*) FILTER (WHERE created_at > now() - make_interval(secs => $2)) AS short_total,
-           count(*) FILTER (WHERE qualidade IN ('bom', 'boa')) AS good,
+           count(*) FILTER (WHERE qualidade IN ('bom', 'boa', 'GOOD')) AS good,
            count(*) FILTER (WHERE qualidade = 'parcial') AS partial,
-           count(*) FILTER (WHERE qualidade = 'ruim') AS bad
+           count(*) FILTER (WHERE qualidade IN ('ruim', 'BAD')) AS bad
     FROM equipamentos_dados
     WHERE created_at > now() - make_interval(secs => $1)
     GROUP BY equipamento_id
