@@ -7,7 +7,10 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-_NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+_NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+# Anything that looks like a block header but does not match _NAME would silently glue
+# its query onto the block before it: refuse it instead.
+_HEADER_LIKE = re.compile(r"^--\s*name\s*:.*$", re.MULTILINE)
 # Placeholders filled from column types; only these values can ever be substituted.
 _TYPE_WHITELIST = {"id_type": {"text", "bpchar"}, "ts_type": {"timestamptz", "timestamp"}}
 
@@ -22,6 +25,9 @@ def sql_dir() -> Path:
 
 def parse_queries(text: str) -> dict[str, str]:
     """Split a file of `-- name:` blocks into {name: sql}; comment lines are dropped."""
+    for header in _HEADER_LIKE.findall(text):
+        if not _NAME.fullmatch(header):
+            raise ValueError(f"malformed query header {header!r}: use '-- name: lower_snake'")
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):

@@ -48,6 +48,16 @@ def test_query_file_parses_and_fills_only_whitelisted_types() -> None:
         Queries(id_type="text; DROP TABLE x", ts_type="timestamptz")
 
 
+def test_parse_queries_refuses_a_header_it_would_not_split_on() -> None:
+    """A block name with a capital or a space once glued its query onto the block before
+    it (a multi-statement error at run time): the loader now refuses it at load; digits
+    after the first letter are a valid name."""
+    assert parse_queries("-- name: m160_rows\nSELECT 1;\n") == {"m160_rows": "SELECT 1"}
+    for bad in ("-- name: Bad\n", "-- name: two words\n", "--name: x\n"):
+        with pytest.raises(ValueError, match="malformed query header"):
+            parse_queries("-- name: a\nSELECT 1;\n" + bad + "SELECT 2;\n")
+
+
 def test_parse_queries_rejects_duplicates() -> None:
     """Two blocks with one name is an error, not a silent override."""
     with pytest.raises(ValueError):
