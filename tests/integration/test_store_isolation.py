@@ -185,7 +185,8 @@ async def test_real_server_errors_are_classified(db: Db, code: str, kind: ErrorK
 
 async def test_legacy_timestamp_fim_is_detected(database_url: str) -> None:
     """Defect 6: a legacy table whose timestamp_fim is `timestamp without time zone` is
-    detected, and a rollup minute is stored there (in Brasília wall time), not refused."""
+    detected, and a rollup minute is stored there (in UTC wall time, DOMAIN v2), not
+    refused."""
     conn = await asyncpg.connect(database_url)
     await conn.execute(LEGACY_SCHEMA)
     await conn.execute("ALTER TABLE equipamentos_dados ADD COLUMN timestamp_fim timestamp(0)")
@@ -209,6 +210,6 @@ async def test_legacy_timestamp_fim_is_detected(database_url: str) -> None:
         await db.conn.close()
     assert row is not None
     assert (row["timestamp_dados"], row["timestamp_fim"]) == (
-        datetime(2026, 11, 28, 21, 1),
-        datetime(2026, 11, 28, 21, 2),
+        datetime(2026, 11, 29, 0, 1),
+        datetime(2026, 11, 29, 0, 2),
     )
