@@ -621,8 +621,9 @@ def _without_copies(
 
     Such a sample is named by this instance's arrival instant, so another instance's
     copy of it (or a redelivery) has another name and would count twice in the minute.
-    It is a copy when a sample already in the row, or earlier in the batch, has equal
-    content (as jsonb compares it) and an instant within `window_s` of its own."""
+    It is a copy when a sample already in the row, or earlier in the batch (a copy
+    itself included, like the plain readings' `lag` in insert_clockless_from_staging),
+    has equal content (as jsonb compares it) and an instant within `window_s`."""
     if clockless.isdisjoint(new):
         return new
     window = timedelta(seconds=window_s)
@@ -630,10 +631,10 @@ def _without_copies(
     kept: dict[str, rollup.Sample] = {}
     for name in sorted(new):  # time order: the earliest copy is the one kept
         at, content = _sample_instant(name), _exact_json(orjson.dumps(new[name]))
-        if name in clockless and _seen_near(seen, at, content, window):
-            continue
+        copy = name in clockless and _seen_near(seen, at, content, window)
         seen.append((at, content))
-        kept[name] = new[name]
+        if not copy:
+            kept[name] = new[name]
     return kept
 
 

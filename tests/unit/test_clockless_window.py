@@ -4,21 +4,25 @@ queries the flush's content path depends on."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aupus_ha import rollup
 from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S
 from aupus_ha.queries import Queries
 from aupus_ha.store import (
     CONTENT_WINDOW_MARGIN_S,
     CONTENT_WINDOW_MAX_S,
     Store,
+    _without_copies,
     content_match_window_s,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+MINUTE = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def test_the_default_cluster_keeps_the_ten_second_window() -> None:
@@ -48,3 +52,28 @@ def test_every_named_block_is_its_own_query() -> None:
     assert {"create_staging_clockless", "insert_clockless_from_staging"} <= set(declared)
     for name in Queries().names():
         assert ";" not in Queries()[name], name
+
+
+def _name(second: float) -> str:
+    return rollup.sample_key(MINUTE + timedelta(seconds=second))
+
+
+def test_sample_copies_are_dropped_like_plain_readings() -> None:
+    """Within one minute: a sample timed by arrival equal to one stored, or to an earlier
+    one of the batch (a copy itself included: a chain, like the plain path's `lag`),
+    within the window is a copy; other content, a sample beyond the window and samples
+    with a device time are kept."""
+    same: rollup.Sample = {"power": {"active_total": 1.5}}
+    other: rollup.Sample = {"power": {"active_total": 2.0}}
+    stored = {_name(1): {"power": {"active_total": 1.50}}}
+    new = {
+        _name(4): dict(same),  # the stored one's copy, 3 s later
+        _name(12): dict(same),  # 8 s after that copy: chained
+        _name(13): dict(other),
+        _name(30): dict(same),  # beyond the window of every earlier one
+        _name(31): dict(same),  # a device time: never matched by content
+    }
+    clockless = {_name(s) for s in (4, 12, 13, 30)}
+    kept = _without_copies(new, stored, clockless, 10.0)
+    assert sorted(kept) == [_name(13), _name(30), _name(31)]
+    assert _without_copies(new, stored, set(), 10.0) is new  # nothing timed by arrival
