@@ -129,9 +129,10 @@ def health_queries(now: datetime) -> list[tuple[str, tuple[object, ...], bool]]:
     """(name, parameters, writes?) of every query behind the health routes and alerts.
 
     health.py / /metrics: last_data, ingestion_window, rejects_window, handovers_summary,
-    leadership, and /health/cluster's cluster_instances + recent_handovers. alerts.py: the
-    alert_* statements, alerts_recent, handovers_since. Writes run in a rolled-back
-    transaction so every run sees the same table.
+    leadership, and /health/cluster's cluster_instances + recent_handovers; a standby's
+    trim reads leader_progress through the same helper. alerts.py: the alert_* statements,
+    alerts_recent, handovers_since. Writes run in a rolled-back transaction so every run
+    sees the same table.
     """
     meta = '{"bench": true}'
     return [
@@ -140,6 +141,7 @@ def health_queries(now: datetime) -> list[tuple[str, tuple[object, ...], bool]]:
         ("rejects_window", (DAY_S,), False),
         ("handovers_summary", (CLUSTER, DAY_S), False),
         ("leadership", (CLUSTER,), False),
+        ("leader_progress", (CLUSTER,), False),  # a standby's expiry rule, every probe
         ("cluster_instances", (CLUSTER,), False),
         ("recent_handovers", (CLUSTER, 10), False),
         ("alerts_recent", (CLUSTER, 100), False),

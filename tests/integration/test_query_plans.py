@@ -35,6 +35,7 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     "summary_previous_rows": KEYS,  # the M-160 outlier guard, in the flush transaction
     "probe_readings_by_content": (*KEYS, ["{}", "{}"], 10.0),
     "insert_clockless_from_staging": (1, 10.0),  # reads the staging table, then the key
+    "legacy_time_offset": (1000,),  # the start-up check of a legacy time convention
 }
 NOT_READS = {"create_staging", "create_staging_clockless"}
 GROWING = {
