@@ -264,11 +264,14 @@ def _parse_webhook_url(raw: str) -> Secret:
 def _parse_database_url(raw: str) -> Secret:
     value = raw.strip()
     parts = urlsplit(value)
-    if parts.scheme not in {"postgres", "postgresql"} or not (parts.hostname or "host=" in value):
+    query = parse_qs(parts.query)  # drops empty values: `host=` names no host
+    # A host in the URL or a `host=` parameter (a Unix socket directory); without one
+    # asyncpg would quietly pick a default host.
+    if parts.scheme not in {"postgres", "postgresql"} or not (parts.hostname or query.get("host")):
         raise ConfigError(
             "DATABASE_URL is invalid (accepts postgresql://user:password@host:port/database)"
         )
-    _check_tls_query(parse_qs(parts.query))
+    _check_tls_query(query)
     return Secret(value)
 
 

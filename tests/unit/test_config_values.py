@@ -185,7 +185,18 @@ def test_database_url_forms(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["mysql://db/aupus", "postgresql:///aupus", "db:5432/aupus", "postgresql://"]
+    "url",
+    [
+        "mysql://db/aupus",
+        "postgresql:///aupus",
+        "db:5432/aupus",
+        "postgresql://",
+        # "host=" inside another parameter's name or value is not a host parameter,
+        # and an empty host= names none (asyncpg would then pick a default host).
+        "postgresql:///aupus?ghost=db",
+        "postgresql:///aupus?application_name=host=db",
+        "postgresql:///aupus?host=",
+    ],
 )
 def test_database_url_without_scheme_or_host_is_refused(url: str) -> None:
     assert refusal({**BASE, "DATABASE_URL": url}) == (
