@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 from aupus_ha.logs import SecretScrubber
 from aupus_ha.queries import Queries, migrations, parse_queries
 from aupus_ha.readings import Equipment
-from aupus_ha.topics import TopicCatalog, topic_problem
+from aupus_ha.topics import InvalidTopic, TopicCatalog, topic_problem
 
 
 @pytest.mark.parametrize("topic", ["", "  ", "a/+/b", "a/#", "/a/b", "a/b/", None, " /a "])
@@ -37,6 +37,70 @@ def test_catalog_groups_shared_topics_and_skips_invalid() -> None:
     assert [e.id for e in cat.equipment_for("x/y")] == ["a", "b"]
     assert cat.topics == ["x/y"]
     assert [(i.equipamento_id, i.problem.split()[0]) for i in cat.invalid] == [("c", "contains")]
+
+
+# Topics of the real fixtures (tests/fixtures/README.md): an inverter's and an A-966's.
+INVERTER_TOPIC = "STA_BRANCA/GO/SOLAR_POWER/UFV05/INVERSOR/1"
+GATEWAY_TOPIC = "STA_BRANCA/GO/SOLAR_POWER/UFV05/A966/SSU/state"
+EMPTY = "empty topic"
+WILDCARD = "contains an MQTT wildcard (+ or #)"
+SLASH = "leading or trailing '/'"
+NOT_MQTT = "not a valid MQTT topic name"
+
+
+@pytest.mark.parametrize(
+    ("topic", "problem"),
+    [
+        (None, EMPTY),
+        ("", EMPTY),
+        (" \t\n", EMPTY),
+        (INVERTER_TOPIC, None),
+        (f"  {GATEWAY_TOPIC}\t", None),  # trimmed first
+        (INVERTER_TOPIC.replace("UFV05", "+"), WILDCARD),
+        (GATEWAY_TOPIC + "/#", WILDCARD),
+        ("/" + INVERTER_TOPIC, SLASH),
+        (INVERTER_TOPIC + "/", SLASH),
+        (INVERTER_TOPIC + "\x00", NOT_MQTT),  # MQTT forbids U+0000 in a topic name
+        ("\x00", NOT_MQTT),
+        ("a" * 65_535, None),  # the MQTT maximum: 65,535 bytes of UTF-8
+        ("a" * 65_536, NOT_MQTT),
+        ("é" * 32_767 + "a", None),  # counted in bytes, not characters: 65,535 bytes
+        ("é" * 32_768, NOT_MQTT),  # 32,768 characters, 65,536 bytes
+    ],
+)
+def test_topic_rules_name_the_rule_that_fired(topic: str | None, problem: str | None) -> None:
+    """Each stored topic gets the exact problem reported for it (None: subscribable); the
+    size bound is in UTF-8 bytes, inclusive at 65,535."""
+    assert topic_problem(topic) == problem
+
+
+def test_one_bad_equipment_row_does_not_drop_the_later_ones() -> None:
+    """Every row after an invalid one is still catalogued, and the invalid one is reported
+    with the topic as stored (untrimmed) and the rule that refused it."""
+    cat = TopicCatalog.build(
+        [
+            Equipment("inv-1", INVERTER_TOPIC),
+            Equipment("bad-1", " a/\x00/b "),
+            Equipment("gw-1", GATEWAY_TOPIC),
+            Equipment("bad-2", None),  # type: ignore[arg-type]  # a NULL topico_mqtt
+            Equipment("inv-2", INVERTER_TOPIC),
+        ]
+    )
+    assert cat.by_topic == {
+        INVERTER_TOPIC: (Equipment("inv-1", INVERTER_TOPIC), Equipment("inv-2", INVERTER_TOPIC)),
+        GATEWAY_TOPIC: (Equipment("gw-1", GATEWAY_TOPIC),),
+    }
+    assert cat.invalid == [
+        InvalidTopic("bad-1", " a/\x00/b ", NOT_MQTT),
+        InvalidTopic("bad-2", None, EMPTY),
+    ]
+
+
+def test_a_topic_nobody_owns_has_no_equipment() -> None:
+    """An unknown topic gives an empty tuple (never None: callers iterate and test it)."""
+    cat = TopicCatalog.build([Equipment("inv-1", INVERTER_TOPIC)])
+    assert cat.equipment_for(GATEWAY_TOPIC) == ()
+    assert cat.equipment_for(INVERTER_TOPIC) == (Equipment("inv-1", INVERTER_TOPIC),)
 
 
 def test_query_file_parses_and_fills_only_whitelisted_types() -> None:

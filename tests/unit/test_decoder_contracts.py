@@ -1,0 +1,325 @@
+"""Boundary tables for the decoder, built from the real fixtures: which rule fired (the
+reason code and its detail), not only that a message was refused.
+
+Why a module of its own: these tables pin the edges mutation testing found unpinned
+(docs/testing.md): NUL at every depth, the M-160 count's integer range, the 160-character
+reason bound, and the inverter sample in full.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from aupus_ha.decoding import MAX_DETAIL_CHARS, Decoder
+from aupus_ha.readings import Decoded, Equipment, Reading
+from aupus_ha.schemas import compile_schema
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TOPIC = "STA_BRANCA/GO/SOLAR_POWER/UFV05/INVERSOR/1"
+RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+PLAIN = Equipment("eq-1", TOPIC)
+M160 = Equipment("eq-1", TOPIC, type_code="M-160")
+GATEWAY = Equipment("eq-1", TOPIC, type_category="Gateway")
+UNSTORABLE = "unstorable_json: a string holds \\u0000, which jsonb refuses"
+
+
+def fixture(name: str) -> dict[str, object]:
+    obj = orjson.loads((FIXTURES / name).read_bytes())
+    assert isinstance(obj, dict)
+    return obj
+
+
+def decode(obj: dict[str, object], equipment: Equipment = PLAIN) -> Decoded:
+    payload = orjson.dumps(obj)
+    return Decoder(max_payload_bytes=64 * 1024).decode(TOPIC, payload, [equipment], RECEIVED)
+
+
+def only_reason(obj: dict[str, object], equipment: Equipment = PLAIN) -> str:
+    decoded = decode(obj, equipment)
+    assert decoded.readings == []
+    [reject] = decoded.rejects
+    return reject.reason
+
+
+def only_reading(obj: dict[str, object], equipment: Equipment = PLAIN) -> Reading:
+    decoded = decode(obj, equipment)
+    assert decoded.rejects == []
+    [reading] = decoded.readings
+    return reading
+
+
+# --- NUL at any depth --------------------------------------------------------------------------
+
+# Where a NUL can hide in what is stored: (description, the value added to the stored object).
+NUL_PLACES: list[tuple[str, str, object]] = [
+    ("string", "tag", "a\x00b"),
+    ("key", "a\x00", 1),
+    ("array", "tags", ["ok", "a\x00b"]),
+    ("array in an array", "grid", [[1, 2], ["x", "\x00"]]),
+    ("nested object value", "meta", {"site": {"name": "\x00"}}),
+    ("nested object key", "meta", {"site": {"n\x00": 1}}),
+    ("object in an array", "events", [{"code": 1}, {"text": "x\x00"}]),
+    ("key in an array", "events", [{"\x00": 1}]),
+]
+# The stored object of each family, from the real fixtures: (fixture, equipment, where the
+# family's stored `dados` comes from: None = the payload, else the key of the stored part).
+FAMILIES: list[tuple[str, Equipment, str | None]] = [
+    ("inverter_reading.json", PLAIN, None),
+    ("ton_inverter_sungrow.json", PLAIN, None),
+    ("generic_reading.json", PLAIN, None),
+    ("m160_resumo.json", M160, "Resumo"),
+    ("m160_ton_flat.json", M160, None),
+    ("a966_ssu_state.json", GATEWAY, None),
+    ("a966_ssu_state.json", GATEWAY, "data"),  # data.x is read; the whole message is stored
+]
+
+
+def with_extra(name: str, part: str | None, key: str, value: object) -> dict[str, object]:
+    obj = fixture(name)
+    target = obj if part is None else obj[part]
+    assert isinstance(target, dict)
+    target[key] = value
+    return obj
+
+
+FAMILY_IDS = [f"{name}:{part or 'top'}" for name, _, part in FAMILIES]
+NUL_IDS = [place for place, _, _ in NUL_PLACES]
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("nul", NUL_PLACES, ids=NUL_IDS)
+def test_nul_anywhere_in_what_is_stored_is_one_unstorable_reject(
+    family: tuple[str, Equipment, str | None], nul: tuple[str, str, object]
+) -> None:
+    """jsonb refuses \\u0000 at any depth: the message is rejected by the storability rule
+    (never a reading that would fail its whole flush batch)."""
+    name, equipment, part = family
+    _, key, value = nul
+    assert only_reason(with_extra(name, part, key, value), equipment) == UNSTORABLE
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("nul", NUL_PLACES, ids=NUL_IDS)
+def test_the_same_places_with_another_control_character_are_stored(
+    family: tuple[str, Equipment, str | None], nul: tuple[str, str, object]
+) -> None:
+    """The control: U+0001 in the same places is storable, and stored as sent."""
+    name, equipment, part = family
+    _, key, value = nul
+    soh_key = key.replace("\x00", "\x01")
+    soh_value = orjson.loads(orjson.dumps(value).replace(b"\\u0000", b"\\u0001"))
+    stored = orjson.loads(only_reading(with_extra(name, part, soh_key, soh_value), equipment).dados)
+    # An M-160's dados is its Resumo; an A-966's is the whole message.
+    container = stored["data"] if part == "data" else stored
+    assert container[soh_key] == soh_value
+
+
+def test_nul_in_an_m160_envelope_field_is_not_stored_so_not_refused() -> None:
+    """A wrapped M-160 stores only its `Resumo`: a NUL beside it never reaches jsonb."""
+    obj = fixture("m160_resumo.json")
+    obj["device"] = ["m\x00"]
+    assert "device" not in orjson.loads(only_reading(obj, M160).dados)
+
+
+def test_escaped_backslash_before_u0000_in_an_array_is_text() -> None:
+    """`\\\\u0000` (a backslash, then the text u0000) is not a NUL: stored."""
+    obj = with_extra("inverter_reading.json", None, "tags", ["\\u0000", {"k": "\\u0000"}])
+    assert orjson.loads(only_reading(obj).dados)["tags"] == ["\\u0000", {"k": "\\u0000"}]
+
+
+# --- M-160 count: the integer column's range ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "expected"),
+    [
+        (0, 1),  # the legacy's `total_leituras || 1` (helper m160's decision): one reading
+        (0.0, 1),
+        (1, 1),
+        (30, 30),
+        (2**31 - 1, 2**31 - 1),  # the `integer` column's maximum
+        (None, 1),  # null counts as absent
+    ],
+)
+def test_total_leituras_stored(total: object, expected: int) -> None:
+    """num_leituras from the real summary with each count at the edges of its range."""
+    obj = fixture("m160_resumo.json")
+    obj["Resumo"]["total_leituras"] = total  # type: ignore[index]
+    assert only_reading(obj, M160).num_leituras == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "reason"),
+    [
+        (2**31, "invalid_summary: total_leituras is not a count: 2147483648.0"),
+        (-1, "invalid_summary: total_leituras is not a count: -1.0"),
+        (2.5, "invalid_summary: total_leituras is not a count: 2.5"),
+        ("30", "invalid_summary: total_leituras is a string, not a number"),
+        (True, "invalid_summary: total_leituras is a boolean, not a number"),
+        ([30], "invalid_summary: total_leituras is an array, not a number"),
+        (1e300, "number_out_of_range: total_leituras is 1e+300, beyond ±1e+15"),
+    ],
+)
+def test_total_leituras_refused(total: object, reason: str) -> None:
+    """Beyond 2^31−1, negative, fractional or not a number: the summary is refused by its
+    own rule, whose reason names the field and the value."""
+    obj = fixture("m160_resumo.json")
+    obj["Resumo"]["total_leituras"] = total  # type: ignore[index]
+    assert only_reason(obj, M160) == reason
+
+
+# --- the reason's 160-character detail ---------------------------------------------------------
+
+DETAIL_SUFFIX = " is 1e+300, beyond ±1e+15"
+
+
+def out_of_range_detail(length: int) -> tuple[dict[str, object], str]:
+    """The inverter fixture with one power value beyond the bound, its field named so the
+    detail (`power.<name> is 1e+300, beyond ±1e+15`) has exactly `length` characters."""
+    name = "x" * (length - len("power.") - len(DETAIL_SUFFIX))
+    return with_extra("inverter_reading.json", None, "power", {"active_total": 1, name: 1e300}), (
+        f"power.{name}{DETAIL_SUFFIX}"
+    )
+
+
+def test_a_160_character_detail_is_kept_whole() -> None:
+    obj, detail = out_of_range_detail(MAX_DETAIL_CHARS)
+    assert len(detail) == 160
+    assert only_reason(obj) == f"number_out_of_range: {detail}"
+
+
+def test_a_161_character_detail_is_cut_to_160_with_an_ellipsis() -> None:
+    obj, detail = out_of_range_detail(MAX_DETAIL_CHARS + 1)
+    reason = only_reason(obj)
+    assert reason == f"number_out_of_range: {detail[:159]}…"
+    assert len(reason.partition(": ")[2]) == 160
+
+
+def test_a_nul_in_the_detail_is_escaped_after_the_cut() -> None:
+    """The reason goes into a text column: a NUL is written as the text \\x00."""
+    obj = with_extra("inverter_reading.json", None, "power", {"active_total": 1, "a\x00": 1e300})
+    assert only_reason(obj) == f"number_out_of_range: power.a\\x00{DETAIL_SUFFIX}"
+
+
+# --- inverter samples in full ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "instant"),
+    [
+        ("inverter_reading.json", datetime(2025, 11, 29, 0, 1, tzinfo=UTC)),  # 1764374460
+        ("ton_inverter_sungrow.json", datetime(2026, 11, 29, 0, 1, tzinfo=UTC)),  # 1795910460
+    ],
+)
+def test_inverter_sample_in_full(name: str, instant: datetime) -> None:
+    """Every field of an inverter sample: its minute, the minute's end, its own instant,
+    the payload as sent, good, from MQTT, matchable, no columns of its own."""
+    obj = fixture(name)
+    assert only_reading(obj) == Reading(
+        equipamento_id="eq-1",
+        timestamp_dados=instant,
+        dados=orjson.dumps(obj),
+        qualidade="bom",
+        fonte="MQTT",
+        energia_kwh=None,
+        potencia_ativa_kw=None,
+        num_leituras=None,
+        timestamp_fim=instant + timedelta(minutes=1),
+        matchable=True,
+        sample_at=instant,
+        outlier_guard=False,
+    )
+
+
+def test_inverter_sample_failing_its_schema_is_ruim_and_unchanged() -> None:
+    """A sample failing its type's `mqtt_schema` is marked `ruim` (the rollup counts it in
+    `invalid_samples`); its JSON is the sample as sent (no `_validacao` in a sample)."""
+    obj = fixture("ton_inverter_sungrow.json")
+    schema = compile_schema('{"type": "object", "required": ["serial_number"]}')
+    typed = Equipment("eq-1", TOPIC, type_code="INVERSOR", mqtt_schema=schema)
+    instant = datetime(2026, 11, 29, 0, 1, tzinfo=UTC)
+    assert only_reading(obj, typed) == Reading(
+        equipamento_id="eq-1",
+        timestamp_dados=instant,
+        dados=orjson.dumps(obj),
+        qualidade="ruim",
+        fonte="MQTT",
+        timestamp_fim=instant + timedelta(minutes=1),
+        matchable=True,
+        sample_at=instant,
+    )
+    passing = compile_schema('{"type": "object", "required": ["inverter_id"]}')
+    valid = Equipment("eq-1", TOPIC, type_code="INVERSOR", mqtt_schema=passing)
+    assert only_reading(obj, valid).qualidade == "bom"
+
+
+def test_inverter_sample_without_a_clock_is_timed_by_arrival() -> None:
+    """ton_inverter_no_ntp.json (`timestamp` 4187 s since boot): the arrival instant, its
+    minute, unmatchable, and the raw value and the reason kept in the sample."""
+    obj = fixture("ton_inverter_no_ntp.json")
+    arrival_minute = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    assert only_reading(obj) == Reading(
+        equipamento_id="eq-1",
+        timestamp_dados=arrival_minute,
+        dados=orjson.dumps({**obj, "_timestamp_bruto": 4187, "_timestamp_motivo": "antes_de_2020"}),
+        qualidade="bom",
+        fonte="MQTT",
+        timestamp_fim=arrival_minute + timedelta(minutes=1),
+        matchable=False,
+        sample_at=RECEIVED,
+    )
+
+
+@pytest.mark.parametrize(
+    ("group", "field", "value", "reason"),
+    [
+        ("energy", "total_yield", 4294967000, "energy.total_yield is 4294967000"),
+        ("energy", "total_yield", 5e8, "energy.total_yield is 500000000.0"),
+        ("energy", "daily_yield", 6553.5, "energy.daily_yield is 6553.5"),
+        ("info", "output_type", 65535, "info.output_type is 65535"),
+        ("status", "work_state", 65535, "status.work_state is 65535"),
+        ("info", "device_type", "ffff", "info.device_type is 'ffff'"),
+        ("power", "active_total", 1e8, "power.active_total is 100000000.0"),
+    ],
+)
+def test_each_overflow_signature_alone(group: str, field: str, value: object, reason: str) -> None:
+    """Each UINT-overflow signature of inverter_uint_overflow.json, alone in an otherwise
+    valid frame, refuses it by the overflow rule, naming the register."""
+    obj = fixture("ton_inverter_sungrow.json")
+    values = obj[group]
+    assert isinstance(values, dict)
+    values[field] = value
+    assert only_reason(obj) == f"inverter_overflow: {reason}: a UINT overflow"
+
+
+@pytest.mark.parametrize(
+    ("group", "field", "value"),
+    [
+        ("energy", "total_yield", 499_999_999.9),  # just below 5e8
+        ("energy", "daily_yield", 6553.4),
+        ("info", "output_type", 65534),
+        ("status", "work_state", 65534),
+        ("info", "device_type", "fffe"),
+        ("power", "active_total", 99_999_999.9),  # just below 1e8
+        ("energy", "total_yield", "4294967000"),  # text is not a register read
+    ],
+)
+def test_values_just_short_of_an_overflow_signature_are_stored(
+    group: str, field: str, value: object
+) -> None:
+    obj = fixture("ton_inverter_sungrow.json")
+    values = obj[group]
+    assert isinstance(values, dict)
+    values[field] = value
+    assert orjson.loads(only_reading(obj).dados)[group][field] == value
+
+
+def test_the_overflow_fixture_is_refused_by_its_first_signature() -> None:
+    """inverter_uint_overflow.json carries every signature; the first in DOMAIN's order
+    (energy.total_yield) names it."""
+    reason = only_reason(fixture("inverter_uint_overflow.json"))
+    assert reason == "inverter_overflow: energy.total_yield is 4294967000: a UINT overflow"
