@@ -8,14 +8,15 @@ reason bound, and the inverter sample in full.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
-from aupus_ha.decoding import MAX_DETAIL_CHARS, Decoder
-from aupus_ha.readings import Decoded, Equipment, Reading
+from aupus_ha.decoding import MAX_DETAIL_CHARS, DecodeError, Decoder, GenericFamily
+from aupus_ha.readings import Decoded, Equipment, Reading, Reject
 from aupus_ha.schemas import compile_schema
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -323,3 +324,159 @@ def test_the_overflow_fixture_is_refused_by_its_first_signature() -> None:
     (energy.total_yield) names it."""
     reason = only_reason(fixture("inverter_uint_overflow.json"))
     assert reason == "inverter_overflow: energy.total_yield is 4294967000: a UINT overflow"
+
+
+# --- every reject in full: the topic, the payload, the reason text, the arrival ---------------
+
+PAYLOAD_LIMIT = 64 * 1024
+
+
+def reject_of(
+    payload: bytes, equipment: list[Equipment] | None = None, decoder: Decoder | None = None
+) -> Reject:
+    decoder = decoder or Decoder(max_payload_bytes=PAYLOAD_LIMIT)
+    decoded = decoder.decode(TOPIC, payload, [PLAIN] if equipment is None else equipment, RECEIVED)
+    assert decoded.readings == []
+    [reject] = decoded.rejects
+    return reject
+
+
+def test_too_large_reject_in_full() -> None:
+    """The first `limit` bytes, the whole message's hash and size, the rule and the sizes."""
+    payload = orjson.dumps(fixture("ton_inverter_sungrow.json"))
+    limit = 100
+    reject = reject_of(payload, decoder=Decoder(max_payload_bytes=limit))
+    assert reject == Reject(
+        topic=TOPIC,
+        payload=payload[:limit],
+        reason=f"payload_too_large: {len(payload)} bytes > limit {limit}",
+        received_at=RECEIVED,
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+
+
+def test_a_one_byte_limit_is_a_valid_limit() -> None:
+    """Any positive limit works (1 byte: `1` is decoded, and is not an object)."""
+    reject = reject_of(b"1", decoder=Decoder(max_payload_bytes=1))
+    assert reject.reason == "not_an_object: top-level JSON is a number"
+    with pytest.raises(ValueError, match=r"^max_payload_bytes must be positive$"):
+        Decoder(max_payload_bytes=0)
+
+
+def test_unknown_topic_reject_in_full() -> None:
+    payload = orjson.dumps(fixture("generic_reading.json"))
+    assert reject_of(payload, equipment=[]) == Reject(
+        TOPIC, payload, "unknown_topic: no enabled equipment has this topic", RECEIVED
+    )
+
+
+def test_not_utf8_and_invalid_json_details_are_the_parsers_words() -> None:
+    """The detail is what the UTF-8 decoder or the JSON parser said, not a placeholder."""
+    latin1 = b'{"a": "caf\xe9"}'
+    assert reject_of(latin1).reason == (
+        "not_utf8: 'utf-8' codec can't decode byte 0xe9 in position 10: invalid continuation byte"
+    )
+    with pytest.raises(orjson.JSONDecodeError) as parser:
+        orjson.loads(b"not json")
+    assert reject_of(b"not json").reason == f"invalid_json: {parser.value}"
+
+
+def test_too_deep_detail_is_the_encoders_words() -> None:
+    deep: object = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    with pytest.raises(orjson.JSONEncodeError) as encoder:
+        orjson.dumps(deep)
+    payload = b'{"a":' * 300 + b"1" + b"}" * 300
+    assert reject_of(payload).reason == f"unstorable_json: {encoder.value}"
+
+
+def test_decode_error_message_is_its_text() -> None:
+    """DecodeError is a ValueError whose text is its message (logs print it)."""
+    error = DecodeError("invalid_minute", "bad minute")
+    assert (str(error), error.reason, error.message) == (
+        "bad minute",
+        "invalid_minute",
+        "bad minute",
+    )
+
+
+class _Boom:
+    name = "boom"
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return True
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        raise RuntimeError("boom")
+
+
+class _Clock:
+    """A stateful family that records the time it is flushed at."""
+
+    name = "clock"
+
+    def __init__(self) -> None:
+        self.flushed_at: list[datetime] = []
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return False
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        return []
+
+    def flush(self, now: datetime) -> list[Reading]:
+        self.flushed_at.append(now)
+        return [Reading("eq-1", now, b"{}")]
+
+
+def test_decoder_error_reject_in_full() -> None:
+    """A bug in a family: one reject naming the exception, for this topic and arrival."""
+    payload = b"{}"
+    reject = reject_of(
+        payload, decoder=Decoder(max_payload_bytes=PAYLOAD_LIMIT, families=[_Boom()])
+    )
+    assert reject == Reject(TOPIC, payload, "decoder_error: RuntimeError: boom", RECEIVED)
+
+
+def test_no_family_reject_in_full() -> None:
+    decoder = Decoder(max_payload_bytes=PAYLOAD_LIMIT, families=[_Clock()])
+    assert reject_of(b"{}", decoder=decoder).reason == "no_family: no family matches the object"
+
+
+def test_flush_hands_the_time_to_the_stateful_families() -> None:
+    clock = _Clock()
+    decoder = Decoder(max_payload_bytes=PAYLOAD_LIMIT, families=[clock, GenericFamily()])
+    assert decoder.flush(RECEIVED).readings == [Reading("eq-1", RECEIVED, b"{}")]
+    assert clock.flushed_at == [RECEIVED]
+
+
+# --- which numbers the magnitude and overflow rules look at -----------------------------------
+
+
+def test_an_integer_beyond_the_bound_is_out_of_range() -> None:
+    """JSON integers are numbers too (10^16 W is beyond ±1e15)."""
+    obj = with_extra("inverter_reading.json", None, "dc", {"total_power": 10**16})
+    assert only_reason(obj) == (
+        "number_out_of_range: dc.total_power is 10000000000000000, beyond ±1e+15"
+    )
+
+
+def test_an_integer_overflow_register_is_refused() -> None:
+    obj = fixture("ton_inverter_sungrow.json")
+    obj["power"]["active_total"] = 100_000_000  # type: ignore[index]
+    assert only_reason(obj) == (
+        "inverter_overflow: power.active_total is 100000000: a UINT overflow"
+    )
+
+
+def test_text_and_booleans_in_averaged_groups_are_stored_not_checked() -> None:
+    """Only numbers are bounded: a unit text, a flag or null beside them is kept as sent."""
+    extra = {"active_total": 41250, "unit": "W", "limited": True, "spare": None}
+    obj = with_extra("inverter_reading.json", None, "power", extra)
+    assert orjson.loads(only_reading(obj).dados)["power"] == extra
