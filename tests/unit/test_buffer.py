@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
+from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, CONTENT_MEMORY_MAX, PendingBuffer
 from aupus_ha.intake import DurableIntake
 from aupus_ha.readings import Decoded, Reading, Reject
 from aupus_ha.rollup import BUCKET, bucket_start
@@ -259,3 +261,224 @@ def test_content_memory_mixes_legacy_keys_and_samples() -> None:
     buf.add(Decoded([clockless_sample]), 1.0)
     buf.add(Decoded([clockless(T0.replace(tzinfo=None) + timedelta(seconds=1))]), 2.0)
     assert buf.readings_pending == 2 and buf.stats.duplicates == 1
+
+
+# --- each operation on its own (issue 15: mutation-tested contracts) ----------------
+
+
+class Settled:
+    """The spool's side of `on_settled`: how many entries of each segment left."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.calls = 0
+
+    def __call__(self, counts: Iterable[tuple[int, int]]) -> None:
+        self.calls += 1
+        for segment, n in counts:
+            self.counts[segment] = self.counts.get(segment, 0) + n
+
+
+def test_refused_duplicates_settle_their_own_segment_once_per_message() -> None:
+    """A message's duplicates (readings by key or content, rejects by key) are settled
+    at once, in the segment the message came from, in one report; nothing is reported
+    for a message without any."""
+    settled = Settled()
+    buf = PendingBuffer(100, on_settled=settled)
+    rej = Reject("t", b"x", "invalid_json", T0)
+    buf.add(Decoded([reading(1), clockless(T0)], [rej]), 0.0, segment=1)
+    assert (settled.counts, settled.calls) == ({}, 0)
+    later = clockless(T0 + timedelta(seconds=1))
+    buf.add(Decoded([reading(1), later, reading(2)], [rej, rej]), 1.0, segment=2)
+    assert (settled.counts, settled.calls) == ({2: 4}, 1)
+    assert buf.stats.duplicates == 2 and buf.stats.added == 3 and len(buf) == 4
+
+
+def test_leaving_entries_settle_the_segment_they_came_from() -> None:
+    """Committed, confirmed and expired entries are reported per segment (readings,
+    samples and rejects alike); one that already left is not reported again."""
+    settled = Settled()
+    buf = PendingBuffer(100, on_settled=settled)
+    now = datetime.now(UTC)
+    rej = Reject("t", b"x", "invalid_json", T0)
+    buf.add(Decoded([reading(1), sample(now)], [rej]), 0.0, segment=3)
+    buf.add(Decoded([reading(2)]), 0.0, segment=4)
+    buf.committed([reading(1), reading(1)], [rej])
+    assert settled.counts == {3: 2}
+    buf.confirmed([sample(now).key, sample(now).key, reading(9).key], [rej.key])
+    assert settled.counts == {3: 3}
+    assert buf.expire_unconfirmed(0.0) == 1
+    assert settled.counts == {3: 3, 4: 1} and len(buf) == 0
+    buf.committed([reading(1), reading(2), sample(now)], [rej])
+    buf.confirmed([reading(2).key], [rej.key])
+    assert settled.counts == {3: 3, 4: 1}
+    assert (buf.stats.committed, buf.stats.confirmed, buf.stats.expired) == (1, 1, 1)
+
+
+def test_oldest_limits_each_kind_and_fills_with_plain_readings() -> None:
+    """`limit` bounds the readings (released samples first, then plain readings) and
+    the rejects separately, each oldest first."""
+    now = datetime.now(UTC)
+    closed = now + timedelta(minutes=2)
+    buf = PendingBuffer(100)
+    buf.add(Decoded([reading(1), reading(2), reading(3)]), 0.0)
+    buf.add(Decoded([sample(now, equip="a"), sample(now, equip="b")]), 1.0)
+    buf.add(Decoded(rejects=[Reject("t", bytes([i]), "r", T0) for i in range(3)]), 2.0)
+    readings, rejects = buf.oldest(3, closed_before=closed)
+    assert [r.equipamento_id for r in readings] == ["a", "b", "e1"]
+    assert [r.payload for r in rejects] == [b"\x00", b"\x01", b"\x02"]
+    readings, rejects = buf.oldest(1, closed_before=closed)
+    assert [r.equipamento_id for r in readings] == ["a"] and len(rejects) == 1
+    readings, _ = buf.oldest(10, closed_before=closed)
+    assert len(readings) == 5
+
+
+def test_a_sample_is_released_exactly_when_its_minute_closes() -> None:
+    """`closed_before` equal to the end of the sample's minute releases it; a
+    microsecond earlier does not. None (the final flush) releases everything."""
+    at = datetime.now(UTC).replace(second=30) - timedelta(minutes=5)
+    end = bucket_start(at) + BUCKET
+    buf = PendingBuffer(100)
+    buf.add(Decoded([sample(at)]), 0.0)
+    assert buf.oldest(10, closed_before=end - timedelta(microseconds=1))[0] == []
+    assert not buf.has_ready(end - timedelta(microseconds=1))
+    assert buf.has_ready(end)
+    assert [r.sample_at for r in buf.oldest(10, closed_before=end)[0]] == [at]
+    future = PendingBuffer(100)
+    future.add(Decoded([sample(datetime.now(UTC) + timedelta(minutes=10))]), 0.0)
+    assert len(future.oldest(10, closed_before=None)[0]) == 1
+
+
+def test_has_ready_counts_readings_rejects_and_released_samples_only() -> None:
+    """Something to flush: a plain reading, a reject, or a sample whose minute closed;
+    an open minute's sample alone is nothing to flush yet."""
+    now = datetime.now(UTC)
+    buf = PendingBuffer(100)
+    assert not buf.has_ready(now)
+    buf.add(Decoded([sample(now)]), 0.0)
+    assert not buf.has_ready(now - timedelta(minutes=1))
+    buf.add(Decoded(rejects=[Reject("t", b"x", "r", T0)]), 0.0)
+    assert buf.has_ready(now - timedelta(minutes=1))
+    buf.confirmed([], [Reject("t", b"x", "r", T0).key])
+    buf.add(Decoded([reading(1)]), 0.0)
+    assert buf.has_ready(now - timedelta(minutes=1))
+    buf.committed([reading(1)], [])
+    assert buf.has_ready(now + timedelta(minutes=2))  # the sample, released
+    buf.committed([sample(now)], [])
+    assert not buf.has_ready(now + timedelta(minutes=2))
+
+
+def test_rejects_older_than_is_a_bounded_prefix() -> None:
+    """The rejects that arrived at or before the cutoff, oldest first, at most `limit`."""
+    buf = PendingBuffer(100)
+    for i in range(5):
+        buf.add(Decoded(rejects=[Reject("t", bytes([i]), "r", T0)]), float(i))
+    assert [r.payload for r in buf.rejects_older_than(2.0, 10)] == [b"\x00", b"\x01", b"\x02"]
+    assert [r.payload for r in buf.rejects_older_than(10.0, 2)] == [b"\x00", b"\x01"]
+    assert buf.rejects_older_than(-1.0, 10) == []
+    found, scanned = buf.rejects_window(3, 10, cutoff=3.0)
+    assert [r.payload for r in found] == [b"\x03"] and scanned == 2
+
+
+def test_oldest_age_is_the_oldest_pending_reading() -> None:
+    """Seconds since the oldest pending reading or sample arrived (rejects do not
+    count); None when no reading is pending."""
+    buf = PendingBuffer(100)
+    assert buf.oldest_age(10.0) is None
+    buf.add(Decoded(rejects=[Reject("t", b"x", "r", T0)]), 1.0)
+    assert buf.oldest_age(10.0) is None
+    buf.add(Decoded([sample(datetime.now(UTC))]), 4.0)
+    buf.add(Decoded([reading(1)]), 6.0)
+    assert buf.oldest_age(10.0) == 6.0
+    buf.add(Decoded([reading(2)]), 2.0)  # plain readings: the first one held counts
+    assert buf.oldest_age(10.0) == 6.0
+    buf.committed([reading(1), reading(2)], [])
+    assert buf.oldest_age(10.0) == 6.0
+
+
+def test_unprocessed_age_is_never_negative_and_counts_rejects() -> None:
+    """A reject alone is unprocessed; an arrival stamped after `now` is age 0."""
+    buf = PendingBuffer(100)
+    buf.add(Decoded(rejects=[Reject("t", b"x", "r", T0)]), 3.0)
+    assert buf.unprocessed_age(10.0) == 7.0
+    assert buf.unprocessed_age(1.0) == 0.0
+    buf.add(Decoded(rejects=[Reject("t", b"y", "r", T0)]), 4.0, replayed=True)
+    assert buf.unprocessed_age(10.0) is None
+    buf.expire_unmatchable(3.5)
+    assert buf.unprocessed_age(10.0) is None
+    buf.confirmed([], [Reject("t", b"y", "r", T0).key])
+    assert buf.unprocessed_age(10.0) == 0.0
+
+
+def test_expire_looks_at_no_more_than_limit_entries_of_each_kind() -> None:
+    """`limit` bounds the scan of readings, samples and rejects each; the cutoff is
+    inclusive; readings with a device time wait for the second cutoff."""
+    now = datetime.now(UTC)
+    buf = PendingBuffer(100)
+    for i in range(3):
+        buf.add(Decoded([clockless(T0 + timedelta(seconds=i), dados=b"%d" % i)]), float(i))
+        buf.add(Decoded([sample(now + timedelta(seconds=i))]), float(i))
+        buf.add(Decoded(rejects=[Reject("t", bytes([i]), "r", T0)]), float(i))
+    assert buf.expire(unmatchable_cutoff=10.0, matchable_cutoff=1.0, limit=1) == 3
+    assert buf.readings_pending == 4 and buf.rejects_pending == 2
+    assert buf.expire(unmatchable_cutoff=1.0, matchable_cutoff=1.0, limit=10) == 3
+    assert buf.readings_pending == 2 and buf.rejects_pending == 1
+    assert buf.stats.expired == 6
+
+
+def test_content_memory_is_bounded() -> None:
+    """At most CONTENT_MEMORY_MAX contents are remembered: the oldest is forgotten
+    first (a redelivery of it becomes a row), the rest are still matched."""
+    buf = PendingBuffer(CONTENT_MEMORY_MAX + 10)
+    for i in range(CONTENT_MEMORY_MAX + 1):
+        buf.add(Decoded([clockless(T0 + timedelta(microseconds=i), dados=b"%d" % i)]), 0.0)
+    assert buf.stats.duplicates == 0
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=1), dados=b"0")]), 1.0)
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=1), dados=b"1")]), 1.0)
+    assert buf.stats.duplicates == 1 and buf.stats.added == CONTENT_MEMORY_MAX + 2
+
+
+def test_content_older_than_the_window_is_forgotten_not_what_is_inside_it() -> None:
+    """A newer reading forgets contents more than one window older than itself, and
+    only those."""
+    buf = PendingBuffer(100)
+    window = timedelta(seconds=CONTENT_MATCH_WINDOW_S)
+    buf.add(Decoded([clockless(T0, dados=b'{"a":1}')]), 0.0)
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=5), dados=b'{"b":1}')]), 5.0)
+    buf.add(Decoded([clockless(T0 + window, dados=b'{"c":1}')]), 10.0)
+    assert buf._content.keys() == {
+        ("e1", content_digest(b'{"a":1}')),
+        ("e1", content_digest(b'{"b":1}')),
+        ("e1", content_digest(b'{"c":1}')),
+    }
+    buf.add(Decoded([clockless(T0 + window + timedelta(seconds=1), dados=b'{"d":1}')]), 11.0)
+    assert ("e1", content_digest(b'{"a":1}')) not in buf._content
+    assert ("e1", content_digest(b'{"b":1}')) in buf._content
+    # Exactly one window apart still matches: the bound is inclusive.
+    buf.add(Decoded([clockless(T0 + window + timedelta(seconds=5), dados=b'{"b":1}')]), 15.0)
+    assert buf.stats.duplicates == 1
+
+
+def test_samples_confirmed_before_release_leave_the_heap_bounded_by_the_samples() -> None:
+    """Stale heap entries are dropped once they outnumber twice the pending samples
+    plus 1024, and not before (the rebuild costs O(heap))."""
+    now = datetime.now(UTC)
+    buf = PendingBuffer(10_000)
+    kept = [sample(now, equip=f"k{i}") for i in range(10)]
+    buf.add(Decoded(kept), 0.0)
+    for i in range(2 * 10 + 1024 - 10):
+        s = sample(now + timedelta(microseconds=i + 1))
+        buf.add(Decoded([s]), 0.0)
+        buf.confirmed([s.key], [])
+    assert len(buf._release_heap) == 2 * 10 + 1024
+    s = sample(now - timedelta(microseconds=1))
+    buf.add(Decoded([s]), 0.0)
+    buf.confirmed([s.key], [])
+    assert len(buf._release_heap) == 10
+    assert [r.equipamento_id for r in buf.oldest(20, closed_before=None)[0]] == [
+        s.equipamento_id for s in kept
+    ]
+
+
+def content_digest(dados: bytes) -> bytes:
+    return hashlib.blake2b(dados, digest_size=16).digest()
