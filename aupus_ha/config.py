@@ -203,7 +203,7 @@ def _parse_directory(name: str, raw: str) -> Path:
     if not raw.strip():
         raise ConfigError(f"{name} must be a directory path")
     path = Path(raw)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    existing = next((p for p in (path, *path.parents) if _visible(p)), None)
     if existing is None or not existing.is_dir():
         raise ConfigError(f"{name}={raw!r}: not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -213,6 +213,25 @@ def _parse_directory(name: str, raw: str) -> Path:
         if problem is not None:
             raise ConfigError(f"{name}={raw!r} is refused: {problem}")
     return path
+
+
+def _visible(path: Path) -> bool:
+    """Whether `path` exists as far as this user can tell. Behind a parent it may not
+    enter, stat() fails with EACCES: that parent, the nearest visible one, then decides
+    (and is refused as not writable) instead of a PermissionError traceback."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return False
+
+
+def _readable_file(path: str) -> bool:
+    """A file this user may read: one it may not read (or not reach) would only fail
+    later, in every TLS handshake."""
+    try:
+        return Path(path).is_file() and os.access(path, os.R_OK)
+    except PermissionError:
+        return False
 
 
 def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -287,7 +306,7 @@ def _check_tls_query(query: Mapping[str, list[str]]) -> None:
             )
     for name in ("sslrootcert", "sslcert", "sslkey"):
         for path in query.get(name, []):
-            if path != "system" and not Path(path).is_file():
+            if path != "system" and not _readable_file(path):
                 raise ConfigError(f"DATABASE_URL {name}={path!r} is not a readable file")
 
 
@@ -334,7 +353,7 @@ def _mqtt_endpoint(env: Mapping[str, str]) -> MqttEndpoint | None:
 
 def _tls_ca(env: Mapping[str, str], name: str) -> str | None:
     path = env.get(name, "").strip()
-    if path and not Path(path).is_file():
+    if path and not _readable_file(path):
         raise ConfigError(f"{name}={path!r} is not a readable file (accepts a PEM CA bundle)")
     return path or None
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from aupus_ha import config
 from aupus_ha.config import ConfigError, load_settings
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "MQTT_URL": "mqtt://broker:1883"}
@@ -40,6 +45,156 @@ def test_spool_dir_must_be_a_writable_directory(tmp_path: Path) -> None:
         load_settings({**BASE, "SPOOL_DIR": str(a_file / "spool")})
     created_later = tmp_path / "not" / "yet"
     assert load_settings({**BASE, "SPOOL_DIR": str(created_later)}).spool_dir == created_later
+
+
+def test_a_blank_spool_dir_is_refused_by_the_parser() -> None:
+    """load_settings turns a blank SPOOL_DIR into the default; the parser itself still
+    refuses a blank path rather than taking the working directory."""
+    for raw in ("", "   "):
+        with pytest.raises(ConfigError) as caught:
+            config._parse_directory("SPOOL_DIR", raw)
+        assert str(caught.value) == "SPOOL_DIR must be a directory path"
+
+
+NOBODY = 65534
+
+
+def as_unprivileged(check: Callable[[], str]) -> str:
+    """`check()` run as a user without special rights: as uid/gid 65534 in a forked
+    child when the tests run as root (root may write anywhere), else directly."""
+    if os.geteuid() != 0:
+        return check()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, report, never return into pytest
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            answer = check()
+        except BaseException as exc:  # reported to the parent, which fails the test
+            answer, code = f"{type(exc).__name__}: {exc}", 1
+        os.write(write_end, answer.encode())
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, answer
+    return answer
+
+
+@pytest.fixture
+def shared_base() -> Iterator[Path]:
+    """A directory every user may enter but nobody else may write (pytest's tmp_path
+    is private to its owner, so another user could not even look into it)."""
+    base = Path(tempfile.mkdtemp(prefix="aupus-spool-check-"))
+    base.chmod(0o755)
+    yield base
+    for path in base.rglob("*"):
+        path.chmod(0o700)
+    shutil.rmtree(base)
+
+
+def _refusal_of(spool_dir: Path) -> Callable[[], str]:
+    return _message_of({"SPOOL_DIR": str(spool_dir)})
+
+
+def test_a_spool_dir_under_a_read_only_directory_is_refused(shared_base: Path) -> None:
+    """The nearest existing directory must be writable by the user who runs aupus-ha."""
+    read_only = shared_base / "read-only"
+    read_only.mkdir(mode=0o555)
+    read_only.chmod(0o555)
+    spool = read_only / "spool"
+    assert as_unprivileged(_refusal_of(spool)) == (
+        f"SPOOL_DIR={str(spool)!r}: {read_only} is not writable by this user"
+    )
+
+
+def test_a_spool_dir_behind_a_directory_this_user_cannot_enter_is_refused(
+    shared_base: Path,
+) -> None:
+    """A parent this user may not search hides whether the spool exists (stat fails with
+    EACCES): still one configuration line naming that parent, not a traceback."""
+    closed = shared_base / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o000)
+    spool = closed / "inner" / "spool"
+    assert as_unprivileged(_refusal_of(spool)) == (
+        f"SPOOL_DIR={str(spool)!r}: {closed} is not writable by this user"
+    )
+
+
+# Never created: load_settings only checks that its nearest parent (/tmp) is writable.
+ANY_USERS_SPOOL = str(Path(tempfile.gettempdir()) / "aupus-config-check-spool")
+
+
+def _message_of(env: dict[str, str]) -> Callable[[], str]:
+    def check() -> str:
+        try:
+            load_settings({**BASE, "SPOOL_DIR": ANY_USERS_SPOOL, **env}, dotenv=None)
+        except ConfigError as exc:
+            return str(exc)
+        return "accepted"
+
+    return check
+
+
+def test_tls_files_this_user_cannot_read_are_refused(shared_base: Path) -> None:
+    """A CA bundle or client key that exists but that this user may not read (or may not
+    even reach) fails at start like a missing one, not later in every TLS handshake and
+    not as a PermissionError traceback."""
+    closed = shared_base / "closed"
+    closed.mkdir(mode=0o700)
+    hidden = closed / "ca.pem"
+    hidden.write_text("pem\n")
+    closed.chmod(0o000)
+    unreadable = shared_base / "key.pem"
+    unreadable.write_text("pem\n")
+    unreadable.chmod(0o000)
+    for path in (hidden, unreadable):
+        for name in ("MQTT_TLS_CA", "SMTP_TLS_CA"):
+            assert as_unprivileged(_message_of({name: str(path)})) == (
+                f"{name}={str(path)!r} is not a readable file (accepts a PEM CA bundle)"
+            )
+        for option in ("sslrootcert", "sslkey"):
+            url = f"{BASE['DATABASE_URL']}?sslmode=verify-full&{option}={path}"
+            assert as_unprivileged(_message_of({"DATABASE_URL": url})) == (
+                f"DATABASE_URL {option}={str(path)!r} is not a readable file"
+            )
+    readable = shared_base / "ok.pem"
+    readable.write_text("pem\n")
+    readable.chmod(0o644)
+    assert as_unprivileged(_message_of({"MQTT_TLS_CA": str(readable)})) == "accepted"
+
+
+def test_run_as_another_user_exits_2_for_a_spool_dir_it_cannot_reach(shared_base: Path) -> None:
+    """The same through `aupus-ha run` started as an unprivileged user (setpriv when the
+    tests run as root): exit 2 and one line, not a PermissionError traceback."""
+    closed = shared_base / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o000)
+    spool = closed / "spool"
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot start as another user")
+    result = subprocess.run(
+        [*(drop if os.geteuid() == 0 else []), *_aupus_ha(), "run", "--no-migrate"],
+        env={"PATH": "/usr/bin:/bin", **BASE, "INSTANCE_ID": "cfg-run", "SPOOL_DIR": str(spool)},
+        cwd=shared_base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        [
+            f"aupus-ha: configuration error: SPOOL_DIR={str(spool)!r}: "
+            f"{closed} is not writable by this user"
+        ],
+    ), result.stderr
 
 
 @pytest.mark.parametrize(
