@@ -171,7 +171,8 @@ def mask_url(url: str) -> str:
         return url
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
-    return url.replace(parts.netloc, f"{userinfo}:***@{netloc[1]}", 1)
+    # Every copy: the same user:password@host may come back in a query parameter.
+    return url.replace(parts.netloc, f"{userinfo}:***@{netloc[1]}")
 
 
 # --- parsing helpers: each names the variable in its error -------------------------

@@ -130,7 +130,8 @@ def test_a_broker_is_required_unless_disabled(mode: str) -> None:
 def test_identifier_length_and_characters(name: str) -> None:
     """1-128 characters of letters, digits and - _ . : @; spaces around are dropped."""
     attr = name.lower()
-    for raw in ("a" * 128, "Az09-_.:@", " x1 ", "7"):
+    every_allowed = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@"
+    for raw in ("a" * 128, every_allowed, " x1 ", "7"):
         assert getattr(load({**BASE, name: raw}), attr) == raw.strip(), raw
     for raw in ("a" * 129, "has space", "a/b", "é", "a;b", "a\x00b"):
         assert refusal({**BASE, name: raw}) == (
@@ -372,6 +373,11 @@ def test_secret_behaves_as_a_value_but_never_prints() -> None:
         ("postgresql://u@h/d", "postgresql://u@h/d"),
         ("postgresql://h/d", "postgresql://h/d"),
         ("postgresql://u:[x@h/d", "***"),
+        # The same user:password@host again later in the URL is masked there too.
+        (
+            "postgresql://u:pw-1@h/d?application_name=u:pw-1@h&x=u:pw-1@h",
+            "postgresql://u:***@h/d?application_name=u:***@h&x=u:***@h",
+        ),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
