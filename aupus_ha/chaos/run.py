@@ -38,6 +38,7 @@ from aupus_ha.chaos.monitor import (
 )
 from aupus_ha.chaos.options import (
     INSTANCE_KINDS,
+    LOAD_KINDS,
     MAX_PAYLOAD_BYTES,
     SPOOL_KINDS,
     ChaosOptions,
@@ -187,7 +188,8 @@ async def _inject_faults(
         _measure(record, monitor)
         faults.append(record)
         say(_describe(record))
-        await asyncio.sleep(options.gap_s)
+        if kind not in LOAD_KINDS:  # side traffic disturbs nothing: no quiet time needed
+            await asyncio.sleep(options.gap_s)
     return faults
 
 
