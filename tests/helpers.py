@@ -1,13 +1,22 @@
-"""Polling helpers for tests: wait for a condition with a deadline, never a blind sleep."""
+"""Helpers for tests: wait for a condition with a deadline (never a blind sleep), and the
+in-process instance pieces (settings, a migrated database, a store) several files share."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import asyncpg
+
+from aupus_ha.config import Settings, load_settings
+from aupus_ha.db import create_pool
 from aupus_ha.localcluster import wait_until
+from aupus_ha.migrate import apply_migrations
+from aupus_ha.queries import Queries
+from aupus_ha.store import Store
 
 if TYPE_CHECKING:
     from aupus_ha.embedded import EmbeddedMosquitto
@@ -71,3 +80,47 @@ class Inbox:
     ) -> int:
         self.messages.append((topic, payload))
         return 0
+
+
+def ha_settings(dsn: str, name: str) -> Settings:
+    """An in-process instance `name`: no MQTT, a 2 s lease with 0.2 s heartbeats."""
+    return load_settings(
+        {
+            "DATABASE_URL": dsn,
+            "MQTT_MODE": "disabled",
+            "INSTANCE_ID": name,
+            "LEASE_TTL_S": "2",
+            "HEARTBEAT_S": "0.2",
+            "RENEW_DEADLINE_S": "1.4",
+        }
+    )
+
+
+async def migrate_fresh(dsn: str, *equipment: str) -> str:
+    """Migrates the (fresh) database at `dsn` and registers each equipment id, MQTT
+    enabled on topic `t/<id>`; returns `dsn`."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_migrations(conn)
+        for ident in equipment:
+            await conn.execute(
+                "INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado) "
+                "VALUES ($1, $2, $3, true)",
+                ident,
+                ident,
+                f"t/{ident}",
+            )
+    finally:
+        await conn.close()
+    return dsn
+
+
+@contextlib.asynccontextmanager
+async def store_of(dsn: str, name: str, app_name: str) -> AsyncIterator[Store]:
+    """A `Store` writing as instance `name` (no process token), on a pool of its own."""
+    settings = ha_settings(dsn, name)
+    pool = await create_pool(settings, app_name)
+    try:
+        yield Store(pool, Queries(), cluster_name=settings.cluster_name, instance_id=name)
+    finally:
+        await pool.close()

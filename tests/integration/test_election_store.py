@@ -17,8 +17,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from aupus_ha.config import Settings, load_settings
-from aupus_ha.db import create_pool
+from aupus_ha.config import Settings
 from aupus_ha.election import (
     Election,
     Identity,
@@ -26,25 +25,12 @@ from aupus_ha.election import (
     RenewOutcome,
 )
 from aupus_ha.ha import HaLoop
-from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Reading, Reject
 from aupus_ha.store import Fenced, Store
+from tests.helpers import ha_settings, migrate_fresh, store_of
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
-
-
-def _settings(dsn: str, name: str) -> Settings:
-    return load_settings(
-        {
-            "DATABASE_URL": dsn,
-            "MQTT_MODE": "disabled",
-            "INSTANCE_ID": name,
-            "LEASE_TTL_S": "2",
-            "HEARTBEAT_S": "0.2",
-            "RENEW_DEADLINE_S": "1.4",
-        }
-    )
 
 
 def _identity(s: Settings, mode: str = "production") -> Identity:
@@ -53,21 +39,14 @@ def _identity(s: Settings, mode: str = "production") -> Identity:
 
 @pytest.fixture
 async def migrated(database_url: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    await apply_migrations(conn)
-    await conn.execute(
-        "INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado) "
-        "VALUES ('e1', 'e1', 't/e1', true)"
-    )
-    await conn.close()
-    return database_url
+    return await migrate_fresh(database_url, "e1")
 
 
 @pytest.fixture
 async def elections(migrated: str) -> AsyncIterator[list[Election]]:
     made: list[Election] = []
     for name in ("a", "b"):
-        s = _settings(migrated, name)
+        s = ha_settings(migrated, name)
         e = Election(s, _identity(s), Queries())
         await e.open()
         await e.register("standby")
@@ -79,10 +58,8 @@ async def elections(migrated: str) -> AsyncIterator[list[Election]]:
 
 @pytest.fixture
 async def store(migrated: str) -> AsyncIterator[Store]:
-    s = _settings(migrated, "writer")
-    pool = await create_pool(s, "aupus-ha/test-store")
-    yield Store(pool, Queries(), cluster_name=s.cluster_name, instance_id="writer")
-    await pool.close()
+    async with store_of(migrated, "writer", "aupus-ha/test-store") as writer:
+        yield writer
 
 
 def _reading(i: int, dados: bytes = b'{"power": 1}') -> Reading:
@@ -173,7 +150,7 @@ async def test_poison_row_is_isolated_into_rejects(
 
 async def test_identity_clash_with_a_live_process(migrated: str) -> None:
     """A second process registering a live INSTANCE_ID is refused with a clear message."""
-    s = _settings(migrated, "same")
+    s = ha_settings(migrated, "same")
     first = Election(s, _identity(s), Queries())
     await first.open()
     await first.register("standby")
@@ -189,7 +166,7 @@ async def test_identity_clash_with_a_live_process(migrated: str) -> None:
 async def test_ha_loop_logs_leader_events(migrated: str) -> None:
     """The HA loop emits leader.acquired with epoch/previous_leader/gap_ms and
     leader.released on a graceful end."""
-    s = _settings(migrated, "loop").with_overrides(mqtt_mode="production")
+    s = ha_settings(migrated, "loop").with_overrides(mqtt_mode="production")
     loop = HaLoop(s, Election(s, _identity(s), Queries()), dict)
     with capture_logs() as logs:
         await loop.start()
@@ -222,7 +199,7 @@ async def test_stats_reach_the_cluster_view(store: Store, elections: list[Electi
 async def test_leader_that_lost_its_session_wins_again_and_stays(migrated: str) -> None:
     """A leader whose lock session is killed re-acquires and then holds steady (regression:
     it once closed its own fresh lock session right after winning, and flapped)."""
-    s = _settings(migrated, "solo").with_overrides(mqtt_mode="production")
+    s = ha_settings(migrated, "solo").with_overrides(mqtt_mode="production")
     loop = HaLoop(s, Election(s, _identity(s), Queries()), dict)
     await loop.start()
     runner = asyncio.create_task(loop.run())

@@ -16,29 +16,15 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from aupus_ha.config import Settings, load_settings
 from aupus_ha.db import create_pool
 from aupus_ha.election import Election, Identity, RenewOutcome, Term
 from aupus_ha.ha import HaLoop
-from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Reading
 from aupus_ha.store import Fenced, Store
+from tests.helpers import ha_settings, migrate_fresh
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
-
-
-def _settings(dsn: str, name: str) -> Settings:
-    return load_settings(
-        {
-            "DATABASE_URL": dsn,
-            "MQTT_MODE": "disabled",
-            "INSTANCE_ID": name,
-            "LEASE_TTL_S": "2",
-            "HEARTBEAT_S": "0.2",
-            "RENEW_DEADLINE_S": "1.4",
-        }
-    )
 
 
 def _reading(i: int) -> Reading:
@@ -47,21 +33,14 @@ def _reading(i: int) -> Reading:
 
 @pytest.fixture
 async def migrated(database_url: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    await apply_migrations(conn)
-    await conn.execute(
-        "INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado) "
-        "VALUES ('e1', 'e1', 't/e1', true)"
-    )
-    await conn.close()
-    return database_url
+    return await migrate_fresh(database_url, "e1")
 
 
 class Process:
     """What one aupus-ha process holds: its identity, its election, its store."""
 
     def __init__(self, dsn: str, name: str) -> None:
-        self.settings = _settings(dsn, name)
+        self.settings = ha_settings(dsn, name)
         self.token = str(uuid.uuid4())
         identity = Identity(name, self.settings.cluster_name, self.token, "h", 1, "t", "production")
         self.election = Election(self.settings, identity, Queries())

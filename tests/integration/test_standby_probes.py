@@ -16,42 +16,24 @@ import pytest
 from structlog.testing import capture_logs
 
 from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
-from aupus_ha.config import Settings, load_settings
-from aupus_ha.db import create_pool
 from aupus_ha.election import Election, Identity
 from aupus_ha.flusher import PROBE_BATCH, StandbyTrim
-from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.readings import Decoded, Reading
 from aupus_ha.store import LeaderProgress, Store
+from tests.helpers import ha_settings, migrate_fresh, store_of
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
 
 
-def _settings(dsn: str, name: str) -> Settings:
-    return load_settings(
-        {
-            "DATABASE_URL": dsn,
-            "MQTT_MODE": "disabled",
-            "INSTANCE_ID": name,
-            "LEASE_TTL_S": "2",
-            "HEARTBEAT_S": "0.2",
-            "RENEW_DEADLINE_S": "1.4",
-        }
-    )
-
-
 @pytest.fixture
 async def migrated(database_url: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    await apply_migrations(conn)
-    await conn.close()
-    return database_url
+    return await migrate_fresh(database_url)
 
 
 @pytest.fixture
 async def leader(migrated: str) -> AsyncIterator[Election]:
-    s = _settings(migrated, "leader")
+    s = ha_settings(migrated, "leader")
     identity = Identity(s.instance_id, s.cluster_name, str(uuid.uuid4()), "h", 1, "t", "production")
     election = Election(s, identity, Queries())
     await election.open()
@@ -63,10 +45,8 @@ async def leader(migrated: str) -> AsyncIterator[Election]:
 
 @pytest.fixture
 async def store(migrated: str) -> AsyncIterator[Store]:
-    s = _settings(migrated, "standby")
-    pool = await create_pool(s, "aupus-ha/test-standby")
-    yield Store(pool, Queries(), cluster_name=s.cluster_name, instance_id="standby")
-    await pool.close()
+    async with store_of(migrated, "standby", "aupus-ha/test-standby") as standby:
+        yield standby
 
 
 def _reading(i: int, *, matchable: bool = True, dados: bytes | None = None) -> Reading:
