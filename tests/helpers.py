@@ -1,19 +1,24 @@
-"""Helpers for tests: wait for a condition with a deadline (never a blind sleep), and the
-in-process instance pieces (settings, a migrated database, a store) several files share."""
+"""Helpers for tests: wait for a condition with a deadline (never a blind sleep), the
+in-process instance pieces (settings, a migrated database, a store), a running
+instance's readiness and metrics, and a small tmpfs that can be filled up."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import aiohttp
 import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aupus_ha.config import Settings, load_settings
 from aupus_ha.db import create_pool
-from aupus_ha.localcluster import wait_until
+from aupus_ha.localcluster import InstanceProcess, wait_until
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
 from aupus_ha.store import Store
@@ -124,3 +129,57 @@ async def store_of(dsn: str, name: str, app_name: str) -> AsyncIterator[Store]:
         yield Store(pool, Queries(), cluster_name=settings.cluster_name, instance_id=name)
     finally:
         await pool.close()
+
+
+async def standby_ready(node: InstanceProcess) -> bool:
+    """The instance answers 200 on /health/standby (a ready standby)."""
+    status, _ = await node.get("/health/standby")
+    return status == 200
+
+
+async def metric(node: InstanceProcess, name: str) -> float:
+    """A counter or gauge of a running instance's /metrics (-1 if it does not answer)."""
+    url = f"http://{node.http_host}:{node.http_port}/metrics"
+    try:
+        timeout = aiohttp.ClientTimeout(total=3)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return -1
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return family.samples[0].value
+    return -1
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, **options: str) -> Iterator[Path]:
+    """A tmpfs of its own at `where` (e.g. size=64k, nr_inodes=3), unmounted on exit;
+    the test is skipped where it cannot be mounted (the tests run as root)."""
+    where.mkdir()
+    opts = ",".join(["mode=0700", *(f"{k}={v}" for k, v in options.items())])
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(where: Path, **options: str) -> None:
+    """Changes a mounted tmpfs's options (e.g. nr_inodes=64) in place."""
+    opts = ",".join(["remount", *(f"{k}={v}" for k, v in options.items())])
+    subprocess.run(["mount", "-o", opts, str(where)], check=True)
+
+
+def fill(filler: Path) -> Path:
+    """Writes `filler` until its file system says ENOSPC; returns it."""
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    return filler

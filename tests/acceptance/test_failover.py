@@ -24,19 +24,15 @@ from aupus_ha.localcluster import (
 )
 from aupus_ha.queries import migrations
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import standby_ready
 
 
 async def _start_pair(spawn: ClusterFactory) -> tuple[InstanceProcess, InstanceProcess]:
     a = spawn("node-a")
     leader = await wait_single_leader([a])
     b = spawn("node-b")
-    await wait_until(lambda: _standby_ready(b), 20, f"node-b not a healthy standby: {b.tail()}")
+    await wait_until(lambda: standby_ready(b), 20, f"node-b not a healthy standby: {b.tail()}")
     return leader, b
-
-
-async def _standby_ready(inst: InstanceProcess) -> bool:
-    status, _ = await inst.get("/health/standby")
-    return status == 200
 
 
 async def _failover_seconds(standby: InstanceProcess, since: float, timeout: float = 15) -> float:

@@ -43,6 +43,7 @@ from tests.fixtures_v2 import (
     generic_cases,
     register_cases,
 )
+from tests.helpers import standby_ready
 from tests.legacy_schema import cuid, register_equipment
 
 # A minute of an inverter timed by its arrival is written once that minute has closed
@@ -166,11 +167,6 @@ async def settle(
         await wait_until(predicate, timeout, what, interval=0.2)
     except AssertionError as exc:
         report.check(False, str(exc))
-
-
-async def standby_ready(node: InstanceProcess) -> bool:
-    status, _ = await node.get("/health/standby")
-    return status == 200
 
 
 async def test_every_fixture_through_a_failover_lands_once(

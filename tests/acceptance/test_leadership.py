@@ -30,6 +30,7 @@ from aupus_ha.localcluster import (
 )
 from aupus_ha.names import notify_channel
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import standby_ready
 
 ADMIN = "tok-leadership"
 LONG_CLUSTER = "plant-" + "x" * 94  # 100 characters
@@ -41,11 +42,6 @@ async def _step_down(inst: InstanceProcess) -> int:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as s, s.post(url, headers=headers) as r:
         return r.status
-
-
-async def _standby_ready(inst: InstanceProcess) -> bool:
-    status, _ = await inst.get("/health/standby")
-    return status == 200
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -65,7 +61,7 @@ async def test_long_cluster_name_survives_step_down_and_sigterm(
     a = spawn("node-a", **env)
     await wait_single_leader([a])
     b = spawn("node-b", **env)
-    await wait_until(lambda: _standby_ready(b), 20, f"node-b not a standby: {b.tail()}")
+    await wait_until(lambda: standby_ready(b), 20, f"node-b not a standby: {b.tail()}")
 
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(database_url)
@@ -203,7 +199,7 @@ async def test_no_two_leaders_across_postgres_restarts(
 
 
 async def _standby_ready_any(nodes: list[InstanceProcess]) -> bool:
-    return any([await _standby_ready(n) for n in nodes])
+    return any([await standby_ready(n) for n in nodes])
 
 
 async def test_longest_names_start_and_lead(spawn: ClusterFactory, database_url: str) -> None:

@@ -15,6 +15,7 @@ from aupus_ha.localcluster import fetch, wait_single_leader, wait_until
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import standby_ready
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -70,7 +71,7 @@ async def test_fixtures_with_a_leader_kill_mid_minute(
     leader = spawn("node-a", **env)
     await wait_single_leader([leader])
     standby = spawn("node-b", **env)
-    await wait_until(lambda: _standby(standby), 20, "standby not ready")
+    await wait_until(lambda: standby_ready(standby), 20, "standby not ready")
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
     samples = _inverter_samples(minute)
     m160 = (FIXTURES / "m160_resumo.json").read_bytes()
@@ -102,11 +103,6 @@ async def test_fixtures_with_a_leader_kill_mid_minute(
     assert inverter["potencia_ativa_kw"] == 42.5
     assert by_equipment["m160-1"]["timestamp_dados"] == datetime(2026, 11, 29, 0, 0, 30, tzinfo=UTC)
     assert by_equipment["gen-1"]["timestamp_dados"] == datetime(2026, 11, 28, 21, 1, tzinfo=UTC)
-
-
-async def _standby(inst: object) -> bool:
-    status, _ = await inst.get("/health/standby")  # type: ignore[attr-defined]
-    return bool(status == 200)
 
 
 async def _count(dsn: str, equip: str, samples: int) -> bool:
@@ -143,7 +139,7 @@ async def test_every_bad_input_lands_in_ingest_rejects(
     leader = spawn("node-a", MAX_PAYLOAD_BYTES="4096")
     await wait_single_leader([leader])
     standby = spawn("node-b", MAX_PAYLOAD_BYTES="4096")
-    await wait_until(lambda: _standby(standby), 20, "standby not ready")
+    await wait_until(lambda: standby_ready(standby), 20, "standby not ready")
     bad = [*_bad_lines(), b'{"power": "' + b"x" * 5000 + b'"}']
     good = [orjson.dumps({"timestamp": f"2026-11-28T20:0{i}:00Z", "power": i}) for i in range(2)]
     await _send(url, [("t/gen", good[0]), *[(_bad_topic(b), b) for b in bad], ("t/gen", good[1])])

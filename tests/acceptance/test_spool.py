@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.localcluster import (
@@ -27,6 +26,7 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
+from tests.helpers import metric, standby_ready
 
 TOKEN = "spool-test-token"
 
@@ -48,26 +48,6 @@ async def check_alerts(node: InstanceProcess) -> int:
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(timeout=timeout) as s, s.post(url, headers=headers) as r:
         return r.status
-
-
-async def standby_ready(node: InstanceProcess) -> bool:
-    status, _ = await node.get("/health/standby")
-    return status == 200
-
-
-async def spooled_records(node: InstanceProcess) -> float:
-    """`aupus_ha_spool_records_total` of a running instance (-1 if it does not answer)."""
-    url = f"http://{node.http_host}:{node.http_port}/metrics"
-    try:
-        timeout = aiohttp.ClientTimeout(total=3)
-        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as resp:
-            text = await resp.text()
-    except (aiohttp.ClientError, TimeoutError):
-        return -1
-    for family in text_string_to_metric_families(text):
-        if family.name == "aupus_ha_spool_records":
-            return family.samples[0].value
-    return -1
 
 
 async def test_acknowledged_readings_survive_kill_9_of_every_instance(
@@ -94,7 +74,7 @@ async def test_acknowledged_readings_survive_kill_9_of_every_instance(
         assert await publish(mosquitto.url, messages, rate=400) == len(messages)  # type: ignore[attr-defined]
 
         async def all_spooled() -> bool:
-            counts = await asyncio.gather(*(spooled_records(n) for n in nodes))
+            counts = await asyncio.gather(*(metric(n, "aupus_ha_spool_records") for n in nodes))
             return all(c >= len(messages) for c in counts)
 
         await wait_until(all_spooled, 30, "instances did not spool every message")
@@ -154,7 +134,7 @@ async def test_a_full_spool_stops_acknowledging_and_loses_nothing(
         messages = generic_messages(equipment, 600)  # 6,000 readings: twice what fits
         assert await publish(mosquitto.url, messages, rate=3000) == len(messages)
         await wait_until(lambda: node.find("spool.full"), 60, "the spool never filled")
-        spooled = await spooled_records(node)
+        spooled = await metric(node, "aupus_ha_spool_records")
         assert 0 < spooled < len(messages)  # the rest waits, unacknowledged, at the broker
 
         await asyncio.to_thread(own_postgres.start)

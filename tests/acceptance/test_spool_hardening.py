@@ -11,24 +11,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import signal
-import subprocess
 import zlib
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import orjson
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aupus_ha import spool_codec
 from aupus_ha.localcluster import (
-    InstanceProcess,
     fetch,
     generic_messages,
     publish,
@@ -41,48 +35,9 @@ from aupus_ha.localcluster import (
 from aupus_ha.readings import Decoded, Reading
 from aupus_ha.spool import HEADER
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import fill, metric, remount, tmpfs
 
 NOW_ISH = datetime.now(UTC)  # publish() takes (topic, payload, id, time) tuples
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str, inodes: int = 100_000) -> Iterator[Path]:
-    where.mkdir()
-    options = f"size={size},nr_inodes={inodes},mode=0700"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(b"\0" * 4096)
-    return filler
-
-
-async def metric(node: InstanceProcess, name: str) -> float:
-    """A counter or gauge of a running instance's /metrics (-1 if it does not answer)."""
-    url = f"http://{node.http_host}:{node.http_port}/metrics"
-    try:
-        timeout = aiohttp.ClientTimeout(total=3)
-        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as resp:
-            text = await resp.text()
-    except (aiohttp.ClientError, TimeoutError):
-        return -1
-    for family in text_string_to_metric_families(text):
-        if family.name == name:
-            return family.samples[0].value
-    return -1
 
 
 async def test_a_full_spool_file_system_stops_acknowledging_and_recovers(
@@ -90,7 +45,7 @@ async def test_a_full_spool_file_system_stops_acknowledging_and_recovers(
 ) -> None:
     equipment = await seed_equipment(database_url, 5)
     url = mosquitto.url  # type: ignore[attr-defined]
-    with tmpfs(tmp_path / "spoolfs", "1m") as fs:
+    with tmpfs(tmp_path / "spoolfs", size="1m", nr_inodes="100000") as fs:
         node = spawn("node-a", SPOOL_DIR=str(fs))
         await wait_single_leader([node])
         await wait_until(
@@ -99,7 +54,7 @@ async def test_a_full_spool_file_system_stops_acknowledging_and_recovers(
             "topics not subscribed",
         )
         # Nothing spooled yet: the spool holds no page the file system could free later.
-        filler = fill(fs)
+        filler = fill(fs / "filler")
         messages = generic_messages(equipment, 40)
         assert await publish(url, messages, rate=400) == len(messages)
         await wait_until(lambda: node.find("spool.write_failed"), 30, "no spool.write_failed")
@@ -131,7 +86,7 @@ async def test_a_segment_that_cannot_be_created_does_not_stop_the_instance(
     equipment = await seed_equipment(database_url, 5)
     url = mosquitto.url  # type: ignore[attr-defined]
     # 4 inodes: the root, the instance directory, its lock file, one segment.
-    with tmpfs(tmp_path / "spoolfs", "4m", inodes=4) as fs:
+    with tmpfs(tmp_path / "spoolfs", size="4m", nr_inodes="4") as fs:
         node = spawn("node-a", SPOOL_DIR=str(fs))
         await wait_single_leader([node])
         await wait_until(
@@ -151,8 +106,7 @@ async def test_a_segment_that_cannot_be_created_does_not_stop_the_instance(
         assert await publish(url, later, rate=200) == len(later)
         await wait_all_stored(database_url, {(e, ts) for _, _, e, ts in later}, timeout=30)
 
-        remount = ["mount", "-o", "remount,nr_inodes=64", str(fs)]
-        await asyncio.to_thread(subprocess.run, remount, check=True)
+        await asyncio.to_thread(remount, fs, nr_inodes="64")
         await wait_until(lambda: node.find("spool.segment_created"), 40, "never rotated")
         last = generic_messages(equipment, 4, start=start + timedelta(minutes=10))
         assert await publish(url, last, rate=200) == len(last)

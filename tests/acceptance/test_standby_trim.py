@@ -31,6 +31,7 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
+from tests.helpers import standby_ready
 
 
 async def pending(node: InstanceProcess) -> int:
@@ -39,11 +40,6 @@ async def pending(node: InstanceProcess) -> int:
     if body is None:
         return -1
     return int(body["checks"]["buffer"]["pending"])
-
-
-async def standby_ready(node: InstanceProcess) -> bool:
-    status, _ = await node.get("/health/standby")
-    return status == 200
 
 
 def clockless_messages(

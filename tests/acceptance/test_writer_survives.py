@@ -17,7 +17,6 @@ import pytest
 
 from aupus_ha.embedded import EmbeddedPostgres
 from aupus_ha.localcluster import (
-    InstanceProcess,
     fetch,
     generic_messages,
     publish,
@@ -29,13 +28,9 @@ from aupus_ha.localcluster import (
 )
 from aupus_ha.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import standby_ready
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-async def _standby(inst: InstanceProcess) -> bool:
-    status, _ = await inst.get("/health/standby")
-    return status == 200
 
 
 async def _send(url: str, messages: list[tuple[str, bytes]]) -> None:
@@ -81,7 +76,7 @@ async def test_overflowing_inverter_samples_stop_nothing(
     leader = spawn("node-a", **env)
     await wait_single_leader([leader])
     standby = spawn("node-b", **env)
-    await wait_until(lambda: _standby(standby), 20, "standby not ready")
+    await wait_until(lambda: standby_ready(standby), 20, "standby not ready")
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
     bad = [_inverter(minute + timedelta(seconds=s), 1e308) for s in (10, 20)]
     good = [_inverter(minute + timedelta(seconds=s), 40_000 + s) for s in (0, 30)]
@@ -115,7 +110,7 @@ async def test_overflowing_inverter_samples_stop_nothing(
     assert await leader.wait_exit() == 0
     await wait_until(standby.is_leader, 10, "standby did not take over")
     again = spawn("node-a", **env)
-    await wait_until(lambda: _standby(again), 20, f"restart not ready: {again.tail()}")
+    await wait_until(lambda: standby_ready(again), 20, f"restart not ready: {again.tail()}")
     assert again.alive() and standby.alive()
 
 
@@ -144,7 +139,7 @@ async def test_read_only_database_for_six_seconds(
     nodes = [spawn("node-a"), spawn("node-b")]
     leader = await wait_single_leader(nodes)
     standby = next(n for n in nodes if n is not leader)
-    await wait_until(lambda: _standby(standby), 20, "standby not ready")
+    await wait_until(lambda: standby_ready(standby), 20, "standby not ready")
     url = mosquitto.url  # type: ignore[attr-defined]
     pub = asyncio.create_task(publish(url, load, rate=150))  # 10 s
     admin = await asyncpg.connect(database_url)

@@ -10,45 +10,11 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from aupus_ha.localcluster import wait_until
 from aupus_ha.spool import Spool
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, **options: str) -> Iterator[Path]:
-    """A tmpfs of its own at `where` (e.g. size=64k, nr_inodes=3), unmounted on exit."""
-    where.mkdir()
-    opts = ",".join(["mode=0700", *(f"{k}={v}" for k, v in options.items())])
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def remount(where: Path, **options: str) -> None:
-    opts = ",".join(["remount", *(f"{k}={v}" for k, v in options.items())])
-    subprocess.run(["mount", "-o", opts, str(where)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Write a filler file until the file system says ENOSPC; returns it."""
-    filler = directory.parent / f"{directory.name}-filler"
-    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(b"\0" * 4096)
-    return filler
+from tests.helpers import fill, remount, tmpfs
 
 
 async def stop(spool: Spool, writer: asyncio.Task[None]) -> None:
@@ -124,7 +90,7 @@ async def test_a_full_file_system_fails_the_commit_and_recovers_when_space_retur
         try:
             await asyncio.wait_for(spool.append(b"before", None), 5)
             acknowledged.append(b"before")
-            filler = fill(directory)
+            filler = fill(fs / "spool-filler")
             failures = 0
             for n in range(5):
                 with contextlib.suppress(OSError):
