@@ -1,6 +1,7 @@
 """Helpers for tests: wait for a condition with a deadline (never a blind sleep), the
 in-process instance pieces (settings, a migrated database, a store), a running
-instance's readiness and metrics, and a small tmpfs that can be filled up."""
+instance's readiness and metrics, a small tmpfs that can be filled up, the JSON fixture
+files and a decoder family with a bug."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,12 +24,15 @@ from aupus_ha.db import create_pool
 from aupus_ha.localcluster import InstanceProcess, wait_until
 from aupus_ha.migrate import apply_migrations
 from aupus_ha.queries import Queries
+from aupus_ha.readings import Equipment, Reading
 from aupus_ha.store import Store
 
 if TYPE_CHECKING:
     from aupus_ha.embedded import EmbeddedMosquitto
 
 T = TypeVar("T")
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def wait_for(
@@ -183,3 +189,30 @@ def fill(filler: Path) -> Path:
         while True:
             handle.write(b"\0" * 4096)
     return filler
+
+
+def fixture_object(name: str) -> dict[str, object]:
+    """The JSON object in tests/fixtures/`name`."""
+    obj = orjson.loads((FIXTURES / name).read_bytes())
+    assert isinstance(obj, dict)
+    return obj
+
+
+def fixture_lines(name: str) -> list[dict[str, object]]:
+    """The JSON objects of tests/fixtures/`name`, one a line (blank lines skipped)."""
+    text = (FIXTURES / name).read_bytes()
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class BrokenFamily:
+    """A decoder family with a bug: it claims every payload and decode raises."""
+
+    name = "broken"
+
+    def matches(self, obj: dict[str, object]) -> bool:
+        return True
+
+    def decode(
+        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
+    ) -> list[Reading]:
+        raise RuntimeError("boom")

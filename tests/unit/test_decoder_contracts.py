@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 import pytest
@@ -18,20 +17,14 @@ import pytest
 from aupus_ha.decoding import MAX_DETAIL_CHARS, DecodeError, Decoder, GenericFamily
 from aupus_ha.readings import Decoded, Equipment, Reading, Reject
 from aupus_ha.schemas import compile_schema
+from tests.helpers import BrokenFamily, fixture_object
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOPIC = "STA_BRANCA/GO/SOLAR_POWER/UFV05/INVERSOR/1"
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 PLAIN = Equipment("eq-1", TOPIC)
 M160 = Equipment("eq-1", TOPIC, type_code="M-160")
 GATEWAY = Equipment("eq-1", TOPIC, type_category="Gateway")
 UNSTORABLE = "unstorable_json: a string holds \\u0000, which jsonb refuses"
-
-
-def fixture(name: str) -> dict[str, object]:
-    obj = orjson.loads((FIXTURES / name).read_bytes())
-    assert isinstance(obj, dict)
-    return obj
 
 
 def decode(obj: dict[str, object], equipment: Equipment = PLAIN) -> Decoded:
@@ -80,7 +73,7 @@ FAMILIES: list[tuple[str, Equipment, str | None]] = [
 
 
 def with_extra(name: str, part: str | None, key: str, value: object) -> dict[str, object]:
-    obj = fixture(name)
+    obj = fixture_object(name)
     target = obj if part is None else obj[part]
     assert isinstance(target, dict)
     target[key] = value
@@ -121,7 +114,7 @@ def test_the_same_places_with_another_control_character_are_stored(
 
 def test_nul_in_an_m160_envelope_field_is_not_stored_so_not_refused() -> None:
     """A wrapped M-160 stores only its `Resumo`: a NUL beside it never reaches jsonb."""
-    obj = fixture("m160_resumo.json")
+    obj = fixture_object("m160_resumo.json")
     obj["device"] = ["m\x00"]
     assert "device" not in orjson.loads(only_reading(obj, M160).dados)
 
@@ -148,7 +141,7 @@ def test_escaped_backslash_before_u0000_in_an_array_is_text() -> None:
 )
 def test_total_leituras_stored(total: object, expected: int) -> None:
     """num_leituras from the real summary with each count at the edges of its range."""
-    obj = fixture("m160_resumo.json")
+    obj = fixture_object("m160_resumo.json")
     obj["Resumo"]["total_leituras"] = total  # type: ignore[index]
     assert only_reading(obj, M160).num_leituras == expected
 
@@ -168,7 +161,7 @@ def test_total_leituras_stored(total: object, expected: int) -> None:
 def test_total_leituras_refused(total: object, reason: str) -> None:
     """Beyond 2^31−1, negative, fractional or not a number: the summary is refused by its
     own rule, whose reason names the field and the value."""
-    obj = fixture("m160_resumo.json")
+    obj = fixture_object("m160_resumo.json")
     obj["Resumo"]["total_leituras"] = total  # type: ignore[index]
     assert only_reason(obj, M160) == reason
 
@@ -219,7 +212,7 @@ def test_a_nul_in_the_detail_is_escaped_after_the_cut() -> None:
 def test_inverter_sample_in_full(name: str, instant: datetime) -> None:
     """Every field of an inverter sample: its minute, the minute's end, its own instant,
     the payload as sent, good, from MQTT, matchable, no columns of its own."""
-    obj = fixture(name)
+    obj = fixture_object(name)
     assert only_reading(obj) == Reading(
         equipamento_id="eq-1",
         timestamp_dados=instant,
@@ -239,7 +232,7 @@ def test_inverter_sample_in_full(name: str, instant: datetime) -> None:
 def test_inverter_sample_failing_its_schema_is_ruim_and_unchanged() -> None:
     """A sample failing its type's `mqtt_schema` is marked `ruim` (the rollup counts it in
     `invalid_samples`); its JSON is the sample as sent (no `_validacao` in a sample)."""
-    obj = fixture("ton_inverter_sungrow.json")
+    obj = fixture_object("ton_inverter_sungrow.json")
     schema = compile_schema('{"type": "object", "required": ["serial_number"]}')
     typed = Equipment("eq-1", TOPIC, type_code="INVERSOR", mqtt_schema=schema)
     instant = datetime(2026, 11, 29, 0, 1, tzinfo=UTC)
@@ -261,7 +254,7 @@ def test_inverter_sample_failing_its_schema_is_ruim_and_unchanged() -> None:
 def test_inverter_sample_without_a_clock_is_timed_by_arrival() -> None:
     """ton_inverter_no_ntp.json (`timestamp` 4187 s since boot): the arrival instant, its
     minute, unmatchable, and the raw value and the reason kept in the sample."""
-    obj = fixture("ton_inverter_no_ntp.json")
+    obj = fixture_object("ton_inverter_no_ntp.json")
     arrival_minute = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
     assert only_reading(obj) == Reading(
         equipamento_id="eq-1",
@@ -290,7 +283,7 @@ def test_inverter_sample_without_a_clock_is_timed_by_arrival() -> None:
 def test_each_overflow_signature_alone(group: str, field: str, value: object, reason: str) -> None:
     """Each UINT-overflow signature of inverter_uint_overflow.json, alone in an otherwise
     valid frame, refuses it by the overflow rule, naming the register."""
-    obj = fixture("ton_inverter_sungrow.json")
+    obj = fixture_object("ton_inverter_sungrow.json")
     values = obj[group]
     assert isinstance(values, dict)
     values[field] = value
@@ -312,7 +305,7 @@ def test_each_overflow_signature_alone(group: str, field: str, value: object, re
 def test_values_just_short_of_an_overflow_signature_are_stored(
     group: str, field: str, value: object
 ) -> None:
-    obj = fixture("ton_inverter_sungrow.json")
+    obj = fixture_object("ton_inverter_sungrow.json")
     values = obj[group]
     assert isinstance(values, dict)
     values[field] = value
@@ -322,7 +315,7 @@ def test_values_just_short_of_an_overflow_signature_are_stored(
 def test_the_overflow_fixture_is_refused_by_its_first_signature() -> None:
     """inverter_uint_overflow.json carries every signature; the first in DOMAIN's order
     (energy.total_yield) names it."""
-    reason = only_reason(fixture("inverter_uint_overflow.json"))
+    reason = only_reason(fixture_object("inverter_uint_overflow.json"))
     assert reason == "inverter_overflow: energy.total_yield is 4294967000: a UINT overflow"
 
 
@@ -343,7 +336,7 @@ def reject_of(
 
 def test_too_large_reject_in_full() -> None:
     """The first `limit` bytes, the whole message's hash and size, the rule and the sizes."""
-    payload = orjson.dumps(fixture("ton_inverter_sungrow.json"))
+    payload = orjson.dumps(fixture_object("ton_inverter_sungrow.json"))
     limit = 100
     reject = reject_of(payload, decoder=Decoder(max_payload_bytes=limit))
     assert reject == Reject(
@@ -365,7 +358,7 @@ def test_a_one_byte_limit_is_a_valid_limit() -> None:
 
 
 def test_unknown_topic_reject_in_full() -> None:
-    payload = orjson.dumps(fixture("generic_reading.json"))
+    payload = orjson.dumps(fixture_object("generic_reading.json"))
     assert reject_of(payload, equipment=[]) == Reject(
         TOPIC, payload, "unknown_topic: no enabled equipment has this topic", RECEIVED
     )
@@ -402,18 +395,6 @@ def test_decode_error_message_is_its_text() -> None:
     )
 
 
-class _Boom:
-    name = "boom"
-
-    def matches(self, obj: dict[str, object]) -> bool:
-        return True
-
-    def decode(
-        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
-    ) -> list[Reading]:
-        raise RuntimeError("boom")
-
-
 class _Clock:
     """A stateful family that records the time it is flushed at."""
 
@@ -439,7 +420,7 @@ def test_decoder_error_reject_in_full() -> None:
     """A bug in a family: one reject naming the exception, for this topic and arrival."""
     payload = b"{}"
     reject = reject_of(
-        payload, decoder=Decoder(max_payload_bytes=PAYLOAD_LIMIT, families=[_Boom()])
+        payload, decoder=Decoder(max_payload_bytes=PAYLOAD_LIMIT, families=[BrokenFamily()])
     )
     assert reject == Reject(TOPIC, payload, "decoder_error: RuntimeError: boom", RECEIVED)
 
@@ -468,7 +449,7 @@ def test_an_integer_beyond_the_bound_is_out_of_range() -> None:
 
 
 def test_an_integer_overflow_register_is_refused() -> None:
-    obj = fixture("ton_inverter_sungrow.json")
+    obj = fixture_object("ton_inverter_sungrow.json")
     obj["power"]["active_total"] = 100_000_000  # type: ignore[index]
     assert only_reason(obj) == (
         "inverter_overflow: power.active_total is 100000000: a UINT overflow"

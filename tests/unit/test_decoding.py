@@ -30,6 +30,7 @@ from aupus_ha.decoding import (
 )
 from aupus_ha.m160 import M160SummaryFamily
 from aupus_ha.readings import Decoded, Equipment, Reading
+from tests.helpers import BrokenFamily
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOPIC = "aupus/site1/meter1"
@@ -452,20 +453,6 @@ def test_m160_malformed_energy_or_count(fields: dict[str, object]) -> None:
 
 
 # --- the family seam -------------------------------------------------------------------------
-
-
-class BrokenFamily:
-    """A family with a bug: decode raises something unexpected."""
-
-    name = "broken"
-
-    def matches(self, obj: dict[str, object]) -> bool:
-        return True
-
-    def decode(
-        self, obj: dict[str, object], equipment: Equipment, received_at: datetime
-    ) -> list[Reading]:
-        raise RuntimeError("boom")
 
 
 class MinuteFamily:

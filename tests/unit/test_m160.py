@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 import pytest
@@ -20,21 +19,11 @@ from aupus_ha import m160
 from aupus_ha.decoding import REASON_INVALID_SUMMARY, REASON_NUMBER_OUT_OF_RANGE, DecodeError
 from aupus_ha.m160 import M160SummaryFamily, Previous
 from aupus_ha.readings import Equipment, Reading
+from tests.helpers import fixture_lines, fixture_object
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 METER = Equipment("eq-1", "site/meter", type_code="M-160")
-
-
-def fixture(name: str) -> dict[str, object]:
-    obj = orjson.loads((FIXTURES / name).read_bytes())
-    assert isinstance(obj, dict)
-    return obj
-
-
-def outlier_lines() -> list[dict[str, object]]:
-    text = (FIXTURES / "m160_consumo_phf_outlier_sequence.jsonl").read_bytes()
-    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+OUTLIERS = "m160_consumo_phf_outlier_sequence.jsonl"
 
 
 def decode(obj: dict[str, object]) -> Reading:
@@ -75,7 +64,7 @@ def test_flat_ton_fixture() -> None:
     potencia 7414.5 / 1000 = 7.4145; no total_leituras -> 1; Va, Ia, Pt > 0 -> bom;
     "28/11/2026 21:00:30" Brasília = 2026-11-29T00:00:30Z = timestamp_fim; dados = the
     payload as sent."""
-    payload = fixture("m160_ton_flat.json")
+    payload = fixture_object("m160_ton_flat.json")
     reading = decode(payload)
     assert reading.energia_kwh == 0.0618
     assert reading.potencia_ativa_kw == pytest.approx(7.4145)
@@ -91,7 +80,7 @@ def test_wrapped_fixture_stores_the_resumo_object() -> None:
     """m160_resumo.json: dados = the Resumo object (phf, consumo_phf, Pt at its top
     level); energia = consumo_phf 0.0618; potencia = Pt 7414.5 / 1000 = 7.4145 (not
     0.0618 / (30/3600) = 7.416); num_leituras = total_leituras 30."""
-    payload = fixture("m160_resumo.json")
+    payload = fixture_object("m160_resumo.json")
     reading = decode(payload)
     assert dados(reading) == payload["Resumo"]
     assert (reading.energia_kwh, reading.num_leituras) == (0.0618, 30)
@@ -103,7 +92,7 @@ def test_wrapped_epoch_fixture_without_load() -> None:
     """m160_resumo_epoch.json: consumo_phf 0.0 and energia_total 0.0 are not > 0, Pt 0.0
     is present: energia = 0.0 / 1000 * 30 / 3600 = 0.0, potencia = 0.0 / 1000 = 0.0;
     Va 221.4 > 0 but no current > 0 -> parcial; 1795910430 = 2026-11-29T00:00:30Z."""
-    reading = decode(fixture("m160_resumo_epoch.json"))
+    reading = decode(fixture_object("m160_resumo_epoch.json"))
     assert (reading.energia_kwh, reading.potencia_ativa_kw) == (0.0, 0.0)
     assert reading.qualidade == "parcial"
     assert reading.num_leituras == 30
@@ -112,7 +101,7 @@ def test_wrapped_epoch_fixture_without_load() -> None:
 
 def test_freq_and_fpt_are_kept() -> None:
     """m160_ton_flat_freq_fpt.json: Freq and FPt stay in dados; the same columns."""
-    reading = decode(fixture("m160_ton_flat_freq_fpt.json"))
+    reading = decode(fixture_object("m160_ton_flat_freq_fpt.json"))
     assert (dados(reading)["Freq"], dados(reading)["FPt"]) == (60.01, 0.992)
     assert reading.energia_kwh == 0.0618
 
@@ -303,7 +292,7 @@ def test_the_type_schema_is_not_applied() -> None:
     )
     meter = Equipment("eq-1", "site/meter", type_code="METER_M160", mqtt_schema=schema)
     decoded = Decoder(max_payload_bytes=65536).decode(
-        "site/meter", orjson.dumps(fixture("m160_ton_flat.json")), [meter], RECEIVED
+        "site/meter", orjson.dumps(fixture_object("m160_ton_flat.json")), [meter], RECEIVED
     )
     (reading,) = decoded.readings
     assert reading.qualidade == "bom"
@@ -317,7 +306,7 @@ def test_an_outlier_is_marked_not_decided_on_arrival() -> None:
     """3rd line of the outlier fixture: consumo_phf 10381.6 > 5 kWh. On arrival the window
     is unknown: consumo_phf null, raw kept, energy from Pt 5160: 5160 / 1000 * 30 / 3600 =
     0.043; the flush must decide (outlier_guard), since phf 10557.6 is present."""
-    reading = decode(outlier_lines()[2])
+    reading = decode(fixture_lines(OUTLIERS)[2])
     assert reading.outlier_guard
     stored = dados(reading)
     assert stored["_consumo_phf_bruto"] == 10381.6
@@ -338,7 +327,7 @@ def test_an_outlier_without_its_phf_falls_through_at_once() -> None:
 def test_resolving_with_the_previous_phf() -> None:
     """Previous phf 10557.56 (2nd line): max(0, 10557.6 − 10557.56) = 0.04 kWh, in dados
     and in energia_kwh; potencia stays Pt 5160 / 1000 = 5.16."""
-    reading = decode(outlier_lines()[2])
+    reading = decode(fixture_lines(OUTLIERS)[2])
     at = reading.timestamp_dados - timedelta(seconds=30)
     resolved = m160.resolve(reading, Previous(at, 10557.56))
     assert not resolved.outlier_guard
@@ -352,7 +341,7 @@ def test_resolving_with_the_previous_phf() -> None:
 
 @pytest.mark.parametrize("previous", [None, Previous(RECEIVED, None)])
 def test_resolving_without_a_previous_phf_keeps_the_fallback(previous: Previous | None) -> None:
-    reading = decode(outlier_lines()[2])
+    reading = decode(fixture_lines(OUTLIERS)[2])
     resolved = m160.resolve(reading, previous)
     assert resolved.dados == reading.dados
     assert resolved.energia_kwh == reading.energia_kwh  # Pt: 0.043
@@ -380,7 +369,7 @@ def test_corrected_consumo_is_never_negative(phf: float, delta: float) -> None:
 def test_previous_in_batch_is_by_device_time_per_equipment() -> None:
     """Publish order 3rd, 1st, 2nd, plus another meter's reading between: the guarded
     (3rd) reading's previous is the 2nd by device time (23:55:00), same equipment."""
-    lines = [decode(obj) for obj in outlier_lines()]
+    lines = [decode(obj) for obj in fixture_lines(OUTLIERS)]
     other = Reading("eq-2", lines[2].timestamp_dados - timedelta(seconds=1), b'{"phf": 1}')
     batch = [lines[2], lines[0], other, lines[1]]
     found = m160.previous_in_batch(batch)
@@ -407,8 +396,8 @@ def test_stored_phf_text(text: str | None, value: float | None) -> None:
 def test_a_clockless_reading_is_not_its_own_previous() -> None:
     """Two copies of one clockless outlier in a batch (a redelivery): the later copy's
     previous is not the earlier copy (same dados) but the reading before both."""
-    obj = {**outlier_lines()[2], "timestamp": "sem_ntp"}
-    prev_obj = {**outlier_lines()[1], "timestamp": "sem_ntp"}
+    obj = {**fixture_lines(OUTLIERS)[2], "timestamp": "sem_ntp"}
+    prev_obj = {**fixture_lines(OUTLIERS)[1], "timestamp": "sem_ntp"}
     family = M160SummaryFamily()
     (prev,) = family.decode(prev_obj, METER, RECEIVED - timedelta(seconds=30))
     (copy1,) = family.decode(obj, METER, RECEIVED)
@@ -421,8 +410,8 @@ def test_stored_copies_of_a_clockless_reading_are_skipped() -> None:
     """Stored rows newest first: a copy of this message (phf 10557.6, raw 10381.6) stored
     by another instance is skipped; the row before it is the previous. A reading with a
     device time never skips (its copies share its key, never before it)."""
-    clockless = decode({**outlier_lines()[2], "timestamp": "sem_ntp"})
-    timed = decode(outlier_lines()[2])
+    clockless = decode({**fixture_lines(OUTLIERS)[2], "timestamp": "sem_ntp"})
+    timed = decode(fixture_lines(OUTLIERS)[2])
     rows = [
         m160.StoredRow(RECEIVED - timedelta(seconds=1), "10557.6", "10381.6"),
         m160.StoredRow(RECEIVED - timedelta(seconds=30), "10557.56", None),
@@ -439,7 +428,7 @@ def test_the_spool_keeps_the_guard(guard: bool) -> None:
     from aupus_ha import spool_codec
     from aupus_ha.readings import Decoded
 
-    reading = decode(outlier_lines()[2] if guard else outlier_lines()[1])
+    reading = decode(fixture_lines(OUTLIERS)[2] if guard else fixture_lines(OUTLIERS)[1])
     assert reading.outlier_guard is guard
     body = spool_codec.encode(Decoded([reading]))
     assert len(orjson.loads(body)["r"][0]) == (12 if guard else 11)
@@ -450,7 +439,7 @@ def test_a_spooled_guard_must_be_true() -> None:
     from aupus_ha import spool_codec
     from aupus_ha.readings import Decoded
 
-    record = orjson.loads(spool_codec.encode(Decoded([decode(outlier_lines()[2])])))
+    record = orjson.loads(spool_codec.encode(Decoded([decode(fixture_lines(OUTLIERS)[2])])))
     record["r"][0][11] = "yes"
     with pytest.raises(ValueError, match="twelfth"):
         spool_codec.decode(orjson.dumps(record))
