@@ -130,17 +130,15 @@ def _number_forms() -> dict[str, GenericBuilder]:
     }
 
 
+def _deep(depth: int) -> GenericBuilder:
+    return lambda i, t, now: (
+        f'{{"{HOSTILE_MARK}":{i},"timestamp":"{_iso_z(t)}","nest":{_nested(depth)}}}'
+    ).encode()
+
+
 def _shape_forms() -> dict[str, GenericBuilder]:
     return {
-        "deep_100": lambda i, t, now: (
-            f'{{"{HOSTILE_MARK}":{i},"timestamp":"{_iso_z(t)}","nest":{_nested(100)}}}'
-        ).encode(),
-        "deep_300": lambda i, t, now: (
-            f'{{"{HOSTILE_MARK}":{i},"timestamp":"{_iso_z(t)}","nest":{_nested(300)}}}'
-        ).encode(),
-        "deep_5000": lambda i, t, now: (
-            f'{{"{HOSTILE_MARK}":{i},"timestamp":"{_iso_z(t)}","nest":{_nested(5000)}}}'
-        ).encode(),
+        **{f"deep_{depth}": _deep(depth) for depth in (100, 300, 5000)},
         "duplicate_keys": lambda i, t, now: (
             f'{{"{HOSTILE_MARK}":{i},"timestamp":"1999-01-01T00:00:00Z","power":1,'
             f'"power":2,"timestamp":"{_iso_z(t)}","{HOSTILE_MARK}":{i}}}'
