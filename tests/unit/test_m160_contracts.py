@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,21 +18,12 @@ from aupus_ha import m160
 from aupus_ha.decoding import DecodeError
 from aupus_ha.m160 import M160SummaryFamily, Previous, StoredRow
 from aupus_ha.readings import Equipment, Reading
+from tests.helpers import fixture_lines, fixture_object
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 METER = Equipment("eq-1", "site/meter", type_code="M-160")
-
-
-def flat() -> dict[str, object]:
-    obj = orjson.loads((FIXTURES / "m160_ton_flat.json").read_bytes())
-    assert isinstance(obj, dict)
-    return obj
-
-
-def outlier_lines() -> list[dict[str, object]]:
-    text = (FIXTURES / "m160_consumo_phf_outlier_sequence.jsonl").read_bytes()
-    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+FLAT = "m160_ton_flat.json"
+OUTLIERS = "m160_consumo_phf_outlier_sequence.jsonl"
 
 
 def decode(obj: dict[str, object]) -> Reading:
@@ -55,7 +45,7 @@ def refusal(obj: dict[str, object]) -> str:
     [(5.0, False), (5.000001, True)],  # 5 kWh is still a plausible window; above is not
 )
 def test_the_outlier_bound_is_inclusive(consumo: float, guarded: bool) -> None:
-    reading = decode({**flat(), "consumo_phf": consumo})
+    reading = decode({**fixture_object(FLAT), "consumo_phf": consumo})
     assert reading.outlier_guard is guarded
     stored = orjson.loads(reading.dados)
     assert stored["consumo_phf"] == (None if guarded else consumo)
@@ -84,7 +74,7 @@ def test_a_computed_field_that_is_not_a_number_names_its_kind(value: object, kin
 def test_integer_fields_count_like_floats() -> None:
     """The flat fixture with every value sent as an integer: voltages, currents and Pt
     make it `bom`; energy from consumo_phf 1; power Pt 7414 / 1000."""
-    obj = {k: round(v) if isinstance(v, float) else v for k, v in flat().items()}
+    obj = {k: round(v) if isinstance(v, float) else v for k, v in fixture_object(FLAT).items()}
     obj["consumo_phf"] = 1
     reading = decode(obj)
     assert (reading.qualidade, reading.energia_kwh, reading.potencia_ativa_kw) == (
@@ -99,7 +89,7 @@ def test_integer_fields_count_like_floats() -> None:
 
 def test_unknown_format_names_at_most_eight_keys_sorted() -> None:
     """The A-966 fixture on an M-160: neither form; the detail lists its keys."""
-    obj = orjson.loads((FIXTURES / "a966_ssu_state.json").read_bytes())
+    obj = fixture_object("a966_ssu_state.json")
     obj.update({f"k{i}": i for i in range(6)})  # 10 keys: only the first 8 sorted are named
     assert refusal(obj) == (
         "m160_unknown_format: neither a Resumo object nor top-level Va/consumo_phf "
@@ -115,7 +105,7 @@ def test_unknown_format_names_at_most_eight_keys_sorted() -> None:
 
 def test_resolve_without_a_previous_returns_the_reading_undecided() -> None:
     """No previous (or no previous phf): the reading exactly as decoded, guard cleared."""
-    reading = decode(outlier_lines()[2])
+    reading = decode(fixture_lines(OUTLIERS)[2])
     assert reading.outlier_guard is True
     expected = replace(reading, outlier_guard=False)
     assert m160.resolve(reading, None) == expected
@@ -133,7 +123,7 @@ def test_resolve_a_reading_that_lost_its_phf_returns_it_undecided() -> None:
 def test_resolve_in_full_without_pt() -> None:
     """3rd outlier line without Pt: previous phf 10557.56 → consumo 0.04 kWh, power
     0.04 / (30/3600) = 4.8 kW; every other field as decoded."""
-    obj = dict(outlier_lines()[2])
+    obj = dict(fixture_lines(OUTLIERS)[2])
     del obj["Pt"]
     reading = decode(obj)
     resolved = m160.resolve(reading, Previous(RECEIVED - timedelta(seconds=30), 10557.56))
@@ -151,7 +141,7 @@ def test_resolve_in_full_without_pt() -> None:
 
 def test_previous_in_batch_ignores_rollup_samples() -> None:
     """A rollup sample is never an M-160's previous reading, even under the same id."""
-    reading = decode(outlier_lines()[2])
+    reading = decode(fixture_lines(OUTLIERS)[2])
     sample = Reading(
         "eq-1",
         reading.timestamp_dados - timedelta(minutes=1),

@@ -33,8 +33,8 @@ from aupus_ha.simulate import (
     daylight_factor,
 )
 from aupus_ha.timestamps import BRASILIA
+from tests.helpers import fixture_object
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # 15:00 in Brasília: the sun is up, so inverters produce.
 START = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)
 # What each bad input must end as (DOMAIN v2 routes by the equipment first: a `Resumo`
@@ -64,12 +64,6 @@ def keys(value: object) -> object:
     if isinstance(value, bool | int | float):
         return "number"
     return type(value).__name__
-
-
-def fixture(name: str) -> dict[str, object]:
-    loaded = orjson.loads((FIXTURES / name).read_bytes())
-    assert isinstance(loaded, dict)
-    return loaded
 
 
 def first(fleet: Fleet, family: str, count: int = 300) -> list[SimMessage]:
@@ -117,9 +111,9 @@ def test_meter_payloads_have_the_fixture_shapes() -> None:
         else:
             name = FLAT_FIXTURES[spec.clock, spec.reflashed]
             if spec.clock != CLOCK_NTP:
-                assert obj["timestamp"] == fixture(name)["timestamp"]
-        assert keys(obj) == keys(fixture(name)), name
-        sample: object = fixture(name)
+                assert obj["timestamp"] == fixture_object(name)["timestamp"]
+        assert keys(obj) == keys(fixture_object(name)), name
+        sample: object = fixture_object(name)
         inner, sample = (obj["Resumo"], sample["Resumo"]) if spec.wrapped else (obj, sample)  # type: ignore[index]
         assert isinstance(inner, dict) and isinstance(sample, dict)
         assert list(inner) == list(sample)  # the field order too
@@ -133,7 +127,7 @@ def test_inverter_payloads_have_the_ton_sungrow_shape() -> None:
     for at in (START, night):
         for message in build_fleet(0, 3, seed=2).messages(at, 9):
             obj = orjson.loads(message.payload)
-            assert keys(obj) == keys(fixture("ton_inverter_sungrow.json"))
+            assert keys(obj) == keys(fixture_object("ton_inverter_sungrow.json"))
 
 
 def test_gateway_payloads_have_the_a966_shapes() -> None:
@@ -141,7 +135,7 @@ def test_gateway_payloads_have_the_a966_shapes() -> None:
     the fixtures occur: a post-boot dump (NSU 1), then `sts` 0 (NSU 2), and a frame
     with `phf` and `phr` both above 100."""
     messages = gateway_messages()
-    state = keys(fixture("a966_ssu_state.json"))
+    state = keys(fixture_object("a966_ssu_state.json"))
     frames = [orjson.loads(m.payload) for m in messages]
     assert all(keys(f) == state for f in frames)
     by_topic: dict[str, list[dict[str, object]]] = defaultdict(list)
@@ -159,8 +153,8 @@ def test_gateway_payloads_have_the_a966_shapes() -> None:
                 assert after["NSU"] == before["NSU"] + 1  # type: ignore[operator]
     glitches = [f for f in frames if f["data"]["phf"] > 100 and f["data"]["phr"] > 100]
     assert dumps >= 1 and glitches, (dumps, len(glitches))
-    assert keys(fixture("a966_ssu_post_boot_dump.json")) == state
-    assert keys(fixture("a966_ssu_boot_sts0.json")) == state
+    assert keys(fixture_object("a966_ssu_post_boot_dump.json")) == state
+    assert keys(fixture_object("a966_ssu_boot_sts0.json")) == state
 
 
 def test_gateway_reports_consecutive_15_minute_buckets() -> None:
