@@ -23,6 +23,7 @@ import orjson
 
 from aupus_ha import spool_codec
 from aupus_ha.localcluster import (
+    InstanceProcess,
     fetch,
     generic_messages,
     publish,
@@ -48,11 +49,7 @@ async def test_a_full_spool_file_system_stops_acknowledging_and_recovers(
     with tmpfs(tmp_path / "spoolfs", size="1m", nr_inodes="100000") as fs:
         node = spawn("node-a", SPOOL_DIR=str(fs))
         await wait_single_leader([node])
-        await wait_until(
-            lambda: _is(metric(node, "aupus_ha_mqtt_subscribed_topics"), len(equipment)),
-            30,
-            "topics not subscribed",
-        )
+        await wait_subscribed(node, len(equipment))
         # Nothing spooled yet: the spool holds no page the file system could free later.
         filler = fill(fs / "filler")
         messages = generic_messages(equipment, 40)
@@ -89,11 +86,7 @@ async def test_a_segment_that_cannot_be_created_does_not_stop_the_instance(
     with tmpfs(tmp_path / "spoolfs", size="4m", nr_inodes="4") as fs:
         node = spawn("node-a", SPOOL_DIR=str(fs))
         await wait_single_leader([node])
-        await wait_until(
-            lambda: _is(metric(node, "aupus_ha_mqtt_subscribed_topics"), len(equipment)),
-            30,
-            "topics not subscribed",
-        )
+        await wait_subscribed(node, len(equipment))
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
         first = generic_messages(equipment, 4, start=start)
         assert await publish(url, first, rate=200) == len(first)
@@ -114,6 +107,15 @@ async def test_a_segment_that_cannot_be_created_does_not_stop_the_instance(
         keys = await stored_keys(database_url)
         assert len(keys) == len(set(keys)) == len(first) + len(later) + len(last)
         assert node.alive()
+
+
+async def wait_subscribed(node: InstanceProcess, topics: int) -> None:
+    """Until the instance reports `topics` subscribed topics (its intake is ready)."""
+    await wait_until(
+        lambda: _is(metric(node, "aupus_ha_mqtt_subscribed_topics"), topics),
+        30,
+        "topics not subscribed",
+    )
 
 
 async def _is(value: Awaitable[float], expected: float) -> bool:
@@ -223,9 +225,7 @@ async def test_a_flood_of_bad_messages_keeps_a_bounded_prefix_at_a_bounded_rate(
         REJECT_PAYLOAD_PREFIX_BYTES="1024",
     )
     await wait_single_leader([node])
-    await wait_until(
-        lambda: _is(metric(node, "aupus_ha_mqtt_subscribed_topics"), 1), 30, "not subscribed"
-    )
+    await wait_subscribed(node, 1)
     bad = [b"{not json %d " % n + b"x" * 65_536 for n in range(60)]
     flood = [(topic, payload, eq, NOW_ISH) for payload in bad]
     assert await publish(url, flood, rate=500) == len(flood)
