@@ -248,10 +248,7 @@ class Instance:
             raise unavailable(exc) from exc
         finally:
             await conn.close()
-        self._queries = Queries(
-            id_type=self.convention.id_type,
-            ts_type="timestamp" if self.convention.legacy_timestamps else "timestamptz",
-        )
+        self._queries = self.convention.queries()
         if self.pool is None:
             self.pool = await create_pool(
                 self.settings, self.identity.app_name, query_stats=self.query_stats

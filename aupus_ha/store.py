@@ -133,6 +133,11 @@ class KeyConvention:
     id_type: str
     zone: tzinfo = UTC
 
+    def queries(self) -> Queries:
+        """The named queries typed for these key columns (id type, timestamp type)."""
+        ts_type = "timestamp" if self.legacy_timestamps else "timestamptz"
+        return Queries(id_type=self.id_type, ts_type=ts_type)
+
     def apply(self, reading: Reading) -> Reading:
         """The reading with its timestamps in the column's convention (also its key)."""
         if not (self.legacy_timestamps or self.legacy_fim):

@@ -83,10 +83,7 @@ async def cluster(v2_schema: tuple[str, str]) -> AsyncIterator[Cluster]:
     equipment = cuid("clockless-flush")
     await register_equipment(conn, equipment, "clockless/flush", None)
     convention = await detect_convention(conn, Queries()["column_types"])
-    queries = Queries(
-        id_type=convention.id_type,
-        ts_type="timestamp" if convention.legacy_timestamps else "timestamptz",
-    )
+    queries = convention.queries()
     settings = load_settings({"DATABASE_URL": dsn, "MQTT_MODE": "disabled"}, dotenv=None)
     pools = [await create_pool(settings, f"aupus-ha/clockless-{n}") for n in "ab"]
     a, b = (

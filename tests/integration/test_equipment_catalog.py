@@ -161,10 +161,7 @@ async def test_one_topic_three_types_routed_from_the_database(v2_schema: tuple[s
         for label, type_id in (("gw", gateway), ("meter", meter), ("plain", None)):
             await register_equipment(conn, cuid(label), f" {topic} ", type_id)  # stray spaces
         convention = await detect_convention(conn, Queries()["column_types"])
-        queries = Queries(
-            id_type=convention.id_type,
-            ts_type="timestamp" if convention.legacy_timestamps else "timestamptz",
-        )
+        queries = convention.queries()
         settings = load_settings({"DATABASE_URL": dsn, "MQTT_MODE": "disabled"}, dotenv=None)
         pool = await create_pool(settings, "aupus-ha/catalog-test")
         try:

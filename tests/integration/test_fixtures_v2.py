@@ -70,10 +70,7 @@ class Pipeline:
             "INSERT INTO ha_leadership (cluster_name, epoch) VALUES ($1, 1)", CLUSTER
         )
         convention = await detect_convention(conn, Queries()["column_types"])
-        queries = Queries(
-            id_type=convention.id_type,
-            ts_type="timestamp" if convention.legacy_timestamps else "timestamptz",
-        )
+        queries = convention.queries()
         settings = load_settings({"DATABASE_URL": dsn, "MQTT_MODE": "disabled"}, dotenv=None)
         pool = await create_pool(settings, "aupus-ha/fixtures-v2")
         store = Store(pool, queries, cluster_name=CLUSTER, instance_id="fixtures-v2")

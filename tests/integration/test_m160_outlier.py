@@ -112,10 +112,7 @@ async def cluster(v2_schema: tuple[str, str]) -> AsyncIterator[Cluster]:
     conn = await asyncpg.connect(dsn)
     await conn.execute("INSERT INTO ha_leadership (cluster_name, epoch) VALUES ($1, 1)", CLUSTER)
     convention = await detect_convention(conn, Queries()["column_types"])
-    queries = Queries(
-        id_type=convention.id_type,
-        ts_type="timestamp" if convention.legacy_timestamps else "timestamptz",
-    )
+    queries = convention.queries()
     opened = Cluster(dsn, conn, convention, queries, [])
     yield opened
     for pool in opened.pools:
