@@ -22,6 +22,7 @@ from aupus_ha.timestamps import (
     from_legacy_local,
     from_legacy_wall,
     parse_timestamp,
+    time_motivo_of,
     to_legacy_local,
     to_legacy_wall,
 )
@@ -308,3 +309,112 @@ def test_any_value_parses_in_range_or_raises_timestamp_error(value: object) -> N
         return
     assert parsed.tzinfo is UTC
     assert datetime(2020, 1, 1, tzinfo=UTC) <= parsed <= NOW + timedelta(minutes=15)
+
+
+# --- which rule fired: reason, motivo and message, exactly -----------------------------------
+
+RANGE = "is not between 2020-01-01Z and arrival + 900 s"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "motivo", "message"),
+    [
+        (0, REASON_OUT_OF_RANGE, "zero", "epoch 0: the device has no clock"),
+        ("0", REASON_OUT_OF_RANGE, "zero", "epoch 0: the device has no clock"),
+        (" SEM_NTP ", REASON_UNPARSEABLE, "sem_ntp", "the device has no NTP time"),
+        (1577836799, REASON_OUT_OF_RANGE, "antes_de_2020", f"epoch 1577836799 s {RANGE}"),
+        (
+            1577836799999,
+            REASON_OUT_OF_RANGE,
+            "antes_de_2020",
+            f"epoch 1577836799999 ms {RANGE}",
+        ),
+        # -10^10 is the first negative value read as milliseconds (|v| >= the threshold).
+        (-(10**10), REASON_OUT_OF_RANGE, "antes_de_2020", f"epoch -10000000000 ms {RANGE}"),
+        (-(10**10) + 1, REASON_OUT_OF_RANGE, "antes_de_2020", f"epoch -9999999999 s {RANGE}"),
+        (1795922101, REASON_OUT_OF_RANGE, "futuro", f"epoch 1795922101 s {RANGE}"),
+        (1795922100001, REASON_OUT_OF_RANGE, "futuro", f"epoch 1795922100001 ms {RANGE}"),
+        (
+            "2026-11-29T03:15:00.000001Z",
+            REASON_OUT_OF_RANGE,
+            "futuro",
+            f"2026-11-29T03:15:00.000001+00:00 {RANGE}",
+        ),
+        (
+            "0001-01-01T00:00:00+05:00",
+            REASON_OUT_OF_RANGE,
+            "antes_de_2020",
+            f"0001-01-01 00:00:00+05:00 {RANGE}",
+        ),
+        (
+            "9999-12-31T23:00:00",
+            REASON_OUT_OF_RANGE,
+            "futuro",
+            f"9999-12-31 23:00:00-03:00 {RANGE}",
+        ),
+        ([1], REASON_WRONG_TYPE, "malformado", "expected a number or a string, got list"),
+        (None, REASON_WRONG_TYPE, "malformado", "expected a number or a string, got NoneType"),
+        ("x" * 40, REASON_UNPARSEABLE, "malformado", f"unrecognised timestamp {'x' * 40!r}"),
+        ("x" * 41, REASON_UNPARSEABLE, "malformado", f"unrecognised timestamp {'x' * 40!r}…"),
+    ],
+)
+def test_the_rule_that_fired(value: object, reason: str, motivo: str, message: str) -> None:
+    """Each refusal names its rule three ways: the counter's reason, DOMAIN's motivo (stored
+    in `_timestamp_motivo`) and the message (logged)."""
+    with pytest.raises(TimestampError) as info:
+        parse(value)
+    assert (info.value.reason, info.value.motivo, info.value.message) == (reason, motivo, message)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "28-11/2026 21:00:30",  # each separator is checked on its own
+        "28/11-2026 21:00:30",
+        "28/11/2026T21:00:30",
+        "28/11/2026 21-00:30",
+        "28/11/2026 21:00-30",
+        "28/11/2026 21:00:30,5",  # only a point before the fraction
+        "28/11/2026 21:00:30Z",
+    ],
+)
+def test_brazilian_separators_are_checked_one_by_one(text: str) -> None:
+    """A wrong separator anywhere fails the form check itself (not a later parse)."""
+    with pytest.raises(TimestampError) as info:
+        parse(text)
+    assert info.value.message == f"not DD/MM/YYYY HH:mm:ss: {text!r}"
+
+
+def test_text_of_64_characters_is_read_and_65_is_not() -> None:
+    """The text bound is inclusive: 64 characters (after trimming) are parsed."""
+    assert parse("0" * 54 + "1795910430") == EXPECTED
+    assert parse("  " + "0" * 54 + "1795910430  ") == EXPECTED
+    assert reason_of("0" * 55 + "1795910430") == REASON_UNPARSEABLE
+
+
+def test_legacy_conversion_messages() -> None:
+    with pytest.raises(ValueError, match=r"^to_legacy_wall needs an aware datetime$"):
+        to_legacy_wall(datetime(2026, 11, 28, 21, 0, 30))
+    with pytest.raises(ValueError, match=r"^from_legacy_wall needs a naive datetime$"):
+        from_legacy_wall(EXPECTED)
+
+
+@pytest.mark.parametrize(
+    ("dados", "motivo"),
+    [
+        (b'{"a":1,"_timestamp_motivo":"zero"}', "zero"),
+        (b'"_timestamp_motivo":"ausente"', "ausente"),  # the marker at the very start
+        # the flags are appended last: the LAST marker is the family's, not one nested
+        # inside the payload before it
+        (b'{"x":{"_timestamp_motivo":"zero"},"_timestamp_motivo":"sem_ntp"}', "sem_ntp"),
+        (b'{"_timestamp_motivo":"futuro","b":"c"}', "futuro"),  # the word ends at its quote
+        (b'{"_timestamp_motivo":"other"}', None),  # not one of MOTIVOS
+        (b'{"_timestamp_motivo":"z\xc3\xa9ro"}', None),  # non-ASCII: never a motivo
+        (b'{"_timestamp_motivo":"zerox', None),  # cut: no closing quote
+        (b'{"_timestamp_motivo":""}', None),
+        (b'{"timestamp":1795910430}', None),
+    ],
+)
+def test_time_motivo_of(dados: bytes, motivo: str | None) -> None:
+    assert time_motivo_of(dados) == motivo
