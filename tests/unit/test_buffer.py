@@ -433,8 +433,9 @@ def test_content_memory_is_bounded() -> None:
     for i in range(CONTENT_MEMORY_MAX + 1):
         buf.add(Decoded([clockless(T0 + timedelta(microseconds=i), dados=b"%d" % i)]), 0.0)
     assert buf.stats.duplicates == 0
-    buf.add(Decoded([clockless(T0 + timedelta(seconds=1), dados=b"0")]), 1.0)
     buf.add(Decoded([clockless(T0 + timedelta(seconds=1), dados=b"1")]), 1.0)
+    assert buf.stats.duplicates == 1  # the second oldest is still remembered
+    buf.add(Decoded([clockless(T0 + timedelta(seconds=2), dados=b"0")]), 2.0)
     assert buf.stats.duplicates == 1 and buf.stats.added == CONTENT_MEMORY_MAX + 2
 
 
@@ -482,3 +483,14 @@ def test_samples_confirmed_before_release_leave_the_heap_bounded_by_the_samples(
 
 def content_digest(dados: bytes) -> bytes:
     return hashlib.blake2b(dados, digest_size=16).digest()
+
+
+def test_samples_due_together_come_in_arrival_order() -> None:
+    """Samples released at the same instant (one closed minute) are written in the
+    order they arrived, not in key order."""
+    at = datetime.now(UTC) - timedelta(minutes=3)
+    buf = PendingBuffer(100)
+    buf.add(Decoded([sample(at, equip="b")]), 0.0)
+    buf.add(Decoded([sample(at, equip="a"), sample(at, equip="c")]), 1.0)
+    readings, _ = buf.oldest(10, closed_before=datetime.now(UTC))
+    assert [r.equipamento_id for r in readings] == ["b", "a", "c"]
