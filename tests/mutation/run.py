@@ -68,10 +68,13 @@ def prepare(module: str) -> Path:
     return work
 
 
-def run_mutmut(work: Path, jobs: int) -> None:
+def run_mutmut(work: Path, jobs: int) -> bool:
+    """mutmut's own output goes to the terminal; False when it could not run (a unit
+    test failing without any mutant, say: its output says which)."""
     mutmut = Path(sys.executable).parent / "mutmut"
     env = dict(os.environ, PYTEST_DEBUG_TEMPROOT=str(work))  # pytest's tmp dirs stay here
-    subprocess.run([str(mutmut), "run", "--max-children", str(jobs)], cwd=work, env=env, check=True)
+    command = [str(mutmut), "run", "--max-children", str(jobs)]
+    return subprocess.run(command, cwd=work, env=env, check=False).returncode == 0
 
 
 def score(work: Path, module: str) -> dict[str, object]:
@@ -108,10 +111,12 @@ def main() -> int:
     unknown = sorted(set(modules) - set(known))
     if unknown:
         parser.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
-    rows = []
+    rows, failed = [], []
     for module in modules:
         work = prepare(module)
-        run_mutmut(work, args.jobs)
+        if not run_mutmut(work, args.jobs):
+            failed.append(module)
+            continue
         row = score(work, module)
         (work / "score.json").write_text(json.dumps(row, indent=2))
         rows.append(row)
@@ -124,7 +129,9 @@ def main() -> int:
             f"| {row['module']} | {row['mutants']} | {row.get('not covered', 0)} "
             f"| {row.get('killed', 0)} | {row.get('survived', 0)} | {row['score']} % |"
         )
-    return 0
+    if failed:
+        print(f"mutmut could not run for: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
