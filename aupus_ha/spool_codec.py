@@ -48,13 +48,18 @@ def encode(decoded: Decoded) -> bytes:
     )
 
 
+def _is_version(value: object) -> bool:
+    # `True == 1` and `1.0 == 1` in Python: only the integer itself names the format.
+    return type(value) is int and value == FORMAT_VERSION
+
+
 def decode(body: bytes) -> Decoded:
     """The message back; raises ValueError for any body this version cannot trust."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
+    if not isinstance(data, dict) or not _is_version(data.get("v")):
         raise ValueError("unknown spool record format")
     readings, rejects = data.get("r"), data.get("j")
     if not isinstance(readings, list) or not isinstance(rejects, list):

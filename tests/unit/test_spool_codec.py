@@ -206,6 +206,8 @@ REFUSED = {
     "version 0": (orjson.dumps({"v": 0, "r": [], "j": []}), "unknown spool record format"),
     "no version": (orjson.dumps({"r": [], "j": []}), "unknown spool record format"),
     "version as text": (orjson.dumps({"v": "1", "r": [], "j": []}), "unknown spool record format"),
+    "version as true": (orjson.dumps({"v": True, "r": [], "j": []}), "unknown spool record format"),
+    "version as 1.0": (orjson.dumps({"v": 1.0, "r": [], "j": []}), "unknown spool record format"),
     "a list": (b"[1]", "unknown spool record format"),
     "not JSON": (b"{", "not JSON: "),
     "rejects not a list": (orjson.dumps({"v": 1, "r": [], "j": {}}), "'r' and 'j' must be lists"),
