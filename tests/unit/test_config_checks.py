@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,7 +70,11 @@ def as_unprivileged(check: Callable[[], str]) -> str:
     # which learns which tests reach which function in this process only, pick this test.
     assert check() == "accepted"
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12 warns about fork() in a process with threads; the child only
+        # parses settings and exits, holding no lock another thread could own.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: drop root for good, report, never return into pytest
         code = 0
         try:
