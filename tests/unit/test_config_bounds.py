@@ -12,9 +12,12 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aupus_ha.config import ConfigError, MqttEndpoint, Secret, Settings, load_settings
 from tests.unit.test_compose_and_docs import CONFIG_DOC, documented_variables
@@ -272,6 +275,47 @@ def test_unset_renew_deadline_is_seven_tenths_of_the_lease(
     assert settings.renew_deadline_s == pytest.approx(renew)
     blank = load(LEASE_TTL_S=lease, HEARTBEAT_S=heartbeat, RENEW_DEADLINE_S="")
     assert blank.renew_deadline_s == settings.renew_deadline_s
+
+
+def _timing(places: int, low: str, high: str) -> st.SearchStrategy[Decimal]:
+    return st.decimals(Decimal(low), Decimal(high), places=places)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lease=_timing(2, "0.5", "300"),
+    heartbeat=_timing(2, "0.05", "60"),
+    renew=st.none() | _timing(2, "0.1", "300"),
+    data=st.data(),
+)
+def test_the_timing_rules_decide_alone(
+    lease: Decimal, heartbeat: Decimal, renew: Decimal | None, data: st.DataObject
+) -> None:
+    """Any in-range lease, heartbeat and renew deadline (often exactly on an edge): the
+    half rule, then the renew rule, decide, and the message names the one that fired."""
+    # Pull the values onto the edges the rules compare, often.
+    if data.draw(st.booleans()):
+        heartbeat = min(lease / 2, Decimal(60))
+    if renew is not None and data.draw(st.booleans()):
+        renew = data.draw(st.sampled_from([v for v in (heartbeat, lease) if v >= Decimal("0.1")]))
+    env = {"LEASE_TTL_S": str(lease), "HEARTBEAT_S": str(heartbeat)}
+    if renew is not None:
+        env["RENEW_DEADLINE_S"] = str(renew)
+    if heartbeat * 2 > lease:
+        assert refusal(**env) == (
+            f"HEARTBEAT_S={float(heartbeat)} must be at most half of LEASE_TTL_S={float(lease)}"
+        )
+    elif renew is not None and not heartbeat < renew < lease:
+        assert refusal(**env) == (
+            f"RENEW_DEADLINE_S={float(renew)} must be above HEARTBEAT_S={float(heartbeat)} "
+            f"and below LEASE_TTL_S={float(lease)}"
+        )
+    else:
+        loaded = load(**env)
+        assert (loaded.lease_ttl_s, loaded.heartbeat_s) == (float(lease), float(heartbeat))
+        expected = float(renew) if renew is not None else float(f"{float(lease) * 0.7:g}")
+        assert loaded.renew_deadline_s == expected
+        assert loaded.heartbeat_s < loaded.renew_deadline_s < loaded.lease_ttl_s
 
 
 def test_recent_data_critical_must_be_strictly_above_warning() -> None:
