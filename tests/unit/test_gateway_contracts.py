@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from aupus_ha.decoding import Decoder
+from aupus_ha.gateway import GatewayFamily
 from aupus_ha.readings import Decoded, Equipment, Reading
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -165,3 +166,20 @@ def test_a_count_that_is_not_a_pulse_count(phr: object, reason: str) -> None:
 def test_the_magnitude_bound_is_inclusive() -> None:
     """phr 1e15 pulses is a (huge) count: 1e15 × 48 / 1000 = 4.8e13 kWh."""
     assert only_reading(bucket(phf=0, phr=1e15)).energia_kwh == 4.8e13
+
+
+@pytest.mark.parametrize(
+    ("obj", "shape"),
+    [
+        (fixture("a966_ssu_state.json"), True),
+        ({"NSU": 1}, True),  # the sequence number alone
+        ({"data": {}}, True),  # the counts object alone
+        ({"data": "15"}, False),  # `data` that is not an object
+        (fixture("a966_old_firmware_empty.json"), False),  # `{}`: only `owns` routes it
+        (fixture("inverter_reading.json"), False),
+    ],
+)
+def test_the_a966_shape_for_tools(obj: dict[str, object], shape: bool) -> None:
+    """`matches` describes the A-966 shape (the simulator and tools use it); the decoder
+    routes by the equipment's category, never by it."""
+    assert GatewayFamily().matches(obj) is shape
