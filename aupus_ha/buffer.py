@@ -36,7 +36,7 @@ from typing import Final
 
 from aupus_ha.readings import Decoded, Reading, ReadingKey, Reject, RejectKey
 from aupus_ha.rollup import BUCKET, bucket_start
-from aupus_ha.timestamps import from_legacy_local
+from aupus_ha.timestamps import from_legacy_wall
 
 # Spool segment of an entry that did not come through the spool (segments start at 1).
 NO_SEGMENT = 0
@@ -161,7 +161,7 @@ class PendingBuffer:
         Remembers this one otherwise."""
         ts = reading.sample_at or reading.timestamp_dados  # a sample's key is its minute
         if ts.tzinfo is None:  # the legacy key convention (naive wall time): comparable
-            ts = from_legacy_local(ts)
+            ts = from_legacy_wall(ts)
         content = (reading.equipamento_id, hashlib.blake2b(reading.dados, digest_size=16).digest())
         seen = self._content.get(content)
         if seen is not None and abs(ts - seen) <= _CONTENT_WINDOW:

@@ -221,11 +221,6 @@ def from_legacy_wall(naive: datetime, zone: tzinfo = UTC) -> datetime:
     return naive.replace(tzinfo=zone).astimezone(UTC)
 
 
-# Older names (the zone defaults to UTC: v1's Brasília convention was wrong).
-to_legacy_local = to_legacy_wall
-from_legacy_local = from_legacy_wall
-
-
 def _from_epoch(value: int | float, now: datetime) -> datetime:
     if isinstance(value, float) and not math.isfinite(value):
         raise TimestampError(REASON_UNPARSEABLE, f"epoch value is {value}")

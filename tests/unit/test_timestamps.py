@@ -19,11 +19,9 @@ from aupus_ha.timestamps import (
     REASON_UNPARSEABLE,
     REASON_WRONG_TYPE,
     TimestampError,
-    from_legacy_local,
     from_legacy_wall,
     parse_timestamp,
     time_motivo_of,
-    to_legacy_local,
     to_legacy_wall,
 )
 
@@ -199,7 +197,6 @@ def test_to_legacy_wall_is_utc_seconds() -> None:
     assert to_legacy_wall(ts) == datetime(2026, 11, 29, 0, 0, 30)
     offset = ts.astimezone(timezone(timedelta(hours=5)))
     assert to_legacy_wall(offset) == datetime(2026, 11, 29, 0, 0, 30)
-    assert to_legacy_local is to_legacy_wall  # the old name, same (UTC) convention
 
 
 def test_legacy_wall_in_another_zone() -> None:
@@ -212,11 +209,11 @@ def test_legacy_wall_in_another_zone() -> None:
 def test_from_legacy_wall_is_the_inverse() -> None:
     """A legacy naive UTC value maps back to its instant."""
     assert from_legacy_wall(datetime(2026, 11, 29, 0, 0, 30)) == EXPECTED
-    assert from_legacy_local(datetime(2026, 11, 29, 0, 0, 30)).tzinfo is UTC
+    assert from_legacy_wall(datetime(2026, 11, 29, 0, 0, 30)).tzinfo is UTC
 
 
 def test_legacy_conversions_refuse_the_wrong_kind() -> None:
-    """Naive into to_legacy_local, or aware into from_legacy_local, is a programming error."""
+    """Naive into to_legacy_wall, or aware into from_legacy_wall, is a programming error."""
     with pytest.raises(ValueError, match="aware"):
         to_legacy_wall(datetime(2026, 11, 28, 21, 0, 30))
     with pytest.raises(ValueError, match="naive"):
