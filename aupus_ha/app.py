@@ -21,11 +21,9 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from aupus_ha import __version__, constants
-from aupus_ha.alerts import AlertManager
 from aupus_ha.backoff import jittered
-from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import Settings
-from aupus_ha.db import (
+from aupus_ha.database.connection import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
     QueryStats,
@@ -34,30 +32,32 @@ from aupus_ha.db import (
     describe_error,
     unavailable,
 )
-from aupus_ha.decoding import Decoder
-from aupus_ha.election import (
+from aupus_ha.database.legacytime import NOT_LEGACY, LegacyTimeCheck, check_legacy_time
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.decoding.timestamps import time_motivo_of
+from aupus_ha.gctuning import tune_gc
+from aupus_ha.leadership.election import (
     Election,
     Identity,
     IdentityClash,
     IdentityLost,
     PoolerDetected,
 )
-from aupus_ha.flusher import Flusher, FlushProgress
-from aupus_ha.ha import HaLoop
-from aupus_ha.ingest import MqttIngest
-from aupus_ha.intake import DurableIntake
-from aupus_ha.legacytime import NOT_LEGACY, LegacyTimeCheck, check_legacy_time
+from aupus_ha.leadership.ha import HaLoop
 from aupus_ha.logs import get_logger
-from aupus_ha.metrics import Metrics, ObservedStore
-from aupus_ha.migrate import apply_migrations
 from aupus_ha.names import spool_directory_name
-from aupus_ha.queries import Queries
-from aupus_ha.rejects import RejectLimiter, RejectPolicy, RejectRetention
-from aupus_ha.runtime import tune_gc
-from aupus_ha.spool import Spool, SpoolRefused
-from aupus_ha.store import KeyConvention, Store, content_match_window_s, detect_convention
-from aupus_ha.timestamps import time_motivo_of
-from aupus_ha.topics import TopicCatalog
+from aupus_ha.operations.alerts import AlertManager
+from aupus_ha.operations.metrics import Metrics, ObservedStore
+from aupus_ha.pipeline.buffer import PendingBuffer
+from aupus_ha.pipeline.flusher import Flusher, FlushProgress
+from aupus_ha.pipeline.intake import DurableIntake
+from aupus_ha.pipeline.mqtt import MqttIngest
+from aupus_ha.pipeline.rejects import RejectLimiter, RejectPolicy, RejectRetention
+from aupus_ha.pipeline.spool import Spool, SpoolRefused
+from aupus_ha.pipeline.store import KeyConvention, Store, content_match_window_s, detect_convention
+from aupus_ha.pipeline.topics import TopicCatalog
 
 log = get_logger(__name__)
 
@@ -140,9 +140,9 @@ class Instance:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        from aupus_ha.http import HttpServer  # late: http imports this module's types
-        from aupus_ha.httpguard import raise_open_files_limit
-        from aupus_ha.security import warn_weak_transports
+        from aupus_ha.operations.http import HttpServer  # late: http imports this module's types
+        from aupus_ha.operations.httpguard import raise_open_files_limit
+        from aupus_ha.operations.security import warn_weak_transports
 
         raise_open_files_limit()  # slow HTTP clients must not starve the spool of files
         warn_weak_transports(self.settings)

@@ -13,10 +13,10 @@ import orjson
 
 from aupus_ha import __version__, constants
 from aupus_ha.config import ConfigError, Settings, load_settings
-from aupus_ha.db import DatabaseUnavailable
-from aupus_ha.election import IdentityClash, IdentityLost, PoolerDetected
+from aupus_ha.database.connection import DatabaseUnavailable
+from aupus_ha.leadership.election import IdentityClash, IdentityLost, PoolerDetected
 from aupus_ha.logs import configure_logging
-from aupus_ha.spool import SpoolRefused
+from aupus_ha.pipeline.spool import SpoolRefused
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,20 +160,20 @@ def _exit_code(run: Callable[[], int]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from aupus_ha.demo import DemoOptions
-    from aupus_ha.demo import main as demo_main
+    from aupus_ha.lab.demo import DemoOptions
+    from aupus_ha.lab.demo import main as demo_main
 
     return demo_main(DemoOptions(args.duration, args.fleet, args.rate, args.bad_ratio))
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from aupus_ha.bench import main as bench_main
+    from aupus_ha.lab.bench import main as bench_main
 
     return bench_main(args)
 
 
 def _add_chaos_arguments(parser: argparse.ArgumentParser) -> None:
-    from aupus_ha.chaos.options import add_arguments
+    from aupus_ha.lab.chaos.options import add_arguments
 
     add_arguments(parser)
 
@@ -212,13 +212,13 @@ def _add_simulate_arguments(sim: argparse.ArgumentParser) -> None:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from aupus_ha.chaos import main as chaos_main
+    from aupus_ha.lab.chaos import main as chaos_main
 
     return chaos_main(args)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from aupus_ha.simulate import main as simulate_main
+    from aupus_ha.lab.simulate import main as simulate_main
 
     return simulate_main(args)
 
@@ -242,8 +242,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from aupus_ha.db import connect
-    from aupus_ha.migrate import apply_migrations
+    from aupus_ha.database.connection import connect
+    from aupus_ha.database.migrate import apply_migrations
 
     conn = await connect(settings, f"aupus-ha/{settings.instance_id}/migrate", tune=False)
     try:
@@ -255,10 +255,10 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from aupus_ha.db import create_pool
-    from aupus_ha.queries import Queries
-    from aupus_ha.status import render_status
-    from aupus_ha.store import Store
+    from aupus_ha.database.connection import create_pool
+    from aupus_ha.database.queries import Queries
+    from aupus_ha.operations.status import render_status
+    from aupus_ha.pipeline.store import Store
 
     pool = await create_pool(settings, f"aupus-ha/{settings.instance_id}/status", max_size=1)
     try:
@@ -279,7 +279,7 @@ async def _step_down(settings: Settings, args: argparse.Namespace) -> int:
     """POST /admin/step-down on the local instance; 0 when it handed over."""
     import aiohttp
 
-    from aupus_ha.admin import post_admin
+    from aupus_ha.operations.admin import post_admin
 
     base = (args.url or f"http://127.0.0.1:{settings.http_port}").rstrip("/")
     try:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aupus_ha import constants
-from aupus_ha.spool_files import directory_problem
+from aupus_ha.pipeline.spool_files import directory_problem
 
 T = TypeVar("T")
 

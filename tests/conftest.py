@@ -17,7 +17,7 @@ from typing import TypeVar
 import asyncpg
 import pytest
 
-from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from tests.helpers import BrokerFactory
 
 T = TypeVar("T")

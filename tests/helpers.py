@@ -20,15 +20,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aupus_ha.config import Settings, load_settings
-from aupus_ha.db import create_pool
-from aupus_ha.localcluster import InstanceProcess, wait_until
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Equipment, Reading
-from aupus_ha.store import Store
+from aupus_ha.database.connection import create_pool
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.lab.localcluster import InstanceProcess, wait_until
+from aupus_ha.pipeline.readings import Equipment, Reading
+from aupus_ha.pipeline.store import Store
 
 if TYPE_CHECKING:
-    from aupus_ha.embedded import EmbeddedMosquitto
+    from aupus_ha.lab.embedded import EmbeddedMosquitto
 
 T = TypeVar("T")
 

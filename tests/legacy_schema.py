@@ -29,7 +29,7 @@ from typing import Final, Literal
 
 import asyncpg
 
-from aupus_ha.migrate import apply_migrations
+from aupus_ha.database.migrate import apply_migrations
 
 SchemaKind = Literal["fresh", "legacy"]
 SCHEMA_KINDS: Final[tuple[SchemaKind, ...]] = ("fresh", "legacy")

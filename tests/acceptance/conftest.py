@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aupus_ha.embedded import EmbeddedPostgres
-from aupus_ha.localcluster import FAST_TIMINGS, InstanceProcess
+from aupus_ha.lab.embedded import EmbeddedPostgres
+from aupus_ha.lab.localcluster import FAST_TIMINGS, InstanceProcess
 
 ClusterFactory = Callable[..., InstanceProcess]
 

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from aupus_ha.embedded import free_port
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import free_port
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
     seed_equipment,

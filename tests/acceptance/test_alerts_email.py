@@ -26,8 +26,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from aupus_ha.embedded import free_port
-from aupus_ha.localcluster import InstanceProcess, seed_equipment, wait_single_leader, wait_until
+from aupus_ha.lab.embedded import free_port
+from aupus_ha.lab.localcluster import (
+    InstanceProcess,
+    seed_equipment,
+    wait_single_leader,
+    wait_until,
+)
 from tests.acceptance.conftest import ClusterFactory
 from tests.acceptance.test_alerts import INSERT_READING
 

@@ -9,8 +9,8 @@ import tempfile
 
 import pytest
 
-from aupus_ha.localcluster import fetch, wait_single_leader
-from aupus_ha.queries import migrations
+from aupus_ha.database.queries import migrations
+from aupus_ha.lab.localcluster import fetch, wait_single_leader
 from tests.acceptance.conftest import ClusterFactory
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import asyncpg
 
-from aupus_ha.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
-from aupus_ha.publisher import Publisher
+from aupus_ha.lab.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
+from aupus_ha.lab.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
 from tests.legacy_schema import cuid, register_equipment
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from aupus_ha.simulate import FAMILY_LABELS, FAMILY_M160_FLAT
+from aupus_ha.lab.simulate import FAMILY_LABELS, FAMILY_M160_FLAT
 
 DEMO_TIMEOUT_S = 150.0
 POLL_S = 0.05

@@ -13,8 +13,13 @@ from typing import Any
 
 import aiohttp
 
-from aupus_ha.embedded import EmbeddedPostgres
-from aupus_ha.localcluster import InstanceProcess, seed_equipment, wait_single_leader, wait_until
+from aupus_ha.lab.embedded import EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
+    InstanceProcess,
+    seed_equipment,
+    wait_single_leader,
+    wait_until,
+)
 from tests.acceptance.conftest import ClusterFactory
 
 TOKEN = "disclosure-token-0123"

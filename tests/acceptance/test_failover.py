@@ -10,7 +10,8 @@ import asyncio
 import signal
 import time
 
-from aupus_ha.localcluster import (
+from aupus_ha.database.queries import migrations
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
     generic_messages,
@@ -22,7 +23,6 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from aupus_ha.queries import migrations
 from tests.acceptance.conftest import ClusterFactory
 from tests.helpers import standby_ready
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 
-from aupus_ha.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
-from aupus_ha.publisher import Publisher
+from aupus_ha.lab.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
+from aupus_ha.lab.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
 from tests.fixtures_v2 import (
     ARRIVAL_MINUTE,

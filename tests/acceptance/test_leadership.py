@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 
-from aupus_ha.embedded import EmbeddedPostgres
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     fetch,

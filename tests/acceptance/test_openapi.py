@@ -33,14 +33,14 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from aupus_ha.app import Instance
-from aupus_ha.http import LEGACY_PREFIX, HttpServer
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
     seed_equipment,
     wait_single_leader,
     wait_until,
 )
+from aupus_ha.operations.http import LEGACY_PREFIX, HttpServer
 from tests.acceptance.conftest import ClusterFactory
 from tests.acceptance.test_alerts import INSERT_READING
 

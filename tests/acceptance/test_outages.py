@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from aupus_ha.embedded import EmbeddedPostgres
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     generic_messages,

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from aupus_ha.embedded import HOST, EmbeddedMosquitto, EmbeddedPostgres
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import HOST, EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     fetch,

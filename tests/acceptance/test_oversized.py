@@ -19,8 +19,7 @@ from pathlib import Path
 import gmqtt
 import pytest
 
-from aupus_ha.ingest import client_id_for
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     generic_messages,
     publish,
@@ -29,6 +28,7 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
+from aupus_ha.pipeline.mqtt import client_id_for
 from tests.acceptance.conftest import ClusterFactory
 from tests.helpers import BrokerFactory
 

@@ -5,7 +5,7 @@ standby (node-b) reaches them directly. Two ways to cut, same tests:
 
 * ``netns``: node-a runs in a network namespace of its own (tests/netfaults.py); the
   cut drops the packets of one port on its veth link, both directions, silently.
-* ``proxy``: node-a talks through `aupus_ha.faultproxy.FaultProxy`, switched to
+* ``proxy``: node-a talks through `aupus_ha.lab.faultproxy.FaultProxy`, switched to
   ``blackhole`` (bytes swallowed, sockets left open).
 
 Either way the partitioned side is not told anything: only its own timeouts and
@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from aupus_ha.embedded import HOST, EmbeddedMosquitto, EmbeddedPostgres
-from aupus_ha.faultproxy import FaultProxy
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import HOST, EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.lab.faultproxy import FaultProxy
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     fetch,

@@ -10,10 +10,10 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from aupus_ha import rollup
-from aupus_ha.localcluster import fetch, wait_single_leader, wait_until
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.publisher import Publisher
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.lab.localcluster import fetch, wait_single_leader, wait_until
+from aupus_ha.lab.publisher import Publisher
+from aupus_ha.pipeline import rollup
 from tests.acceptance.conftest import ClusterFactory
 from tests.helpers import standby_ready
 

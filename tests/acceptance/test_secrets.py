@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aupus_ha.embedded import free_port
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import free_port
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     seed_equipment,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     generic_messages,
     publish,

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     generic_messages,

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from aupus_ha import spool_codec
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
     generic_messages,
@@ -33,8 +32,9 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from aupus_ha.readings import Decoded, Reading
-from aupus_ha.spool import HEADER
+from aupus_ha.pipeline import spool_codec
+from aupus_ha.pipeline.readings import Decoded, Reading
+from aupus_ha.pipeline.spool import HEADER
 from tests.acceptance.conftest import ClusterFactory
 from tests.helpers import fill, metric, remount, tmpfs
 

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     fetch,

@@ -15,7 +15,7 @@ import tempfile
 from typing import Any
 
 from aupus_ha import __version__
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
     generic_messages,
@@ -24,7 +24,7 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from aupus_ha.status import render_status
+from aupus_ha.operations.status import render_status
 from tests.acceptance.conftest import ClusterFactory
 
 COLUMNS = ["instance", "role", "heartbeat", "epoch", "version", "last flush"]

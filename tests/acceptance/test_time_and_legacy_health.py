@@ -14,8 +14,8 @@ import asyncpg
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from aupus_ha.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
-from aupus_ha.publisher import Publisher
+from aupus_ha.lab.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
+from aupus_ha.lab.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
 from tests.legacy_schema import build_schema, cuid, register_equipment
 

@@ -31,13 +31,13 @@ import asyncpg
 import pytest
 import trustme
 
-from aupus_ha.embedded import (
+from aupus_ha.lab.embedded import (
     EmbeddedMosquitto,
     EmbeddedPostgres,
     TlsFiles,
     postgres_bin_dir_with_ssl,
 )
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
     fetch,
@@ -46,7 +46,7 @@ from aupus_ha.localcluster import (
     wait_all_stored,
     wait_until,
 )
-from aupus_ha.publisher import Publisher
+from aupus_ha.lab.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
 from tests.conftest import run_async
 

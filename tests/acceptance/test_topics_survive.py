@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from aupus_ha.localcluster import (
+from aupus_ha.lab.localcluster import (
     generic_messages,
     publish,
     seed_equipment,

@@ -15,8 +15,8 @@ import asyncpg
 import orjson
 import pytest
 
-from aupus_ha.embedded import EmbeddedPostgres
-from aupus_ha.localcluster import (
+from aupus_ha.lab.embedded import EmbeddedPostgres
+from aupus_ha.lab.localcluster import (
     fetch,
     generic_messages,
     publish,
@@ -26,7 +26,7 @@ from aupus_ha.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from aupus_ha.publisher import Publisher
+from aupus_ha.lab.publisher import Publisher
 from tests.acceptance.conftest import ClusterFactory
 from tests.helpers import standby_ready
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from aupus_ha.chaos import PROCESS_KINDS, ChaosOptions, render, run_chaos, write_json
-from aupus_ha.chaos.options import FAULT_KINDS
-from aupus_ha.chaos.report import ChaosReport
+from aupus_ha.lab.chaos import PROCESS_KINDS, ChaosOptions, render, run_chaos, write_json
+from aupus_ha.lab.chaos.options import FAULT_KINDS
+from aupus_ha.lab.chaos.report import ChaosReport
 
 SHORT_SEED = 20260601
 # The kinds of issue 17: hostile input, the database's and the disk's states.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aupus_ha.chaos.spoolfs import BALLAST, SpoolMounts, rss_bytes, tree_bytes
+from aupus_ha.lab.chaos.spoolfs import BALLAST, SpoolMounts, rss_bytes, tree_bytes
 
 SIZE = 4 * 1024 * 1024
 

@@ -9,9 +9,9 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
-from aupus_ha.chaos.load import Load
-from aupus_ha.chaos.sideload import SideLoad
-from aupus_ha.chaos.sidemessages import SideMessage
+from aupus_ha.lab.chaos.load import Load
+from aupus_ha.lab.chaos.sideload import SideLoad
+from aupus_ha.lab.chaos.sidemessages import SideMessage
 from tests.helpers import BrokerFactory, async_wait_for
 
 EQUIPMENT = [("e1", "pub/t1"), ("e2", "pub/t2")]

@@ -21,11 +21,11 @@ import asyncpg
 import pytest
 
 from aupus_ha.config import load_settings
-from aupus_ha.db import create_pool
-from aupus_ha.decoding import InverterFamily
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Equipment, Reading
-from aupus_ha.store import KeyConvention, Store, detect_convention
+from aupus_ha.database.connection import create_pool
+from aupus_ha.database.queries import Queries
+from aupus_ha.decoding.messages import InverterFamily
+from aupus_ha.pipeline.readings import Equipment, Reading
+from aupus_ha.pipeline.store import KeyConvention, Store, detect_convention
 from tests.legacy_schema import cuid, register_equipment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

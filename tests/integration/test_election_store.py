@@ -18,16 +18,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from aupus_ha.config import Settings
-from aupus_ha.election import (
+from aupus_ha.database.queries import Queries
+from aupus_ha.leadership.election import (
     Election,
     Identity,
     IdentityClash,
     RenewOutcome,
 )
-from aupus_ha.ha import HaLoop
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Reading, Reject
-from aupus_ha.store import Fenced, Store
+from aupus_ha.leadership.ha import HaLoop
+from aupus_ha.pipeline.readings import Reading, Reject
+from aupus_ha.pipeline.store import Fenced, Store
 from tests.helpers import ha_settings, migrate_fresh, store_of
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ import gmqtt
 import psutil
 import pytest
 
-from aupus_ha.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from tests.helpers import BrokerFactory, Inbox, async_wait_for, wait_for
 
 

@@ -16,13 +16,13 @@ import asyncpg
 import pytest
 
 from aupus_ha.config import load_settings
-from aupus_ha.db import create_pool
-from aupus_ha.decoding import Decoder
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Equipment
-from aupus_ha.store import Store, detect_convention
-from aupus_ha.topics import TopicCatalog
+from aupus_ha.database.connection import create_pool
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline.readings import Equipment
+from aupus_ha.pipeline.store import Store, detect_convention
+from aupus_ha.pipeline.topics import TopicCatalog
 from tests.legacy_schema import (
     GATEWAY_CATEGORY,
     SchemaKind,

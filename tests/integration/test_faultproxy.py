@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aupus_ha.embedded import free_port
-from aupus_ha.faultproxy import FaultProxy
+from aupus_ha.lab.embedded import free_port
+from aupus_ha.lab.faultproxy import FaultProxy
 
 SILENCE_S = 0.4  # how long "nothing arrives" is watched for
 IO_TIMEOUT_S = 5.0

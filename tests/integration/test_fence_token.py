@@ -16,12 +16,12 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from aupus_ha.db import create_pool
-from aupus_ha.election import Election, Identity, RenewOutcome, Term
-from aupus_ha.ha import HaLoop
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Reading
-from aupus_ha.store import Fenced, Store
+from aupus_ha.database.connection import create_pool
+from aupus_ha.database.queries import Queries
+from aupus_ha.leadership.election import Election, Identity, RenewOutcome, Term
+from aupus_ha.leadership.ha import HaLoop
+from aupus_ha.pipeline.readings import Reading
+from aupus_ha.pipeline.store import Fenced, Store
 from tests.helpers import ha_settings, migrate_fresh
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)

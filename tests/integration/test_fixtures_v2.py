@@ -20,12 +20,12 @@ import orjson
 import pytest
 
 from aupus_ha.config import load_settings
-from aupus_ha.db import create_pool
-from aupus_ha.decoding import Decoder
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Reading, Reject
-from aupus_ha.store import KeyConvention, Store, detect_convention
-from aupus_ha.topics import TopicCatalog
+from aupus_ha.database.connection import create_pool
+from aupus_ha.database.queries import Queries
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline.readings import Reading, Reject
+from aupus_ha.pipeline.store import KeyConvention, Store, detect_convention
+from aupus_ha.pipeline.topics import TopicCatalog
 from tests.fixtures_v2 import (
     ABSENT,
     FIXTURES,

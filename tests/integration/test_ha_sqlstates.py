@@ -17,10 +17,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from aupus_ha.config import load_settings
-from aupus_ha.election import Election, Identity
-from aupus_ha.ha import HaLoop
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.leadership.election import Election, Identity
+from aupus_ha.leadership.ha import HaLoop
 from tests.helpers import async_wait_for
 
 

@@ -24,15 +24,15 @@ import orjson
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from aupus_ha import rollup
-from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import load_settings
-from aupus_ha.db import create_pool
-from aupus_ha.decoding import Decoder
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Decoded, Equipment, Reading, Reject
-from aupus_ha.store import Store
+from aupus_ha.database.connection import create_pool
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline import rollup
+from aupus_ha.pipeline.buffer import PendingBuffer
+from aupus_ha.pipeline.readings import Decoded, Equipment, Reading, Reject
+from aupus_ha.pipeline.store import Store
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EQUIPMENT = {

@@ -17,9 +17,9 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from aupus_ha.config import Settings, load_settings
-from aupus_ha.embedded import EmbeddedMosquitto
-from aupus_ha.ingest import MessageHandler, MqttIngest
-from aupus_ha.publisher import Publisher
+from aupus_ha.lab.embedded import EmbeddedMosquitto
+from aupus_ha.lab.publisher import Publisher
+from aupus_ha.pipeline.mqtt import MessageHandler, MqttIngest
 from tests.helpers import async_wait_for
 
 TOPIC = "redelivery/t"

@@ -18,18 +18,18 @@ import pytest
 from structlog.testing import capture_logs
 
 from aupus_ha.config import Settings, load_settings
-from aupus_ha.db import connect, create_pool
-from aupus_ha.decoding import Decoder
-from aupus_ha.legacytime import (
+from aupus_ha.database.connection import connect, create_pool
+from aupus_ha.database.legacytime import (
     MIN_ROWS,
     STATUS_MISMATCH,
     STATUS_OK,
     STATUS_UNKNOWN,
     check_legacy_time,
 )
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Equipment
-from aupus_ha.store import Store, detect_convention
+from aupus_ha.database.queries import Queries
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline.readings import Equipment
+from aupus_ha.pipeline.store import Store, detect_convention
 from tests.legacy_schema import build_schema, cuid, register_equipment
 
 CLUSTER = "legacy-time"

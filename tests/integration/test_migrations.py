@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import migrations
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import migrations
 
 LEGACY_SCHEMA = """
 CREATE TABLE tipos_equipamentos (
@@ -139,10 +139,10 @@ async def test_store_writes_the_legacy_convention(
     import orjson
 
     from aupus_ha.config import load_settings
-    from aupus_ha.db import create_pool
-    from aupus_ha.queries import Queries
-    from aupus_ha.readings import Reading
-    from aupus_ha.store import Store, detect_convention
+    from aupus_ha.database.connection import create_pool
+    from aupus_ha.database.queries import Queries
+    from aupus_ha.pipeline.readings import Reading
+    from aupus_ha.pipeline.store import Store, detect_convention
 
     await conn.execute(LEGACY_SCHEMA)
     await apply_migrations(conn)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
 
 
 async def test_legacy_labels_count_in_the_quality_figures(database_url: str) -> None:

@@ -3,7 +3,7 @@
 On a small table the planner would rightly pick sequential scans, so the plans are taken
 with `enable_seqscan = off`: a Seq Scan still shows up only where no index can serve the
 query, i.e. where a 10-million-row `equipamentos_dados` (or a big `ha_alerts`) would be
-read whole. `bench/health_queries.py` measures the same queries on 10 M rows.
+read whole. `aupus_ha/lab/bench/health_queries.py` measures the same queries on 10 M rows.
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
-from bench.health_queries import BIG_TABLE, Scan, health_queries, index_seek_on, plan_scans
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.lab.bench.health_queries import (
+    BIG_TABLE,
+    Scan,
+    health_queries,
+    index_seek_on,
+    plan_scans,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -88,8 +94,10 @@ def test_every_query_reading_equipamentos_dados_is_listed() -> None:
 
 def test_every_health_and_alert_query_is_listed() -> None:
     """The queries health/alerts code runs are exactly those the bench and this test use."""
-    used = set(re.findall(r"_fetch\(\s*\"(\w+)\"", (ROOT / "aupus_ha/alerts.py").read_text()))
-    store = (ROOT / "aupus_ha/store.py").read_text()
+    used = set(
+        re.findall(r"_fetch\(\s*\"(\w+)\"", (ROOT / "aupus_ha/operations/alerts.py").read_text())
+    )
+    store = (ROOT / "aupus_ha/pipeline/store.py").read_text()
     used |= set(re.findall(r"_fetchrow\(\s*\"(\w+)\"", store))
     view = store[store.index("async def cluster_view") : store.index("async def ping")]
     used |= set(re.findall(r"self\._q\[\"(\w+)\"\]", view))

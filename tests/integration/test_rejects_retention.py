@@ -13,12 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Reject
-from aupus_ha.rejects import RejectRetention, bounded
-from aupus_ha.store import Store
-from bench.health_queries import INDEX_NODES, plan_scans
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.lab.bench.health_queries import INDEX_NODES, plan_scans
+from aupus_ha.pipeline.readings import Reject
+from aupus_ha.pipeline.rejects import RejectRetention, bounded
+from aupus_ha.pipeline.store import Store
 
 NOW = datetime.now(UTC)
 DAY_S = 86_400.0

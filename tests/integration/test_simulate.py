@@ -18,10 +18,10 @@ import asyncpg
 import gmqtt
 import pytest
 
-from aupus_ha.embedded import EmbeddedMosquitto
-from aupus_ha.localcluster import FAST_TIMINGS, InstanceProcess, wait_until
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.simulate import (
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.lab.embedded import EmbeddedMosquitto
+from aupus_ha.lab.localcluster import FAST_TIMINGS, InstanceProcess, wait_until
+from aupus_ha.lab.simulate import (
     FAMILIES,
     FAMILY_GATEWAY,
     FAMILY_LABELS,

@@ -15,12 +15,12 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
-from aupus_ha.election import Election, Identity
-from aupus_ha.flusher import PROBE_BATCH, StandbyTrim
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Decoded, Reading
-from aupus_ha.store import LeaderProgress, Store
+from aupus_ha.database.queries import Queries
+from aupus_ha.leadership.election import Election, Identity
+from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
+from aupus_ha.pipeline.flusher import PROBE_BATCH, StandbyTrim
+from aupus_ha.pipeline.readings import Decoded, Reading
+from aupus_ha.pipeline.store import LeaderProgress, Store
 from tests.helpers import ha_settings, migrate_fresh, store_of
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)

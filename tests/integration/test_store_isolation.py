@@ -11,13 +11,13 @@ import asyncpg
 import orjson
 import pytest
 
-from aupus_ha import rollup
 from aupus_ha.config import load_settings
-from aupus_ha.db import DatabaseUnavailable, ErrorKind, classify, create_pool
-from aupus_ha.migrate import apply_migrations
-from aupus_ha.queries import Queries
-from aupus_ha.readings import Reading, Reject
-from aupus_ha.store import Store, detect_convention
+from aupus_ha.database.connection import DatabaseUnavailable, ErrorKind, classify, create_pool
+from aupus_ha.database.migrate import apply_migrations
+from aupus_ha.database.queries import Queries
+from aupus_ha.pipeline import rollup
+from aupus_ha.pipeline.readings import Reading, Reject
+from aupus_ha.pipeline.store import Store, detect_convention
 from tests.integration.test_migrations import LEGACY_SCHEMA
 
 MINUTE = datetime(2026, 11, 29, 0, 1, tzinfo=UTC)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aupus_ha.bench.sampling import _trend
-from aupus_ha.bench.spoolstats import group_commit, parse_counters
+from aupus_ha.lab.bench.sampling import _trend
+from aupus_ha.lab.bench.spoolstats import group_commit, parse_counters
 
 METRICS = """# HELP aupus_ha_spool_records_total Messages made durable in the spool.
 # TYPE aupus_ha_spool_records_total counter

@@ -9,11 +9,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, CONTENT_MEMORY_MAX, PendingBuffer
-from aupus_ha.intake import DurableIntake
-from aupus_ha.readings import Decoded, Reading, Reject
-from aupus_ha.rollup import BUCKET, bucket_start
-from aupus_ha.spool import Spool
+from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S, CONTENT_MEMORY_MAX, PendingBuffer
+from aupus_ha.pipeline.intake import DurableIntake
+from aupus_ha.pipeline.readings import Decoded, Reading, Reject
+from aupus_ha.pipeline.rollup import BUCKET, bucket_start
+from aupus_ha.pipeline.spool import Spool
 
 T0 = datetime(2026, 11, 28, 21, 0, tzinfo=UTC)
 

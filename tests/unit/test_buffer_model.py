@@ -29,10 +29,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from aupus_ha import buffer as buffer_module
-from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
-from aupus_ha.readings import Decoded, Reading, ReadingKey, Reject, RejectKey
-from aupus_ha.rollup import BUCKET, bucket_start
+from aupus_ha.pipeline import buffer as buffer_module
+from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S, PendingBuffer
+from aupus_ha.pipeline.readings import Decoded, Reading, ReadingKey, Reject, RejectKey
+from aupus_ha.pipeline.rollup import BUCKET, bucket_start
 
 START = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 WINDOW = timedelta(seconds=CONTENT_MATCH_WINDOW_S)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aupus_ha.chaos.monitor import Sample, leaderless, two_leader_moments
+from aupus_ha.lab.chaos.monitor import Sample, leaderless, two_leader_moments
 
 
 def leads(name: str, at: float, epoch: int, since: float) -> Sample:

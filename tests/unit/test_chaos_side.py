@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from aupus_ha.chaos.faults import runnable_kinds, schedule
-from aupus_ha.chaos.options import FAULT_KINDS, SPOOL_KINDS, ChaosOptions
-from aupus_ha.chaos.sidemessages import (
+from aupus_ha.lab.chaos.faults import runnable_kinds, schedule
+from aupus_ha.lab.chaos.options import FAULT_KINDS, SPOOL_KINDS, ChaosOptions
+from aupus_ha.lab.chaos.sidemessages import (
     CLOCKLESS_FORMS,
     CLOCKLESS_MARK,
     HOSTILE_MARK,

@@ -10,10 +10,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha import rollup
-from aupus_ha.buffer import CONTENT_MATCH_WINDOW_S
-from aupus_ha.queries import Queries
-from aupus_ha.store import (
+from aupus_ha.database.queries import Queries
+from aupus_ha.pipeline import rollup
+from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S
+from aupus_ha.pipeline.store import (
     CONTENT_WINDOW_MARGIN_S,
     CONTENT_WINDOW_MAX_S,
     Store,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import cast
 
 from aupus_ha.app import Instance
-from aupus_ha.http import HttpServer
+from aupus_ha.operations.http import HttpServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PY = ROOT / "aupus_ha" / "config.py"
@@ -327,7 +327,7 @@ def test_runbook_endpoint_table_matches_http_routes() -> None:
 
 def test_runbook_log_events_exist() -> None:
     """Every log event the runbook names is emitted somewhere in aupus_ha."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "aupus_ha").glob("*.py"))
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "aupus_ha").rglob("*.py"))
     pattern = r"`((?:leader|flush|mqtt|db|topics|standby|instance)\.[a-z_]+)`"
     named = set(re.findall(pattern, RUNBOOK.read_text(encoding="utf-8")))
     assert {"leader.acquired", "leader.fenced", "flush.committed", "mqtt.connected"} <= named

@@ -1,4 +1,4 @@
-"""Database errors are classified by SQLSTATE in one place (aupus_ha.db).
+"""Database errors are classified by SQLSTATE in one place (aupus_ha.database.connection).
 
 Issue 17, defect 5: disk full, too many connections, shutdowns, a read-only database,
 serialization failures and lock timeouts crashed the flusher, the HA loop and start-up.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from aupus_ha.db import (
+from aupus_ha.database.connection import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
     ErrorKind,

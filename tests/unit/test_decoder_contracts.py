@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from aupus_ha.decoding import MAX_DETAIL_CHARS, DecodeError, Decoder, GenericFamily
-from aupus_ha.readings import Decoded, Equipment, Reading, Reject
-from aupus_ha.schemas import compile_schema
+from aupus_ha.decoding.messages import MAX_DETAIL_CHARS, DecodeError, Decoder, GenericFamily
+from aupus_ha.decoding.schemas import compile_schema
+from aupus_ha.pipeline.readings import Decoded, Equipment, Reading, Reject
 from tests.helpers import BrokenFamily, fixture_object
 
 TOPIC = "STA_BRANCA/GO/SOLAR_POWER/UFV05/INVERSOR/1"

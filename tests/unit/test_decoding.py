@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha.decoding import (
+from aupus_ha.decoding.m160 import M160SummaryFamily
+from aupus_ha.decoding.messages import (
     MAX_DETAIL_CHARS,
     REASON_DECODER_ERROR,
     REASON_INVALID_JSON,
@@ -28,8 +29,7 @@ from aupus_ha.decoding import (
     Decoder,
     GenericFamily,
 )
-from aupus_ha.m160 import M160SummaryFamily
-from aupus_ha.readings import Decoded, Equipment, Reading
+from aupus_ha.pipeline.readings import Decoded, Equipment, Reading
 from tests.helpers import BrokenFamily
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -571,7 +571,7 @@ def test_arbitrary_json_never_raises(value: object, n_equipment: int) -> None:
 def test_type_schema_makes_failing_readings_ruim_with_errors_kept() -> None:
     """A reading failing its type's mqtt_schema is `ruim` and keeps the errors in its JSON;
     a null or invalid schema counts as valid."""
-    from aupus_ha.schemas import compile_schema
+    from aupus_ha.decoding.schemas import compile_schema
 
     schema = compile_schema('{"type": "object", "required": ["power"]}')
     decoder = Decoder(max_payload_bytes=LIMIT)

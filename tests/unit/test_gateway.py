@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha.decoding import Decoder
-from aupus_ha.readings import Decoded, Equipment, Reading
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline.readings import Decoded, Equipment, Reading
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOPIC = "site1/A966/SSU/state"  # the equipment's topico_mqtt is the full state topic

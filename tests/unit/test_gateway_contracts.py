@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from aupus_ha.decoding import Decoder
-from aupus_ha.gateway import GatewayFamily
-from aupus_ha.readings import Decoded, Equipment, Reading
+from aupus_ha.decoding.gateway import GatewayFamily
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline.readings import Decoded, Equipment, Reading
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOPIC = "STA_BRANCA/GO/SOLAR_POWER/UFV05/A966/SSU/state"

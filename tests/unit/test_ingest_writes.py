@@ -7,8 +7,8 @@ import gc
 
 import pytest
 
-from aupus_ha.ingest import PubackCoalescer
-from aupus_ha.runtime import GC_THRESHOLDS, tune_gc
+from aupus_ha.gctuning import GC_THRESHOLDS, tune_gc
+from aupus_ha.pipeline.mqtt import PubackCoalescer
 
 PUBACK_1 = b"\x40\x02\x00\x01"
 PUBACK_2 = b"\x40\x02\x00\x02"

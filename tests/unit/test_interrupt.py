@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from aupus_ha.interrupt import Interrupted, until_interrupted
+from aupus_ha.lab.interrupt import Interrupted, until_interrupted
 
 
 async def test_a_signal_cancels_the_run_and_its_teardown_runs() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from aupus_ha.election import previous_lease_left
+from aupus_ha.leadership.election import previous_lease_left
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 TTL = 5.0

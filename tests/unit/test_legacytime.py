@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from aupus_ha.legacytime import (
+from aupus_ha.database.legacytime import (
     MIN_ROWS,
     STATUS_MISMATCH,
     STATUS_OK,

@@ -15,10 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha import m160
-from aupus_ha.decoding import REASON_INVALID_SUMMARY, REASON_NUMBER_OUT_OF_RANGE, DecodeError
-from aupus_ha.m160 import M160SummaryFamily, Previous
-from aupus_ha.readings import Equipment, Reading
+from aupus_ha.decoding import m160
+from aupus_ha.decoding.m160 import M160SummaryFamily, Previous
+from aupus_ha.decoding.messages import (
+    REASON_INVALID_SUMMARY,
+    REASON_NUMBER_OUT_OF_RANGE,
+    DecodeError,
+)
+from aupus_ha.pipeline.readings import Equipment, Reading
 from tests.helpers import fixture_lines, fixture_object
 
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -283,8 +287,8 @@ def test_quality_property(fields: dict[str, float | None]) -> None:
 
 def test_the_type_schema_is_not_applied() -> None:
     """A METER_M160 type whose mqtt_schema describes another firmware: still bom."""
-    from aupus_ha.decoding import Decoder
-    from aupus_ha.schemas import compile_schema
+    from aupus_ha.decoding.messages import Decoder
+    from aupus_ha.decoding.schemas import compile_schema
 
     schema = compile_schema(
         '{"type": "object", "required": ["Resumo"], "properties": {"Resumo": '
@@ -425,8 +429,8 @@ def test_stored_copies_of_a_clockless_reading_are_skipped() -> None:
 def test_the_spool_keeps_the_guard(guard: bool) -> None:
     """A spooled reading replays with its outlier mark (an 11-field record: none), so a
     replayed outlier is decided at flush like one never spooled."""
-    from aupus_ha import spool_codec
-    from aupus_ha.readings import Decoded
+    from aupus_ha.pipeline import spool_codec
+    from aupus_ha.pipeline.readings import Decoded
 
     reading = decode(fixture_lines(OUTLIERS)[2] if guard else fixture_lines(OUTLIERS)[1])
     assert reading.outlier_guard is guard
@@ -436,8 +440,8 @@ def test_the_spool_keeps_the_guard(guard: bool) -> None:
 
 
 def test_a_spooled_guard_must_be_true() -> None:
-    from aupus_ha import spool_codec
-    from aupus_ha.readings import Decoded
+    from aupus_ha.pipeline import spool_codec
+    from aupus_ha.pipeline.readings import Decoded
 
     record = orjson.loads(spool_codec.encode(Decoded([decode(fixture_lines(OUTLIERS)[2])])))
     record["r"][0][11] = "yes"

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from aupus_ha import m160
-from aupus_ha.decoding import DecodeError
-from aupus_ha.m160 import M160SummaryFamily, Previous, StoredRow
-from aupus_ha.readings import Equipment, Reading
+from aupus_ha.decoding import m160
+from aupus_ha.decoding.m160 import M160SummaryFamily, Previous, StoredRow
+from aupus_ha.decoding.messages import DecodeError
+from aupus_ha.pipeline.readings import Equipment, Reading
 from tests.helpers import fixture_lines, fixture_object
 
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)

@@ -7,8 +7,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha.election import Election, Identity
-from aupus_ha.ingest import client_id_for
+from aupus_ha.leadership.election import Election, Identity
 from aupus_ha.names import (
     FILE_NAME_MAX,
     MQTT_CLIENT_ID_MAX,
@@ -17,6 +16,7 @@ from aupus_ha.names import (
     notify_channel,
     spool_directory_name,
 )
+from aupus_ha.pipeline.mqtt import client_id_for
 
 IDENTIFIER_CHARS = string.ascii_letters + string.digits + "-_.:@"
 identifiers = st.text(alphabet=IDENTIFIER_CHARS, min_size=1, max_size=128)

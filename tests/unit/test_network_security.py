@@ -17,14 +17,14 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from aupus_ha import notify
-from aupus_ha.admin import post_admin, sends_token_in_clear
 from aupus_ha.config import ConfigError, load_settings
-from aupus_ha.db import DatabaseUnavailable
-from aupus_ha.embedded import free_port
-from aupus_ha.health import DbGate
-from aupus_ha.httpguard import ConnectionGuard
-from aupus_ha.security import warn_weak_transports
+from aupus_ha.database.connection import DatabaseUnavailable
+from aupus_ha.lab.embedded import free_port
+from aupus_ha.operations import notify
+from aupus_ha.operations.admin import post_admin, sends_token_in_clear
+from aupus_ha.operations.health import DbGate
+from aupus_ha.operations.httpguard import ConnectionGuard
+from aupus_ha.operations.security import warn_weak_transports
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"DATABASE_URL": "postgresql://aupus:dbsecret@127.0.0.1/aupus", "MQTT_MODE": "disabled"}

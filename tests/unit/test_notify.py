@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aupus_ha.config import Secret, Settings
-from aupus_ha.notify import QUEUE_MAX, Notifier, slack_payload
+from aupus_ha.operations.notify import QUEUE_MAX, Notifier, slack_payload
 
 ALERT = {
     "kind": "no_recent_data",

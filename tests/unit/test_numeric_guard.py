@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupus_ha import rollup
-from aupus_ha.decoding import (
+from aupus_ha.decoding.messages import (
     MAX_ABS_NUMBER,
     REASON_INVERTER_OVERFLOW,
     REASON_NUMBER_OUT_OF_RANGE,
     Decoder,
 )
-from aupus_ha.readings import Decoded, Equipment
+from aupus_ha.pipeline import rollup
+from aupus_ha.pipeline.readings import Decoded, Equipment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOPIC = "t/inv"

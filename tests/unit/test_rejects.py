@@ -12,19 +12,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from aupus_ha.buffer import PendingBuffer
-from aupus_ha.db import DatabaseUnavailable
-from aupus_ha.decoding import Decoder
-from aupus_ha.intake import DurableIntake
-from aupus_ha.readings import Decoded, Reject
-from aupus_ha.rejects import (
+from aupus_ha.database.connection import DatabaseUnavailable
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.pipeline.buffer import PendingBuffer
+from aupus_ha.pipeline.intake import DurableIntake
+from aupus_ha.pipeline.readings import Decoded, Reject
+from aupus_ha.pipeline.rejects import (
     RejectLimiter,
     RejectPolicy,
     RejectRetention,
     bounded,
     payload_size,
 )
-from aupus_ha.spool import Spool
+from aupus_ha.pipeline.spool import Spool
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

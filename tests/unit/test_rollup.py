@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupus_ha import rollup
+from aupus_ha.pipeline import rollup
 
 MINUTE = datetime(2026, 11, 28, 15, 7, tzinfo=UTC)
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha.decoding import Decoder, default_families
-from aupus_ha.readings import Decoded, Equipment, Reading
+from aupus_ha.decoding.messages import Decoder, default_families
+from aupus_ha.pipeline.readings import Decoded, Equipment, Reading
 
 TOPIC = "site1/shared"
 RECEIVED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -152,7 +152,7 @@ def test_the_type_schema_is_not_applied_to_equipment_families() -> None:
     """A Gateway type's `mqtt_schema` does not judge A-966 rows (their quality is DOMAIN's
     rule); an untyped-family reading is still judged by its type's schema."""
     schema = {"type": "object", "required": ["energia_ativa_kwh"]}
-    from aupus_ha.schemas import compile_schema
+    from aupus_ha.decoding.schemas import compile_schema
 
     compiled = compile_schema(orjson.dumps(schema).decode())
     gw = Equipment("gw", TOPIC, type_code="SSU_A966", type_category="Gateway", mqtt_schema=compiled)

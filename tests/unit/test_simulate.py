@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from aupus_ha.decoding import Decoder
-from aupus_ha.demo import DemoOptions, content_of, demo_fleet
-from aupus_ha.readings import Equipment, Reading
-from aupus_ha.simdevices import CLOCK_NTP, CLOCK_SEM_NTP, CLOCK_ZERO, GATEWAY_KD_KWH
-from aupus_ha.simulate import (
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.decoding.timestamps import BRASILIA
+from aupus_ha.lab.demo import DemoOptions, content_of, demo_fleet
+from aupus_ha.lab.simdevices import CLOCK_NTP, CLOCK_SEM_NTP, CLOCK_ZERO, GATEWAY_KD_KWH
+from aupus_ha.lab.simulate import (
     BAD_INPUTS,
     FAMILIES,
     FAMILY_GATEWAY,
@@ -32,7 +32,7 @@ from aupus_ha.simulate import (
     build_fleet,
     daylight_factor,
 )
-from aupus_ha.timestamps import BRASILIA
+from aupus_ha.pipeline.readings import Equipment, Reading
 from tests.helpers import fixture_object
 
 # 15:00 in Brasília: the sun is up, so inverters produce.

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aupus_ha import spool_codec
-from aupus_ha.buffer import PendingBuffer
-from aupus_ha.intake import DurableIntake
-from aupus_ha.readings import Decoded, Reading, Reject
-from aupus_ha.spool import HEADER, Position, Record, Spool, SpoolLocked, _read_records
-from aupus_ha.spool_files import SegmentFile
+from aupus_ha.pipeline import spool_codec
+from aupus_ha.pipeline.buffer import PendingBuffer
+from aupus_ha.pipeline.intake import DurableIntake
+from aupus_ha.pipeline.readings import Decoded, Reading, Reject
+from aupus_ha.pipeline.spool import HEADER, Position, Record, Spool, SpoolLocked, _read_records
+from aupus_ha.pipeline.spool_files import SegmentFile
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -20,8 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupus_ha import constants, spool_codec
-from aupus_ha.readings import Decoded, Reading, Reject
+from aupus_ha import constants
+from aupus_ha.pipeline import spool_codec
+from aupus_ha.pipeline.readings import Decoded, Reading, Reject
 from tests.unit.test_spool_trust import PREVIOUS_VERSION_BODY
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aupus_ha.localcluster import wait_until
-from aupus_ha.spool import Spool
+from aupus_ha.lab.localcluster import wait_until
+from aupus_ha.pipeline.spool import Spool
 from tests.helpers import fill, remount, tmpfs
 
 
@@ -115,7 +115,7 @@ async def test_a_full_file_system_fails_the_commit_and_recovers_when_space_retur
 EMFILE_SCRIPT = r"""
 import asyncio, os, resource, sys
 from pathlib import Path
-from aupus_ha.spool import Spool
+from aupus_ha.pipeline.spool import Spool
 
 async def main(directory: Path) -> None:
     spool = Spool(directory, max_bytes=1 << 30, segment_bytes=1)  # rotate every batch

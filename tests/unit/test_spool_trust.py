@@ -23,13 +23,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupus_ha import spool_codec
-from aupus_ha.buffer import PendingBuffer
 from aupus_ha.config import ConfigError, load_settings
-from aupus_ha.intake import DurableIntake
-from aupus_ha.localcluster import wait_until
-from aupus_ha.readings import Decoded, Reading, Reject
-from aupus_ha.spool import HEADER, Spool, SpoolUntrusted
+from aupus_ha.lab.localcluster import wait_until
+from aupus_ha.pipeline import spool_codec
+from aupus_ha.pipeline.buffer import PendingBuffer
+from aupus_ha.pipeline.intake import DurableIntake
+from aupus_ha.pipeline.readings import Decoded, Reading, Reject
+from aupus_ha.pipeline.spool import HEADER, Spool, SpoolUntrusted
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OTHER_UID = 4242

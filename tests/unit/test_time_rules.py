@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupus_ha.decoding import Decoder
-from aupus_ha.readings import Equipment
-from aupus_ha.timestamps import (
+from aupus_ha.decoding.messages import Decoder
+from aupus_ha.decoding.timestamps import (
     MISSING,
     MOTIVO_ANTES_DE_2020,
     MOTIVO_AUSENTE,
@@ -29,6 +28,7 @@ from aupus_ha.timestamps import (
     resolve_time,
     time_motivo_of,
 )
+from aupus_ha.pipeline.readings import Equipment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ARRIVAL = datetime(2026, 11, 30, 12, 0, 0, 250_000, tzinfo=UTC)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aupus_ha import constants
-from aupus_ha.timestamps import (
+from aupus_ha.decoding.timestamps import (
     BRASILIA,
     REASON_OUT_OF_RANGE,
     REASON_UNPARSEABLE,

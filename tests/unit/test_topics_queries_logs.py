@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
+from aupus_ha.database.queries import Queries, migrations, parse_queries
 from aupus_ha.logs import SecretScrubber
-from aupus_ha.queries import Queries, migrations, parse_queries
-from aupus_ha.readings import Equipment
-from aupus_ha.topics import InvalidTopic, TopicCatalog, topic_problem
+from aupus_ha.pipeline.readings import Equipment
+from aupus_ha.pipeline.topics import InvalidTopic, TopicCatalog, topic_problem
 
 
 @pytest.mark.parametrize("topic", ["", "  ", "a/+/b", "a/#", "/a/b", "a/b/", None, " /a "])

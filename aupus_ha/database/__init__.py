@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing shared by every part: connections, errors, migrations, named queries."""

@@ -1,0 +1,1 @@
+"""Leadership: the advisory-lock election (mechanism) and the HA loop (policy)."""

@@ -1,0 +1,2 @@
+"""Operations: what people and machines read (HTTP, health, metrics, status) and
+what warns them (alerts, notify)."""
