@@ -43,7 +43,7 @@ from typing import Final
 
 from aupus_ha import constants
 from aupus_ha.decoding import timestamps
-from aupus_ha.decoding.messages import (
+from aupus_ha.decoding.fields import (
     MAX_ABS_NUMBER,
     REASON_NUMBER_OUT_OF_RANGE,
     DecodeError,

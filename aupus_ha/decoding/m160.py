@@ -53,7 +53,7 @@ import orjson
 
 from aupus_ha import constants
 from aupus_ha.decoding import timestamps
-from aupus_ha.decoding.messages import (
+from aupus_ha.decoding.fields import (
     MAX_ABS_NUMBER,
     REASON_INVALID_SUMMARY,
     REASON_NUMBER_OUT_OF_RANGE,

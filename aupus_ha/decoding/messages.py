@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Final, Protocol, TypeGuard, runtime_checkable
@@ -73,10 +73,47 @@ from typing import Final, Protocol, TypeGuard, runtime_checkable
 import orjson
 
 from aupus_ha import constants
+from aupus_ha.decoding.fields import (
+    MAX_ABS_NUMBER,
+    REASON_INVALID_SUMMARY,
+    REASON_NUMBER_OUT_OF_RANGE,
+    REASON_UNSTORABLE,
+    DecodeError,
+    encode_dados,
+)
+from aupus_ha.decoding.gateway import GatewayFamily
+from aupus_ha.decoding.m160 import M160SummaryFamily
 from aupus_ha.decoding.schemas import validation_errors
 from aupus_ha.decoding.timestamps import TimestampError, payload_time
 from aupus_ha.pipeline import rollup
 from aupus_ha.pipeline.readings import Decoded, Equipment, Reading, Reject
+
+# What the families share lives in `fields` (they import it, and this module imports
+# them: no cycle); it is re-exported here, where callers have always found it.
+__all__ = [
+    "MAX_ABS_NUMBER",
+    "MAX_DETAIL_CHARS",
+    "REASON_DECODER_ERROR",
+    "REASON_INVALID_JSON",
+    "REASON_INVALID_SUMMARY",
+    "REASON_INVERTER_OVERFLOW",
+    "REASON_NOT_OBJECT",
+    "REASON_NOT_UTF8",
+    "REASON_NO_FAMILY",
+    "REASON_NUMBER_OUT_OF_RANGE",
+    "REASON_TOO_LARGE",
+    "REASON_UNKNOWN_TOPIC",
+    "REASON_UNSTORABLE",
+    "DecodeError",
+    "Decoder",
+    "EquipmentFamily",
+    "Family",
+    "FlushingFamily",
+    "GenericFamily",
+    "InverterFamily",
+    "default_families",
+    "encode_dados",
+]
 
 REASON_TOO_LARGE: Final = "payload_too_large"
 REASON_UNKNOWN_TOPIC: Final = "unknown_topic"
@@ -84,17 +121,10 @@ REASON_NOT_UTF8: Final = "not_utf8"
 REASON_INVALID_JSON: Final = "invalid_json"
 REASON_NOT_OBJECT: Final = "not_an_object"
 REASON_NO_FAMILY: Final = "no_family"  # only with a family list lacking a fallback
-REASON_INVALID_SUMMARY: Final = "invalid_summary"
-REASON_UNSTORABLE: Final = "unstorable_json"
-REASON_NUMBER_OUT_OF_RANGE: Final = "number_out_of_range"
 REASON_INVERTER_OVERFLOW: Final = "inverter_overflow"
 REASON_DECODER_ERROR: Final = "decoder_error"
 
 MAX_DETAIL_CHARS: Final = 160
-# The largest magnitude of a number that is averaged or stored in a numeric column:
-# 1e15 W is a million times the largest power plant, and sums of millions of such
-# values stay far below the double's range (1.8e308), so no rollup can overflow.
-MAX_ABS_NUMBER: Final = rollup.MAX_AVERAGED  # one summary covers 30 s: power = energy / (30/3600) h
 
 # DOMAIN v2, "Overflow frames": an inverter register read as UINT max (2^32, 2^16/10,
 # 65535, "ffff") or beyond any plant. (group, field, is it the signature?)
@@ -115,15 +145,6 @@ _JSON_KINDS: Final[dict[type, str]] = {
     bool: "a boolean",
     type(None): "null",
 }
-
-
-class DecodeError(ValueError):
-    """Content a family cannot turn into a reading; `reason` is a `REASON_*` code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class Family(Protocol):
@@ -151,29 +172,6 @@ class EquipmentFamily(Family, Protocol):
     `matches` only describes the shape, for tools)."""
 
     def owns(self, equipment: Equipment) -> bool: ...
-
-
-def encode_dados(obj: Mapping[str, object]) -> bytes:
-    """`obj` as the `dados` jsonb bytes; `DecodeError` when jsonb could not store it."""
-    try:
-        dados = orjson.dumps(obj)
-    except orjson.JSONEncodeError as exc:  # nesting deeper than orjson encodes
-        raise DecodeError(REASON_UNSTORABLE, str(exc)) from None
-    # Cheap byte search first; the walk only confirms the rare hit (an escaped "\u0000").
-    if b"\\u0000" in dados and _has_nul(obj):
-        raise DecodeError(REASON_UNSTORABLE, "a string holds \\u0000, which jsonb refuses")
-    return right_sized(dados)
-
-
-def right_sized(data: bytes) -> bytes:
-    """A copy of `data` that occupies only its length.
-
-    orjson (3.12+) returns bytes whose allocation is its whole working buffer (4 KB or
-    more) with only the length trimmed: a 300-byte `dados` kept in the pending buffer
-    held 4 KB, and a standby holding tens of thousands of readings held hundreds of MB.
-    The copy costs ~0.2 µs.
-    """
-    return bytes(memoryview(data))
 
 
 class GenericFamily:
@@ -233,9 +231,6 @@ class InverterFamily:
 def default_families() -> list[Family]:
     """Fresh instances in routing order (stateful families must not share state between
     decoders): the equipment-owned families first, the payload ones after, generic last."""
-    from aupus_ha.decoding.gateway import GatewayFamily  # both build on this module's helpers
-    from aupus_ha.decoding.m160 import M160SummaryFamily
-
     return [M160SummaryFamily(), GatewayFamily(), InverterFamily(), GenericFamily()]
 
 
@@ -375,16 +370,6 @@ def _check_magnitude(field: str, value: float) -> None:
         raise DecodeError(
             REASON_NUMBER_OUT_OF_RANGE, f"{field} is {value!r}, beyond ±{MAX_ABS_NUMBER:g}"
         )
-
-
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 def _json_failure(payload: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str]:
