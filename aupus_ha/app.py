@@ -24,13 +24,12 @@ from aupus_ha import __version__, constants
 from aupus_ha.backoff import jittered
 from aupus_ha.config import Settings
 from aupus_ha.database.connection import (
-    CONNECTION_ERRORS,
     DatabaseUnavailable,
     QueryStats,
     connect,
     create_pool,
     describe_error,
-    unavailable,
+    translating_db_errors,
 )
 from aupus_ha.database.legacytime import NOT_LEGACY, LegacyTimeCheck, check_legacy_time
 from aupus_ha.database.migrate import apply_migrations
@@ -233,19 +232,21 @@ class Instance:
         except DatabaseUnavailable as exc:
             log.warning("db.unavailable", during="start", error=str(exc))
             raise
-        try:
-            if self.migrate:
-                await apply_migrations(conn)
-            self.convention = await detect_convention(
-                conn, Queries()["column_types"], self.settings.legacy_zone
-            )
-            if self.convention.legacy_timestamps:
-                self.legacy_time = await check_legacy_time(
-                    conn, Queries()["legacy_time_offset"], self.settings.legacy_timestamp_zone
-                )
-        except CONNECTION_ERRORS as exc:  # read-only, disk full, shutting down: retried
+
+        def unavailable_at_start(exc: BaseException) -> None:  # read-only, disk full...: retried
             log.warning("db.unavailable", during="start", error=describe_error(exc))
-            raise unavailable(exc) from exc
+
+        try:
+            with translating_db_errors(on_error=unavailable_at_start):
+                if self.migrate:
+                    await apply_migrations(conn)
+                self.convention = await detect_convention(
+                    conn, Queries()["column_types"], self.settings.legacy_zone
+                )
+                if self.convention.legacy_timestamps:
+                    self.legacy_time = await check_legacy_time(
+                        conn, Queries()["legacy_time_offset"], self.settings.legacy_timestamp_zone
+                    )
         finally:
             await conn.close()
         self._queries = self.convention.queries()

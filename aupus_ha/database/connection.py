@@ -10,8 +10,10 @@ dead peer is noticed in seconds rather than after the Linux default of ~2 h 11 m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -155,6 +157,26 @@ def unavailable(exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(describe_error(exc), sqlstate=sqlstate(exc))
 
 
+@contextlib.contextmanager
+def translating_db_errors(
+    on_error: Callable[[BaseException], object] | None = None,
+) -> Iterator[None]:
+    """The one translation of a database failure into `DatabaseUnavailable`.
+
+    Inside the block, every error `classify` calls TRANSIENT (a lost socket, a timeout,
+    a server state that passes: `CONNECTION_ERRORS`) leaves as `DatabaseUnavailable`
+    (SQLSTATE kept, original chained); anything else (a privilege, a missing table, a
+    bug) leaves unchanged. `on_error` sees the original first (to log it, or to drop a
+    connection it leaves unusable). A plain `with`: it works around `await`s too.
+    """
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        if on_error is not None:
+            on_error(exc)
+        raise unavailable(exc) from exc
+
+
 @dataclass(slots=True)
 class QueryStats:
     """Queries this process ran on its pool (`GET /health/metrics/database`, the legacy
@@ -244,22 +266,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(settings: Settings, app_name: str, *, tune: bool = True) -> asyncpg.Connection:
     """A dedicated connection (used for the session advisory lock)."""
-    try:
+    with translating_db_errors():
         conn: asyncpg.Connection = await asyncpg.connect(
             settings.database_url.reveal(),
             timeout=settings.db_connect_timeout_s,
             server_settings=_server_settings(settings, app_name),
             statement_cache_size=0,  # behind a misconfigured pooler, fail clearly, not oddly
         )
-    except CONNECTION_ERRORS as exc:
-        raise unavailable(exc) from exc
     if tune:
         _tune_client_socket(conn, settings)
-    try:
+    # The session may have ended (or gone read-only...) already: drop it, retry later.
+    with translating_db_errors(on_error=lambda _: conn.terminate()):
         await _init_connection(conn)
-    except CONNECTION_ERRORS as exc:  # the session ended (or went read-only...) already
-        conn.terminate()
-        raise unavailable(exc) from exc
     return conn
 
 
@@ -279,7 +297,7 @@ async def create_pool(
         if query_stats is not None:
             conn.add_query_logger(query_stats.observe)
 
-    try:
+    with translating_db_errors():
         pool: asyncpg.Pool = await asyncpg.create_pool(
             settings.database_url.reveal(),
             min_size=1,
@@ -290,8 +308,6 @@ async def create_pool(
             init=init,
             max_inactive_connection_lifetime=60,
         )
-    except CONNECTION_ERRORS as exc:
-        raise unavailable(exc) from exc
     return pool
 
 

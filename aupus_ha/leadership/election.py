@@ -25,10 +25,9 @@ import orjson
 from aupus_ha import constants
 from aupus_ha.config import Settings
 from aupus_ha.database.connection import (
-    CONNECTION_ERRORS,
     DatabaseUnavailable,
     connect,
-    describe_error,
+    translating_db_errors,
 )
 from aupus_ha.database.migrate import LOCK_NAMESPACE, MIGRATION_LOCK_KEY
 from aupus_ha.database.queries import Queries
@@ -140,12 +139,9 @@ class Election:
         """Open the dedicated lock connection and make sure it is a real session."""
         await self.close()
         conn = await connect(self._settings, self._identity.app_name)
-        try:
+        with translating_db_errors(on_error=lambda _: conn.terminate()):
             first = await conn.fetchval("SELECT pg_backend_pid()", timeout=self._timeout)
             second = await conn.fetchval("SELECT pg_backend_pid()", timeout=self._timeout)
-        except CONNECTION_ERRORS as exc:
-            conn.terminate()
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         if first != second:
             conn.terminate()
             raise PoolerDetected(
@@ -205,7 +201,7 @@ class Election:
         """
         ident = self._identity
         conn = self._require()
-        try:
+        with translating_db_errors():
             async with conn.transaction():
                 row = await conn.fetchrow(
                     self._q["instance_for_update"], ident.instance_id, timeout=self._timeout
@@ -225,8 +221,6 @@ class Election:
                     ident.http_url,
                     timeout=self._timeout,
                 )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
 
     async def _check_previous_owner(self, conn: asyncpg.Connection, row: asyncpg.Record) -> None:
         alive = row["backend_alive"] and not row["stopped"]
@@ -254,7 +248,7 @@ class Election:
         """Renew a non-leader's lease row; IdentityLost if another process owns it."""
         ident = self._identity
         conn = self._require()
-        try:
+        with translating_db_errors():
             ok = await conn.fetchval(
                 self._q["standby_heartbeat"],
                 ident.instance_id,
@@ -263,8 +257,6 @@ class Election:
                 orjson.dumps(stats),
                 timeout=self._timeout,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         if ok is None:
             raise IdentityLost(
                 f"lease row of INSTANCE_ID={ident.instance_id!r} was taken over by another process"
@@ -275,7 +267,7 @@ class Election:
     async def try_acquire(self) -> Term | None:
         """Take the lock if it is free and begin a new term (epoch + 1)."""
         conn = self._require()
-        try:
+        with translating_db_errors():
             got = await conn.fetchval(self._q["try_lock"], *self._keys, timeout=self._timeout)
             if not got:
                 return None
@@ -285,8 +277,6 @@ class Election:
                 if not conn.is_closed():
                     await conn.fetchval(self._q["unlock"], *self._keys, timeout=self._timeout)
                 raise
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
 
     async def _begin_term(self, conn: asyncpg.Connection) -> Term:
         ident, t = self._identity, self._timeout
@@ -339,7 +329,7 @@ class Election:
         """One heartbeat of the leader: lease, epoch and lock, in one round trip."""
         ident = self._identity
         conn = self._require()
-        try:
+        with translating_db_errors():
             row = await conn.fetchrow(
                 self._q["leader_renew"],
                 ident.instance_id,
@@ -350,8 +340,6 @@ class Election:
                 *self._keys,
                 timeout=timeout,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         assert row is not None
         if row["epoch"] != epoch or row["leader_token"] not in (None, ident.process_token):
             return RenewOutcome.EPOCH_MOVED  # a new term, or our epoch handed out twice
@@ -365,7 +353,7 @@ class Election:
         """End our term cleanly (if we lead) and let go of the lock at once."""
         ident, t = self._identity, self._timeout
         conn = self._require()
-        try:
+        with translating_db_errors():
             async with conn.transaction():
                 if epoch is not None:
                     await conn.fetchval(
@@ -386,13 +374,11 @@ class Election:
             if epoch is not None:
                 await conn.fetchval(self._q["unlock"], *self._keys, timeout=t)
                 await conn.execute("SELECT pg_notify($1, $2)", self._channel, str(epoch), timeout=t)
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
 
     async def peer_with_broker(self, lease_ttl_s: float) -> bool:
         """Is another live standby of this cluster connected to the MQTT broker?"""
         conn = self._require()
-        try:
+        with translating_db_errors():
             found = await conn.fetchval(
                 self._q["standby_with_broker"],
                 self._identity.cluster_name,
@@ -400,26 +386,22 @@ class Election:
                 lease_ttl_s,
                 timeout=self._timeout,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return bool(found)
 
     async def leadership(self) -> dict[str, object] | None:
         """The cluster's current term as stored (who leads, since when, last flush)."""
         conn = self._require()
-        try:
+        with translating_db_errors():
             row = await conn.fetchrow(
                 self._q["leadership"], self._identity.cluster_name, timeout=self._timeout
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return dict(row) if row is not None else None
 
     async def evict_silent_leader(self) -> Eviction | None:
         """End the sessions of a lock holder whose heartbeat is older than LEASE_TTL_S."""
         conn = self._require()
         ttl = self._settings.lease_ttl_s
-        try:
+        with translating_db_errors():
             holder = await conn.fetchrow(
                 self._q["lock_holder"],
                 *self._keys,
@@ -447,8 +429,6 @@ class Election:
                 holder["instance_id"],
                 timeout=self._timeout,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return Eviction(holder["instance_id"], age, int(terminated or 0), holder["leader_epoch"])
 
     async def _evict_orphan(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from aupus_ha.database.connection import CONNECTION_ERRORS, DatabaseUnavailable, describe_error
+from aupus_ha.database.connection import DatabaseUnavailable, translating_db_errors
 from aupus_ha.database.queries import Queries
 from aupus_ha.logs import get_logger
 from aupus_ha.operations.health import (
@@ -255,11 +255,9 @@ class AlertManager:
         pool = self._inst.pool
         if pool is None:
             raise DatabaseUnavailable("database not connected yet")
-        try:
+        with translating_db_errors():
             async with asyncio.timeout(HEALTH_QUERY_TIMEOUT_S):
                 rows: list[asyncpg.Record] = await pool.fetch(self._q[name], *args)
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return rows
 
     async def _open(self, c: Condition) -> bool:

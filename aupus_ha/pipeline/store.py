@@ -27,12 +27,11 @@ import orjson
 
 from aupus_ha import constants
 from aupus_ha.database.connection import (
-    CONNECTION_ERRORS,
     READ_ONLY_SQLSTATE,
-    DatabaseUnavailable,
     ErrorKind,
     classify,
     describe_error,
+    translating_db_errors,
     unavailable,
 )
 from aupus_ha.database.queries import Queries
@@ -410,15 +409,13 @@ class Store:
     async def delete_old_rejects(self, older_than_s: float, limit: int) -> int:
         """Delete up to `limit` of the oldest rejects stored more than `older_than_s`
         ago (the leader's retention, rejects.py); returns how many went."""
-        try:
+        with translating_db_errors():
             status = await self._pool.execute(
                 self._q["delete_old_rejects"],
                 older_than_s,
                 limit,
                 timeout=constants.DB_CALL_TIMEOUT_S,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return int(status.split()[-1])
 
     # --- confirming (standby) -----------------------------------------------------------
@@ -428,7 +425,7 @@ class Store:
         plain = [r for r in readings if not r.is_rollup_sample]
         samples = [r for r in readings if r.is_rollup_sample]
         found: list[ReadingKey] = []
-        try:
+        with translating_db_errors():
             if plain:
                 rows = await self._pool.fetch(
                     self._q["probe_readings"],
@@ -446,33 +443,27 @@ class Store:
                     timeout=constants.DB_CALL_TIMEOUT_S,
                 )
                 found += [samples[row["pos"] - 1].key for row in rows]
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return found
 
     async def committed_rejects(self, rejects: list[Reject]) -> list[RejectKey]:
         if not rejects:
             return []
-        try:
+        with translating_db_errors():
             rows = await self._pool.fetch(
                 self._q["probe_rejects"],
                 [r.topic for r in rejects],
                 [r.payload_sha256 for r in rejects],
                 timeout=constants.DB_CALL_TIMEOUT_S,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return [rejects[row["pos"] - 1].key for row in rows]
 
     # --- catalogue and cluster view ------------------------------------------------------
 
     async def enabled_equipment(self) -> list[Equipment]:
-        try:
+        with translating_db_errors():
             rows = await self._pool.fetch(
                 self._q["enabled_equipment"], timeout=constants.DB_CALL_TIMEOUT_S
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return [
             Equipment(
                 id=r["id"],
@@ -486,7 +477,7 @@ class Store:
 
     async def cluster_view(self, handovers: int = 10) -> dict[str, object]:
         """Instances, the current term and recent handovers, for /health/cluster and status."""
-        try:
+        with translating_db_errors():
             async with self._pool.acquire() as conn:
                 t = constants.DB_CALL_TIMEOUT_S
                 lead = await conn.fetchrow(self._q["leadership"], self._cluster, timeout=t)
@@ -494,8 +485,6 @@ class Store:
                 hand = await conn.fetch(
                     self._q["recent_handovers"], self._cluster, handovers, timeout=t
                 )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return {
             "leadership": _jsonable(dict(lead)) if lead else None,
             "instances": [_instance_view(dict(r)) for r in inst],
@@ -505,21 +494,17 @@ class Store:
     async def ping(self, timeout: float = constants.DB_CALL_TIMEOUT_S) -> float:
         """Round-trip latency in ms (waiting for a pooled connection included)."""
         started = time.perf_counter()
-        try:
+        with translating_db_errors():
             async with asyncio.timeout(timeout):
                 await self._pool.fetchval("SELECT 1")
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return (time.perf_counter() - started) * 1000
 
     # --- health and metrics (any instance answers for the cluster) ---------------------
 
     async def _fetchrow(self, name: str, *args: object, timeout: float) -> dict[str, object]:
-        try:
+        with translating_db_errors():
             async with asyncio.timeout(timeout):  # bounds waiting for a pooled connection too
                 row = await self._pool.fetchrow(self._q[name], *args)
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return dict(row) if row is not None else {}
 
     async def last_data(
@@ -564,7 +549,7 @@ class Store:
         arrival time: same equipment, equal `dados`, within `content_window_s`."""
         if not readings:
             return []
-        try:
+        with translating_db_errors():
             rows = await self._pool.fetch(
                 self._q["probe_readings_by_content"],
                 [r.equipamento_id for r in readings],
@@ -573,8 +558,6 @@ class Store:
                 self.content_window_s,
                 timeout=constants.DB_CALL_TIMEOUT_S,
             )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_error(exc)) from exc
         return [readings[row["pos"] - 1].key for row in rows]
 
     async def leader_progress(self) -> LeaderProgress | None:

@@ -8,6 +8,10 @@ item that caused them; anything else is not blamed on an item.
 
 from __future__ import annotations
 
+import ast
+import asyncio
+from pathlib import Path
+
 import asyncpg
 import pytest
 
@@ -17,8 +21,11 @@ from aupus_ha.database.connection import (
     ErrorKind,
     classify,
     describe_error,
+    translating_db_errors,
     unavailable,
 )
+
+PACKAGE = Path(__file__).resolve().parents[2] / "aupus_ha"
 
 TRANSIENT = [
     "08000",
@@ -107,3 +114,116 @@ def test_unavailable_keeps_the_sqlstate() -> None:
     exc = unavailable(_server_error("25006"))
     assert isinstance(exc, DatabaseUnavailable) and exc.sqlstate == "25006"
     assert "[25006]" in describe_error(_server_error("25006"))
+
+
+# --- translating_db_errors: the one translation into DatabaseUnavailable -----------------
+
+
+def _through_helper(exc: BaseException) -> tuple[BaseException, list[BaseException]]:
+    """What leaves `translating_db_errors` when `exc` is raised inside it, and what
+    its `on_error` saw."""
+    seen: list[BaseException] = []
+    try:
+        with translating_db_errors(on_error=seen.append):
+            raise exc
+    except BaseException as leaving:  # the test looks at any outcome
+        return leaving, seen
+    raise AssertionError("the helper swallowed the error")
+
+
+@pytest.mark.parametrize("code", TRANSIENT)
+def test_helper_turns_server_states_into_unavailable(code: str) -> None:
+    """A passing server state leaves as DatabaseUnavailable, code and cause kept."""
+    original = _server_error(code)
+    leaving, seen = _through_helper(original)
+    assert isinstance(leaving, DatabaseUnavailable)
+    assert leaving.sqlstate == code
+    assert leaving.__cause__ is original
+    assert str(leaving) == describe_error(original)
+    assert seen == [original]
+
+
+@pytest.mark.parametrize("code", ITEM + OTHER)
+def test_helper_lets_data_and_other_errors_through(code: str) -> None:
+    """A row's data or a real fault (privilege, missing table) is not "unavailable":
+    the caller sees the server's own error, and `on_error` is not called."""
+    original = _server_error(code)
+    leaving, seen = _through_helper(original)
+    assert leaving is original
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        ConnectionResetError("peer"),
+        TimeoutError(),
+        OSError("no route"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("closed"),
+        asyncpg.exceptions.InternalClientError("another operation is in progress"),
+        _server_error("53999"),  # a code asyncpg does not know, in a transient class
+    ],
+    ids=repr,
+)
+def test_helper_turns_transport_errors_into_unavailable(original: BaseException) -> None:
+    leaving, seen = _through_helper(original)
+    assert isinstance(leaving, DatabaseUnavailable)
+    assert leaving.__cause__ is original
+    assert seen == [original]
+
+
+@pytest.mark.parametrize(
+    "original",
+    [DatabaseUnavailable("lock connection is closed"), ValueError("ours"), KeyError("q")],
+    ids=repr,
+)
+def test_helper_leaves_other_exceptions_alone(original: BaseException) -> None:
+    """Already translated, or a bug of our own: unchanged (no double wrapping)."""
+    leaving, seen = _through_helper(original)
+    assert leaving is original
+    assert seen == []
+
+
+def test_helper_lets_cancellation_through() -> None:
+    """A cancelled task stays cancelled: never retried as "database unavailable"."""
+    leaving, seen = _through_helper(asyncio.CancelledError())
+    assert isinstance(leaving, asyncio.CancelledError)
+    assert seen == []
+
+
+async def test_helper_works_around_awaits() -> None:
+    """A plain `with` in a coroutine sees what an awaited call raised."""
+
+    async def failing_query() -> None:
+        await asyncio.sleep(0)
+        raise _server_error("57P01")
+
+    with pytest.raises(DatabaseUnavailable) as caught, translating_db_errors():
+        await failing_query()
+    assert caught.value.sqlstate == "57P01"
+    with translating_db_errors():
+        await asyncio.sleep(0)  # nothing raised: nothing happens
+
+
+def _handlers_catching_connection_errors(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ExceptHandler)
+        and node.type is not None
+        and "CONNECTION_ERRORS" in ast.unparse(node.type)
+    ]
+
+
+def test_the_translation_exists_once() -> None:
+    """Issue 13: no `except CONNECTION_ERRORS: raise DatabaseUnavailable(...)` copies
+    in the runtime; every translation goes through `translating_db_errors`."""
+    copies = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "lab" not in path.relative_to(PACKAGE).parts
+        and (lines := _handlers_catching_connection_errors(path))
+    }
+    assert copies == {"database/connection.py": copies.get("database/connection.py", [])}
+    assert len(copies["database/connection.py"]) == 1  # the helper itself
