@@ -1,4 +1,5 @@
-"""The `aupus-ha` command: run, migrate, status (and the demo/simulate/bench tools)."""
+"""The `aupus-ha` command: run, migrate, status, step-down (the daemon and its operators);
+the lab's commands (demo, simulate, bench, chaos) load from aupus_ha/lab/cli.py on demand."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
@@ -18,9 +20,27 @@ from aupus_ha.leadership.election import IdentityClash, IdentityLost, PoolerDete
 from aupus_ha.logs import configure_logging
 from aupus_ha.pipeline.spool import SpoolRefused
 
+# The lab's commands (aupus_ha/lab/cli.py): named here so that `aupus-ha --help` lists
+# them, built and imported only when one of them is asked for (the daemon never loads
+# the lab, and runs without the lab's extras).
+LAB_COMMANDS: Final = {
+    "demo": "embedded PostgreSQL + broker + 2 instances + failover",
+    "simulate": "publish a simulated fleet (meters, inverters, gateways)",
+    "bench": "end-to-end benchmark on embedded servers, with same-run baselines",
+    "chaos": "random faults against a 3-instance embedded cluster under load",
+}
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aupus-ha", description=__doc__)
+
+def _parser(lab_command: str | None = None) -> argparse.ArgumentParser:
+    """The runtime's commands, plus `lab_command`'s parser when one was asked for."""
+    lab_help = "\n".join(f"  {name:<10} {summary}" for name, summary in LAB_COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="aupus-ha",
+        description=__doc__,
+        epilog=f"lab commands (`aupus-ha COMMAND --help`; demo, bench and chaos start embedded\n"
+        f"servers: the [embedded] extra):\n{lab_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"aupus-ha {__version__}")
     parser.add_argument(
         "--env-file",
@@ -38,47 +58,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply database migrations and exit")
 
-    demo = sub.add_parser("demo", help="embedded PostgreSQL + broker + 2 instances + failover")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
-    demo.add_argument("--fleet", type=int, default=20, help="number of simulated devices")
-    demo.add_argument("--rate", type=float, default=100.0, help="readings per second")
-    demo.add_argument(
-        "--bad-ratio",
-        type=float,
-        default=0.0,
-        help="fraction of messages replaced by bad inputs (they end in ingest_rejects)",
-    )
-
-    sim = sub.add_parser("simulate", help="publish a simulated fleet (meters, inverters, gateways)")
-    _add_simulate_arguments(sim)
-
-    bench = sub.add_parser(
-        "bench", help="end-to-end benchmark on embedded servers, with same-run baselines"
-    )
-    bench.add_argument("--duration", type=float, help="seconds per phase (30; 8 with --quick)")
-    bench.add_argument(
-        "--rate",
-        default="auto",
-        help="readings/s to publish, or max (as fast as the broker accepts), or auto "
-        "(default: a max phase, then half of it paced)",
-    )
-    bench.add_argument("--equipment", type=int, default=1000, help="devices (one topic each)")
-    bench.add_argument("--payload-bytes", type=int, default=300, help="size of a reading")
-    bench.add_argument("--window", type=int, default=1000, help="unacknowledged publishes")
-    bench.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
-    bench.add_argument("--skip-failover", action="store_true", help="no failover phase")
-    bench.add_argument("--failover-runs", type=int, default=1, help="runs of each fault")
-    bench.add_argument("--fast-timings", action="store_true", help="LEASE_TTL_S=2 etc.")
-    bench.add_argument("--durable", action="store_true", help="PostgreSQL with fsync on")
-    bench.add_argument("--json", action="store_true", help="machine-readable output")
-    bench.add_argument("--plot", type=Path, help="write a plot: FILE.html or FILE.svg")
-    bench.add_argument("--keep", action="store_true", help="keep the logs and data")
-
-    chaos = sub.add_parser(
-        "chaos", help="random faults against a 3-instance embedded cluster under load"
-    )
-    _add_chaos_arguments(chaos)
-
     status = sub.add_parser("status", help="the cluster: instances and recent handovers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--handovers", type=int, default=10)
@@ -89,7 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument(
         "--url", help="the instance's HTTP address (default: http://127.0.0.1:$HTTP_PORT)"
     )
+
+    if lab_command is not None:
+        from aupus_ha.lab.cli import add_command
+
+        add_command(sub, lab_command, LAB_COMMANDS[lab_command])
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand in `argv`: the first word that is neither an option nor the value
+    of `--env-file` (the only top-level option taking one)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--env-file":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -107,12 +103,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    tool = _TOOLS.get(args.command)
-    if tool is not None:
-        # Tools start their own servers and instances: no instance configuration needed.
-        configure_logging(instance_id=args.command, log_format="console", level="warning")
-        return tool(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    word = _command_word(argv)
+    lab_command = word if word in LAB_COMMANDS else None
+    args = _parser(lab_command).parse_args(argv)
+    if lab_command is not None:
+        from aupus_ha.lab.cli import run as run_lab
+
+        return run_lab(args)
     try:
         settings = _settings(args)
     except ConfigError as exc:
@@ -157,78 +155,6 @@ def _exit_code(run: Callable[[], int]) -> int:
         return constants.EXIT_FAILURE
     except KeyboardInterrupt:
         return constants.EXIT_OK
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from aupus_ha.lab.demo import DemoOptions
-    from aupus_ha.lab.demo import main as demo_main
-
-    return demo_main(DemoOptions(args.duration, args.fleet, args.rate, args.bad_ratio))
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from aupus_ha.lab.bench import main as bench_main
-
-    return bench_main(args)
-
-
-def _add_chaos_arguments(parser: argparse.ArgumentParser) -> None:
-    from aupus_ha.lab.chaos.options import add_arguments
-
-    add_arguments(parser)
-
-
-def _add_simulate_arguments(sim: argparse.ArgumentParser) -> None:
-    sim.add_argument(
-        "--broker", help="mqtt:// or mqtts:// URL (default: MQTT_URL, else mqtt://127.0.0.1:1883)"
-    )
-    sim.add_argument("--ca", help="CA file for an mqtts:// broker (default: MQTT_TLS_CA)")
-    sim.add_argument("--meters", type=int, default=10, help="M-160 meters (a summary every 30 s)")
-    sim.add_argument(
-        "--wrapped-meters", type=int, help="of them, wrapped in `Resumo` (default: a quarter)"
-    )
-    sim.add_argument(
-        "--clockless-meters", type=int, help="flat meters without NTP (default: a fifth)"
-    )
-    sim.add_argument("--inverters", type=int, default=5, help="inverters (a reading every 60 s)")
-    sim.add_argument("--gateways", type=int, default=1, help="A-966 gateways (every 15 min)")
-    sim.add_argument(
-        "--settle", type=float, default=15.0, help="with --register: s to wait for the ingest"
-    )
-    sim.add_argument("--speedup", type=float, default=1.0, help="simulated s per real s; 0 = max")
-    sim.add_argument("--count", type=int, help="stop after this many messages")
-    sim.add_argument("--duration", type=float, help="stop after this many real seconds")
-    sim.add_argument("--bad-ratio", type=float, default=0.0, help="fraction of bad inputs, 0..1")
-    sim.add_argument("--seed", type=int, default=1, help="same seed, same messages")
-    sim.add_argument("--start", help="simulated start, ISO 8601 (no offset = Brasília; now)")
-    sim.add_argument("--topic-prefix", default="aupus/sim")
-    sim.add_argument(
-        "--register",
-        nargs="?",
-        const="",
-        metavar="DSN",
-        help="first add the equipment rows (DSN default: DATABASE_URL); --count 0 = only that",
-    )
-
-
-def _chaos(args: argparse.Namespace) -> int:
-    from aupus_ha.lab.chaos import main as chaos_main
-
-    return chaos_main(args)
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from aupus_ha.lab.simulate import main as simulate_main
-
-    return simulate_main(args)
-
-
-_TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "demo": _demo,
-    "bench": _bench,
-    "simulate": _simulate,
-    "chaos": _chaos,
-}
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
