@@ -125,6 +125,10 @@ class Settings:
     recent_data_critical_s: float = 7200.0
     alert_interval_s: float = 300.0
     alert_cooldown_s: float = 3600.0
+    # Per-device alerts (operations/device_alerts.py): silence before `equipment_offline`,
+    # and how many at once before they are grouped into one notification.
+    equipment_offline_after_s: float = 900.0
+    equipment_offline_storm: int = 10
     # The zone of the wall times in legacy `timestamp without time zone` columns
     # (DOMAIN v2: UTC). Every database session runs in it, so `created_at` defaults too.
     legacy_timestamp_zone: str = "UTC"
@@ -499,6 +503,12 @@ def _settings_from(env: Mapping[str, str]) -> Settings:
         alert_interval_s=num("ALERT_INTERVAL_S", get("ALERT_INTERVAL_S", "300"), float, 1, 86_400),
         alert_cooldown_s=num(
             "ALERT_COOLDOWN_S", get("ALERT_COOLDOWN_S", "3600"), float, 0, 604_800
+        ),
+        equipment_offline_after_s=num(
+            "EQUIPMENT_OFFLINE_AFTER_S", get("EQUIPMENT_OFFLINE_AFTER_S", "900"), float, 1, 86_400
+        ),
+        equipment_offline_storm=num(
+            "EQUIPMENT_OFFLINE_STORM", get("EQUIPMENT_OFFLINE_STORM", "10"), int, 1, 1_000_000
         ),
         legacy_timestamp_zone=_parse_zone(
             "LEGACY_TIMESTAMP_ZONE", get("LEGACY_TIMESTAMP_ZONE", "UTC")

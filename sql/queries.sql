@@ -548,3 +548,76 @@ FROM ha_alerts WHERE cluster_name = $1 ORDER BY opened_at DESC, id DESC LIMIT $2
 -- (idx_ha_handovers_cluster_at).
 SELECT epoch, from_instance_id, to_instance_id, reason, gap_ms, at
 FROM ha_handovers WHERE cluster_name = $1 AND at > $2 ORDER BY at LIMIT 20;
+
+-- name: devalert_last_seen
+-- Per-device alerts (operations/device_alerts.py). Every enabled equipment (the topic
+-- catalogue's filter) and the age, on the database clock, of the arrival of its newest
+-- reading (by device time: one backward step of uk_equipamento_timestamp per equipment,
+-- whatever the table's size); NULL when it never sent anything. created_at may be NULL
+-- on old legacy rows: their device time stands in.
+SELECT e.id::text AS id,
+       extract(epoch FROM now() - coalesce(newest.created_at, newest.timestamp_dados)::timestamptz)::float8
+           AS age_s
+FROM equipamentos e
+LEFT JOIN LATERAL (
+    SELECT d.created_at, d.timestamp_dados
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = e.id
+    ORDER BY d.timestamp_dados DESC
+    LIMIT 1
+) AS newest ON true
+WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
+ORDER BY e.id;
+
+-- name: devalert_open_kinds
+-- $1 cluster_name, $2 kind prefix ('equipment_offline:'). The open per-equipment alerts:
+-- the state that survives a leader change (the partial index uk_ha_alerts_open_kind
+-- holds only open rows).
+SELECT kind FROM ha_alerts
+WHERE cluster_name = $1 AND resolved_at IS NULL AND starts_with(kind, $2);
+
+-- name: devalert_open
+-- $1 cluster_name, $2 kinds (text[]), $3 level, $4 service, $5 messages (text[]),
+-- $6 metadata (json text[]), $7 instance_id. Opens one alert per kind, already marked
+-- notified (they are sent once, never again on a cooldown); a kind open already is
+-- skipped (uk_ha_alerts_open_kind). Returns the rows it opened: only those get sent.
+INSERT INTO ha_alerts (cluster_name, kind, level, service, message, metadata, instance_id,
+                       last_notified_at)
+SELECT $1, o.kind, $3, $4, o.message, o.metadata::jsonb, $7, now()
+FROM unnest($2::text[], $5::text[], $6::text[]) AS o(kind, message, metadata)
+ON CONFLICT (cluster_name, kind) WHERE resolved_at IS NULL DO NOTHING
+RETURNING id, kind;
+
+-- name: devalert_resolve
+-- $1 cluster_name, $2 kinds (text[]). Resolves the open alerts of those kinds; returns
+-- the rows it resolved (whoever resolves a row sends its "back" notification).
+UPDATE ha_alerts SET resolved_at = now()
+WHERE cluster_name = $1 AND kind = ANY($2::text[]) AND resolved_at IS NULL
+RETURNING id, kind, opened_at;
+
+-- name: devalert_offline_count
+-- $1 cluster_name, $2 kind prefix ('equipment_offline:'). Equipment with an open
+-- offline alert: the aupus_ha_equipment_offline gauge.
+SELECT count(*)::int AS offline FROM ha_alerts
+WHERE cluster_name = $1 AND resolved_at IS NULL AND starts_with(kind, $2);
+
+-- name: console_ingest_rate
+-- $1 minutes (60). Rows stored per minute of arrival (created_at) over the last $1
+-- minutes, every minute listed (0 when none; the last one is the minute in progress):
+-- the console's ingest-rate chart. One range scan of the created_at index, grouped in
+-- at most $1 buckets.
+WITH minutes AS (
+    SELECT generate_series(
+        date_trunc('minute', now()) - make_interval(mins => $1::int - 1),
+        date_trunc('minute', now()),
+        interval '1 minute'
+    ) AS minute
+), counts AS (
+    SELECT date_trunc('minute', created_at)::timestamptz AS minute, count(*) AS rows
+    FROM equipamentos_dados
+    WHERE created_at >= date_trunc('minute', now()) - make_interval(mins => $1::int - 1)
+    GROUP BY 1
+)
+SELECT m.minute, coalesce(c.rows, 0)::bigint AS rows
+FROM minutes m LEFT JOIN counts c USING (minute)
+ORDER BY m.minute;

@@ -19,7 +19,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import orjson
@@ -27,7 +27,10 @@ import orjson
 from aupus_ha.database.connection import DatabaseUnavailable, translating_db_errors
 from aupus_ha.database.queries import Queries
 from aupus_ha.logs import get_logger
-from aupus_ha.operations.health import (
+from aupus_ha.operations.device_alerts import DeviceAlerts
+from aupus_ha.operations import verdicts
+from aupus_ha.operations.notify import Notifier
+from aupus_ha.operations.verdicts import (
     COVERAGE_ALARM_PERCENT,
     DATA_CRITICAL,
     DATA_OK,
@@ -35,13 +38,8 @@ from aupus_ha.operations.health import (
     HEALTH_QUERY_TIMEOUT_S,
     HOUR_S,
     QUALITY_IDEAL_PERCENT,
-    HealthViews,
-    _percent,
 )
-from aupus_ha.operations.notify import Notifier
-
-if TYPE_CHECKING:
-    from aupus_ha.app import Instance
+from aupus_ha.operations.view import InstanceView
 
 log = get_logger(__name__)
 
@@ -76,11 +74,19 @@ class Condition:
 class AlertManager:
     """Evaluates the conditions, keeps `ha_alerts` up to date, feeds the notifier."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: InstanceView) -> None:
         self._inst = instance
-        self._views = HealthViews(instance)
         self._q = Queries()
         self.notifier = Notifier(instance.settings)
+        settings = instance.settings
+        self.devices = DeviceAlerts(  # per-equipment offline/back (device_alerts.py)
+            self._fetch,
+            self.notifier,
+            cluster_name=settings.cluster_name,
+            instance_id=settings.instance_id,
+            offline_after_s=settings.equipment_offline_after_s,
+            storm=settings.equipment_offline_storm,
+        )
         self.local: deque[Body] = deque(maxlen=LOCAL_MAX)  # database-unreachable alerts
         self._lock = asyncio.Lock()
         self._handovers_after = datetime.now(UTC)
@@ -108,7 +114,7 @@ class AlertManager:
         """Evaluate now; returns what is open and what changed."""
         async with self._lock:
             self.checks += 1
-            db, reachable = await self._views.database()
+            db, reachable = await verdicts.database(self._inst.store)
             self._database(reachable, str(db.get("message", "")))
             if not reachable:
                 # Kept in memory (and sent) while nothing can be stored, like the database.
@@ -150,6 +156,7 @@ class AlertManager:
                 opened.append(cond.kind)
         resolved = [kind for kind in clear if await self._resolve(kind)]
         events = await self._events(local_only=local_only)
+        devices = {} if local_only else await self.devices.check()
         if opened or resolved or events:
             log.info("alerts.checked", opened=opened, resolved=resolved, events=events)
         return {
@@ -158,12 +165,13 @@ class AlertManager:
             "opened": opened,
             "resolved": resolved,
             "events": events,
+            "devices": devices,
         }
 
     async def _cluster_conditions(self, found: list[Condition], clear: list[str]) -> None:
         store = self._inst.store
         assert store is not None
-        recent = await self._views.recent_data()
+        recent = await verdicts.recent_data(store, self._inst.settings)
         if recent["status"] == DATA_OK:
             clear.append("no_recent_data")
         else:
@@ -177,7 +185,7 @@ class AlertManager:
             window.get("equipment_enabled", 0),
             window.get("equipment_with_data", 0),
         )
-        coverage = _percent(with_data, enabled)
+        coverage = verdicts.coverage_percent(window)
         if enabled and coverage < COVERAGE_ALARM_PERCENT:
             msg = f"coverage {coverage} % in 24 h ({with_data} of {enabled} equipment with data)"
             meta = {"coverage": coverage, "equipmentWithData": with_data, "enabled": enabled}
@@ -185,7 +193,7 @@ class AlertManager:
         else:
             clear.append("low_coverage")
         total = window.get("total", 0)
-        quality = _percent(window.get("good", 0), total)
+        quality = verdicts.good_percent(window)
         if total and quality < QUALITY_IDEAL_PERCENT:
             msg = f"quality {quality} % good in 24 h (below {QUALITY_IDEAL_PERCENT:g} %)"
             meta = {"goodPercentage": quality, "total": total}
@@ -197,8 +205,7 @@ class AlertManager:
         store = self._inst.store
         assert store is not None
         term = await store.leadership(HEALTH_QUERY_TIMEOUT_S)
-        leader = term.get("leader_instance_id") if term.get("released_at") is None else None
-        if leader:
+        if verdicts.current_leader(term):
             clear.append("no_leader")
         else:
             meta = {"epoch": term.get("epoch")}
