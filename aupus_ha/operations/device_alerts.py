@@ -24,15 +24,19 @@ The decisions are plain functions (`changes`, `offline_notices`, `back_notices`)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Protocol
 
 import asyncpg
 import orjson
 
+from aupus_ha.database.connection import DatabaseUnavailable, translating_db_errors
+from aupus_ha.database.queries import Queries
 from aupus_ha.logs import get_logger
 
 log = get_logger(__name__)
@@ -236,7 +240,7 @@ class DeviceAlerts:
                     n.level,
                     SERVICE,
                     n.message,
-                    orjson.dumps(n.metadata).decode(),
+                    orjson.dumps(n.metadata),  # bytes, as alerts.py passes it
                     self._me,
                 )
             alert = {
@@ -249,8 +253,21 @@ class DeviceAlerts:
             }
             self._notifier.enqueue(alert, resolved=n.resolved)
 
-    async def offline_count(self) -> int:
-        """Equipment with an open offline alert (the `aupus_ha_equipment_offline` gauge):
-        the cluster's state, so every instance reports the same number."""
-        rows = await self._fetch("devalert_offline_count", self._cluster, OFFLINE_PREFIX)
-        return int(rows[0]["offline"]) if rows else 0
+
+@cache
+def _queries() -> Queries:
+    return Queries()
+
+
+async def count_offline(pool: asyncpg.Pool | None, cluster_name: str, timeout: float) -> int:
+    """Equipment with an open offline alert (the `aupus_ha_equipment_offline` gauge): the
+    cluster's state in `ha_alerts`, so every instance reports the same number, and a new
+    leader the one its predecessor left. Raises DatabaseUnavailable."""
+    if pool is None:
+        raise DatabaseUnavailable("database not connected yet")
+    with translating_db_errors():
+        async with asyncio.timeout(timeout):
+            value = await pool.fetchval(
+                _queries()["devalert_offline_count"], cluster_name, OFFLINE_PREFIX
+            )
+    return int(value or 0)
