@@ -48,7 +48,11 @@ from aupus_ha.leadership.ha import HaLoop
 from aupus_ha.logs import get_logger
 from aupus_ha.names import spool_directory_name
 from aupus_ha.operations.alerts import AlertManager
-from aupus_ha.operations.metrics import Metrics, ObservedStore
+from aupus_ha.operations.http import HttpServer
+from aupus_ha.operations.httpguard import raise_open_files_limit
+from aupus_ha.operations.metrics import Metrics
+from aupus_ha.operations.security import warn_weak_transports
+from aupus_ha.operations.view import Body
 from aupus_ha.pipeline.buffer import PendingBuffer
 from aupus_ha.pipeline.flusher import Flusher, FlushProgress
 from aupus_ha.pipeline.intake import DurableIntake
@@ -118,6 +122,7 @@ class Instance:
         # The start-up check of a legacy database's wall-time convention (/health).
         self.legacy_time: LegacyTimeCheck = NOT_LEGACY
         self._queries = Queries()
+        self._topics_lock = asyncio.Lock()  # the periodic refresh and `reload_topics`
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._fatal: BaseException | None = None
@@ -139,14 +144,12 @@ class Instance:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        from aupus_ha.operations.http import HttpServer  # late: http imports this module's types
-        from aupus_ha.operations.httpguard import raise_open_files_limit
-        from aupus_ha.operations.security import warn_weak_transports
-
         raise_open_files_limit()  # slow HTTP clients must not starve the spool of files
         warn_weak_transports(self.settings)
-        http = HttpServer(self)
+        http = HttpServer(self)  # sees this instance as an operations.view.HttpView
         await http.start()
+        if http.guard is not None:
+            self.metrics.http = http.guard.stats
         try:
             if not await self._prepare():
                 return constants.EXIT_OK  # stopped while waiting for the database
@@ -183,7 +186,9 @@ class Instance:
             self.stats_for_heartbeat,
             self._broker_connected if self.settings.mqtt_enabled else None,
         )
-        self.flusher = Flusher(self.settings, self.buffer, self.store, self.ha)
+        self.flusher = Flusher(
+            self.settings, self.buffer, self.store, self.ha, self.metrics.observe_flush
+        )
         start = asyncio.ensure_future(self.ha.start())
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -254,12 +259,11 @@ class Instance:
             self.pool = await create_pool(
                 self.settings, self.identity.app_name, query_stats=self.query_stats
             )
-        self.store = ObservedStore(
+        self.store = Store(
             self.pool,
             self._queries,
             cluster_name=self.settings.cluster_name,
             instance_id=self.settings.instance_id,
-            flush_seconds=self.metrics.flush_seconds,
             process_token=self.identity.process_token,
         )
         self.store.reject_prefix_bytes = self.settings.reject_payload_prefix_bytes
@@ -396,7 +400,12 @@ class Instance:
             raise
 
     async def _refresh_topics(self, *, log_invalid: bool) -> None:
-        assert self.store is not None
+        async with self._topics_lock:  # one subscription sync at a time
+            await self._refresh_topics_locked(log_invalid=log_invalid)
+
+    async def _refresh_topics_locked(self, *, log_invalid: bool) -> None:
+        if self.store is None:
+            raise DatabaseUnavailable("database not connected yet")
         catalog = TopicCatalog.build(await self.store.enabled_equipment())
         previous_invalid = {(i.equipamento_id, i.topic) for i in self.catalog.invalid}
         for bad in catalog.invalid:
@@ -432,3 +441,31 @@ class Instance:
                 disk_backlog=self.durable.backlog,
             ),
         }
+
+    @property
+    def rejects_rate_limited(self) -> int:
+        """Rejects counted but not kept (beyond REJECT_RATE_PER_MIN for their topic)."""
+        return self.reject_policy.limiter.suppressed
+
+    # --- what an operator may ask (operations.view.HttpView) ------------------------------
+
+    async def step_down(self, timeout_s: float) -> bool:
+        """Hand the leadership over; the HA loop performs it (it owns the lock)."""
+        if self.ha is None:
+            return False
+        return await self.ha.request_step_down(timeout_s)
+
+    async def check_alerts(self) -> Body:
+        return await self.alerts.check()
+
+    async def request_flush(self) -> bool:
+        """Wake the flusher now (it writes at once, then on its usual clock)."""
+        if self.flusher is None or self.ha is None or not self.ha.is_leader():
+            return False
+        self.flusher.nudge()
+        return True
+
+    async def reload_topics(self) -> int:
+        """Reload the catalogue and resubscribe now, like the periodic refresh."""
+        await self._refresh_topics(log_invalid=False)
+        return len(self.catalog.topics)

@@ -35,6 +35,16 @@ log = get_logger(__name__)
 StatsProvider = Callable[[], dict[str, object]]
 
 
+def role_for_mode(mode: str) -> str:
+    """The role an MQTT_MODE gives before any election (the one mode -> role mapping):
+    development observes, disabled serves HTTP only, production waits as a standby."""
+    if mode == constants.MODE_DISABLED:
+        return constants.ROLE_DISABLED
+    if mode == constants.MODE_DEVELOPMENT:
+        return constants.ROLE_OBSERVER
+    return constants.ROLE_STANDBY
+
+
 @dataclass(slots=True)
 class LeaderInfo:
     """Who leads, as last seen by this instance (for /health/leader)."""
@@ -80,11 +90,7 @@ class HaLoop:
         election.on_connection_lost = self._on_lock_connection_lost
 
     def _initial_role(self) -> str:
-        if self._settings.mqtt_mode == constants.MODE_DISABLED:
-            return constants.ROLE_DISABLED
-        if self._settings.mqtt_mode == constants.MODE_DEVELOPMENT:
-            return constants.ROLE_OBSERVER
-        return constants.ROLE_STANDBY
+        return role_for_mode(self._settings.mqtt_mode)
 
     # --- what the rest of the process asks ------------------------------------------------
 

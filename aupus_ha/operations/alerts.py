@@ -27,8 +27,8 @@ import orjson
 from aupus_ha.database.connection import DatabaseUnavailable, translating_db_errors
 from aupus_ha.database.queries import Queries
 from aupus_ha.logs import get_logger
-from aupus_ha.operations.device_alerts import DeviceAlerts
 from aupus_ha.operations import verdicts
+from aupus_ha.operations.device_alerts import DeviceAlerts
 from aupus_ha.operations.notify import Notifier
 from aupus_ha.operations.verdicts import (
     COVERAGE_ALARM_PERCENT,

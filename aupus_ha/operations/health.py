@@ -11,44 +11,44 @@ own and says so.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aupus_ha import constants
 from aupus_ha.database.connection import DatabaseUnavailable
 from aupus_ha.database.legacytime import STATUS_MISMATCH
+from aupus_ha.operations import verdicts
+from aupus_ha.operations.verdicts import (
+    COVERAGE_ALARM_PERCENT,
+    DATA_OK,
+    DAY_S,
+    HEALTH_QUERY_TIMEOUT_S,
+    HOUR_S,
+    QUALITY_IDEAL_PERCENT,
+    DbGate,
+    db_error,
+)
+from aupus_ha.operations.view import InstanceView
 
-if TYPE_CHECKING:
-    from aupus_ha.app import Instance
+# DbGate and HEALTH_QUERY_TIMEOUT_S are re-exported for modules that build bodies beside
+# these (the console, the diagnostics): the same gate, the same timeout.
+__all__ = [
+    "HEALTH_DB_SLOTS",
+    "HEALTH_QUERY_TIMEOUT_S",
+    "DbGate",
+    "HealthViews",
+    "redact_cluster",
+]
 
 Body = dict[str, Any]
 
-DAY_S = 86_400.0
-HOUR_S = 3_600.0
-# A health probe must answer quickly even when the database does not.
-HEALTH_QUERY_TIMEOUT_S = 2.0
 # Pool connections health routes may use at once; the flusher keeps the rest.
 HEALTH_DB_SLOTS = 2
-COVERAGE_ALARM_PERCENT = 50.0
-QUALITY_IDEAL_PERCENT = 80.0
 
 STATUS_HEALTHY = "healthy"
 STATUS_DEGRADED = "degraded"
 STATUS_UNHEALTHY = "unhealthy"
-DATA_OK = "ok"
-DATA_WARNING = "warning"
-DATA_CRITICAL = "critical"
-
-
-def db_error(prefix: str, exc: Exception, details: bool) -> str:
-    """The driver's error text names addresses, ports and server messages: only for
-    requests allowed to see details (HEALTH_DETAILS, ADMIN_TOKEN)."""
-    return f"{prefix}: {exc}" if details else prefix
-
 
 HOST_DETAILS = ("host", "pid", "version", "http_url")
 
@@ -62,67 +62,20 @@ def redact_cluster(view: Body) -> Body:
     return {**view, "instances": hidden}
 
 
-class DbGate:
-    """At most `slots` health queries at once.
-
-    The pool (4 connections) is the flusher's: 100 concurrent health clients used to
-    hold all of it and raised flush latency from 3 ms to 105 ms. A probe that cannot get
-    a slot within HEALTH_QUERY_TIMEOUT_S is answered as "database busy" instead.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self._slots = asyncio.Semaphore(slots)
-
-    @contextlib.asynccontextmanager
-    async def slot(self, timeout: float = HEALTH_QUERY_TIMEOUT_S) -> AsyncIterator[None]:
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout)
-        except TimeoutError:
-            raise DatabaseUnavailable("busy: too many health queries at once") from None
-        try:
-            yield
-        finally:
-            self._slots.release()
-
-
-def _percent(part: int, whole: int) -> float:
-    return round(100.0 * part / whole, 1) if whole else 0.0
-
-
-def _duration(seconds: float) -> str:
-    """`42 s`, `17 min`, `3.5 h`: for the human messages only."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * HOUR_S:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / HOUR_S:.1f} h"
-
-
 class HealthViews:
     """Builds every health body for one instance."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: InstanceView) -> None:
         self._instance = instance
         self.gate = DbGate(HEALTH_DB_SLOTS)
 
     # --- what this process knows ---------------------------------------------------------
 
     def role(self) -> str:
-        inst = self._instance
-        if inst.ha is None:
-            if inst.settings.mqtt_mode == constants.MODE_DISABLED:
-                return constants.ROLE_DISABLED
-            if inst.settings.mqtt_mode == constants.MODE_DEVELOPMENT:
-                return constants.ROLE_OBSERVER
-            return constants.ROLE_STANDBY
-        if inst.ha.role == constants.ROLE_LEADER and not inst.ha.is_leader():
-            return constants.ROLE_STANDBY  # lease ran out: we are not leading any more
-        if inst.ha.role == constants.ROLE_STOPPED:
-            return constants.ROLE_STANDBY  # shutting down: never reported as leading
-        return inst.ha.role
+        return verdicts.reported_role(self._instance.ha, self._instance.settings.mqtt_mode)
 
     def uptime_s(self) -> float:
-        return round(time.monotonic() - self._instance.started_monotonic, 3)
+        return verdicts.uptime_s(self._instance.started_monotonic)
 
     def mqtt_check(self) -> Body:
         inst = self._instance
@@ -214,58 +167,12 @@ class HealthViews:
 
     async def recent_data(self, details: bool = False) -> Body:
         """`ok` / `warning` / `critical` by the age of the newest stored reading."""
-        settings = self._instance.settings
-        store = self._instance.store
-        body: Body = {"lastDataTimestamp": None, "hoursSinceLastData": None}
-        if store is None:
-            return {**body, "status": DATA_CRITICAL, "message": "database not connected yet"}
-        try:
-            async with self.gate.slot():
-                last, age = await store.last_data(HEALTH_QUERY_TIMEOUT_S)
-        except DatabaseUnavailable as exc:
-            message = db_error("cannot read the database", exc, details)
-            return {**body, "status": DATA_CRITICAL, "message": message}
-        if last is None or age is None:
-            return {**body, "status": DATA_CRITICAL, "message": "no reading stored yet"}
-        age = max(age, 0.0)
-        if age >= settings.recent_data_critical_s:
-            status = DATA_CRITICAL
-        elif age >= settings.recent_data_warning_s:
-            status = DATA_WARNING
-        else:
-            status = DATA_OK
-        return {
-            "status": status,
-            "lastDataTimestamp": last,
-            "hoursSinceLastData": round(age / HOUR_S, 3),
-            "minutesSinceLastData": round(age / 60, 1),
-            "thresholds": {
-                "warningMinutes": round(settings.recent_data_warning_s / 60, 2),
-                "criticalMinutes": round(settings.recent_data_critical_s / 60, 2),
-            },
-            "message": f"last reading stored {_duration(age)} ago",
-        }
+        inst = self._instance
+        return await verdicts.recent_data(inst.store, inst.settings, details, self.gate)
 
     async def database(self, details: bool = False) -> tuple[Body, bool]:
         """A round trip now, with its latency in ms."""
-        store = self._instance.store
-        if store is None:
-            return {
-                "status": "disconnected",
-                "latency": None,
-                "message": "database not connected yet",
-            }, False
-        try:
-            async with self.gate.slot():
-                latency = await store.ping(HEALTH_QUERY_TIMEOUT_S)
-        except DatabaseUnavailable as exc:
-            return {
-                "status": "disconnected",
-                "latency": None,
-                "message": db_error("database unreachable", exc, details),
-            }, False
-        body = {"status": "connected", "latency": round(latency, 2), "message": "query ok"}
-        return body, True
+        return await verdicts.database(self._instance.store, details, self.gate)
 
     async def health(self, details: bool = False) -> tuple[Body, int]:
         """`/health`: healthy (200), degraded (200: no recent data), unhealthy (503)."""
@@ -329,8 +236,8 @@ class HealthViews:
         total = window.get("total", 0)
         enabled = window.get("equipment_enabled", 0)
         with_data = window.get("equipment_with_data", 0)
-        coverage = _percent(with_data, enabled)
-        good_pct = _percent(window.get("good", 0), total)
+        coverage = verdicts.coverage_percent(window)
+        good_pct = verdicts.good_percent(window)
         body["dataIngestion"] = {
             "last24h": {
                 "totalRecords": total,
@@ -357,7 +264,7 @@ class HealthViews:
         }
         body["rejects"]["last24h"] = rejects_24h
         body["leader"] = {
-            "leaderId": term.get("leader_instance_id") if term.get("released_at") is None else None,
+            "leaderId": verdicts.current_leader(term),
             "epoch": term.get("epoch"),
             "since": term.get("acquired_at"),
             "lastFlushAt": term.get("last_flush_at"),
@@ -450,5 +357,5 @@ class HealthViews:
         total = window.get("total", 0)
         body["lastDataMinutesAgo"] = round(max(age, 0.0) / 60, 1) if age is not None else None
         body["recordsLast24h"] = total
-        body["qualityGoodPercentage"] = _percent(window.get("good", 0), total)
+        body["qualityGoodPercentage"] = verdicts.good_percent(window)
         return body, 200 if online else 503

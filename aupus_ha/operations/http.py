@@ -4,7 +4,9 @@ Role routes (`/health/leader`, `/health/standby`) answer only 200 or 503, always
 JSON body; `HEAD` gives the status code alone, for load balancers and uptime checkers.
 Every `/health...` route is mirrored under `/api/v1/health...` in the legacy envelope
 `{success, data, meta: {timestamp, requestId}}`. The bodies are built by `health.py`;
-handlers here stay thin.
+handlers here stay thin. They see the instance through `view.HttpView` only: what they
+read, and the actions an operator may trigger (step down, check alerts, flush, reload
+the topics), never its parts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -26,13 +28,12 @@ from aupus_ha.config import (
 )
 from aupus_ha.database.connection import DatabaseUnavailable
 from aupus_ha.logs import get_logger
-from aupus_ha.operations import admin
-from aupus_ha.operations.health import HealthViews, db_error, redact_cluster
+from aupus_ha.operations import admin, console, gaps
+from aupus_ha.operations.health import HealthViews, redact_cluster
 from aupus_ha.operations.httpguard import ConnectionGuard, http_connection_limit
 from aupus_ha.operations.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from aupus_ha.app import Instance
+from aupus_ha.operations.verdicts import db_error
+from aupus_ha.operations.view import HttpView
 
 log = get_logger(__name__)
 
@@ -98,7 +99,7 @@ def refuse_short_admin_token(token: Secret) -> None:
 
 
 class HttpServer:
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: HttpView) -> None:
         self._instance = instance
         self._views = HealthViews(instance)
         self._runner: web.AppRunner | None = None
@@ -120,7 +121,10 @@ class HttpServer:
             ("/health/metrics/simple", self.metrics_simple),
             ("/health/metrics/database", self.metrics_database),
             ("/health/alerts", self.alerts),
+            ("/health/gaps", self.gap_report),
         ]
+        views += console.json_views(self._instance, self._views.gate)
+        app.router.add_routes(console.page_routes())  # the operators' console at /
         health = [web.get(path, _plain(view)) for path, view in views]
         # Every /health route again under /api/v1, in the legacy envelope.
         mirrors = [web.get(LEGACY_PREFIX + path, _enveloped(view)) for path, view in views]
@@ -164,7 +168,6 @@ class HttpServer:
                 f"HTTP_PORT={settings.http_port} cannot be bound on {settings.http_host} "
                 f"({exc.strerror or exc}); choose a free port"
             ) from exc
-        self._instance.metrics.http = self.guard.stats
         sockets = list(self._server.sockets or ())
         self.port = sockets[0].getsockname()[1] if sockets else settings.http_port
         log.info(
@@ -294,13 +297,17 @@ class HttpServer:
         except DatabaseUnavailable:
             return {**self._instance.alerts.local_view(), "error": "database busy"}, 503
 
+    async def gap_report(self, request: web.Request) -> tuple[Body, int]:
+        """The data-loss report of a period (`?from=&to=&equipamento=`): operations/gaps."""
+        return await gaps.http_view(request.query, self._instance.pool, self._views.gate)
+
     async def alerts_check(self, request: web.Request) -> tuple[Body, int]:
         """Evaluate every alert condition now, on this instance; needs ADMIN_TOKEN."""
         inst = self._instance
         refused = admin.refusal(request, inst.settings.admin_token)
         if refused is not None:
             return refused
-        result = await inst.alerts.check()
+        result = await inst.check_alerts()
         listed, status = await inst.alerts.recent()
         return {"checked": True, **result, **listed}, status
 
@@ -310,7 +317,7 @@ class HttpServer:
             async with self._views.gate.slot():
                 await metrics.refresh()
         except DatabaseUnavailable:
-            metrics.db_latency_s = None  # aupus_ha_db_up 0 for this scrape
+            metrics.forget_database()  # aupus_ha_db_up 0 for this scrape
         return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     # --- admin ------------------------------------------------------------------------------
@@ -322,7 +329,7 @@ class HttpServer:
         if refused is not None:
             return refused
         leader = self._views.leader_body()
-        if inst.ha is None or not leader["is_leader"]:
+        if not leader["is_leader"]:
             return {
                 "stepped_down": False,
                 "error": "this instance is not the leader",
@@ -330,7 +337,7 @@ class HttpServer:
             }, 409
         epoch = leader["epoch"]
         try:
-            done = await inst.ha.request_step_down(STEP_DOWN_TIMEOUT_S)
+            done = await inst.step_down(STEP_DOWN_TIMEOUT_S)
         except (DatabaseUnavailable, TimeoutError) as exc:
             return {"stepped_down": False, "error": f"step-down failed: {exc}"}, 503
         log.info("admin.step_down", epoch=epoch, done=done)

@@ -2,7 +2,8 @@
 
 Counters and gauges are read from the stats the instance already keeps (intake, buffer,
 flusher, HA loop) at scrape time, so the intake path pays nothing for them. The flush
-latency histogram is fed by `ObservedStore`, a `Store` that times each committed flush.
+latency histogram is fed by the flusher, which reports each committed flush to
+`Metrics.observe_flush` (an observer callback: the store is not wrapped).
 Two values come from the database at scrape time, with a short timeout: its round-trip
 latency and the cluster's handover count.
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
-import asyncpg
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -21,14 +20,11 @@ from prometheus_client.registry import Collector
 
 from aupus_ha import __version__
 from aupus_ha.database.connection import DatabaseUnavailable
-from aupus_ha.database.queries import Queries
 from aupus_ha.decoding.timestamps import MOTIVOS
+from aupus_ha.operations.device_alerts import count_offline
 from aupus_ha.operations.httpguard import GuardStats
-from aupus_ha.pipeline.readings import Reading, Reject
-from aupus_ha.pipeline.store import FlushResult, Store
-
-if TYPE_CHECKING:
-    from aupus_ha.app import Instance
+from aupus_ha.operations.view import InstanceView
+from aupus_ha.pipeline.store import FlushResult
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "aupus_ha"
@@ -45,45 +41,17 @@ def flush_histogram(registry: CollectorRegistry) -> Histogram:
     )
 
 
-class ObservedStore(Store):
-    """A `Store` whose committed flushes are timed into a histogram."""
-
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        queries: Queries,
-        *,
-        cluster_name: str,
-        instance_id: str,
-        flush_seconds: Histogram,
-        process_token: str | None = None,
-    ) -> None:
-        super().__init__(
-            pool,
-            queries,
-            cluster_name=cluster_name,
-            instance_id=instance_id,
-            process_token=process_token,
-        )
-        self._flush_seconds = flush_seconds
-
-    async def flush(
-        self, readings: list[Reading], rejects: list[Reject], epoch: int
-    ) -> FlushResult:
-        result = await super().flush(readings, rejects, epoch)
-        self._flush_seconds.observe(result.ms / 1000)
-        return result
-
-
 class Metrics:
     """The per-instance registry and what is read from the database at scrape time."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: InstanceView) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.flush_seconds = flush_histogram(self.registry)
         self.db_latency_s: float | None = None
         self.handovers_total: int | None = None
-        self.http: GuardStats | None = None  # set by the HTTP server once it listens
+        self.equipment_offline: int | None = None  # device_alerts: open offline alerts
+        self.last_data_age_s: float | None = None
+        self.http: GuardStats | None = None  # set by the instance once HTTP listens
         self.registry.register(_InstanceCollector(instance, self))
         self._instance = instance
 
@@ -98,8 +66,21 @@ class Metrics:
             summary = await store.handovers_summary(86_400, SCRAPE_QUERY_TIMEOUT_S)
             total = summary.get("total")
             self.handovers_total = total if isinstance(total, int) else None
+            inst = self._instance
+            self.equipment_offline = await count_offline(
+                inst.pool, inst.settings.cluster_name, SCRAPE_QUERY_TIMEOUT_S
+            )
+            self.last_data_age_s = (await store.last_data(SCRAPE_QUERY_TIMEOUT_S))[1]
         except DatabaseUnavailable:
             return  # aupus_ha_db_up 0; the handover count keeps its last known value
+
+    def observe_flush(self, result: FlushResult) -> None:
+        """The flusher's observer: one committed flush transaction, timed."""
+        self.flush_seconds.observe(result.ms / 1000)
+
+    def forget_database(self) -> None:
+        """The database could not be asked this scrape: `aupus_ha_db_up` 0."""
+        self.db_latency_s = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -116,7 +97,7 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 class _InstanceCollector(Collector):
-    def __init__(self, instance: Instance, metrics: Metrics) -> None:
+    def __init__(self, instance: InstanceView, metrics: Metrics) -> None:
         self._instance = instance
         self._metrics = metrics
 
@@ -189,6 +170,7 @@ class _InstanceCollector(Collector):
         handovers = self._metrics.handovers_total
         if handovers is not None:
             yield _counter("handovers", "Leadership changes recorded for the cluster.", handovers)
+        yield from self._device_metrics()
         connected = bool(inst.mqtt and inst.mqtt.connected)
         yield _gauge("mqtt_connected", "1 while connected to the broker.", int(connected))
         subscribed = len(inst.mqtt.stats.subscribed) if inst.mqtt else 0
@@ -210,6 +192,22 @@ class _InstanceCollector(Collector):
             "Seconds since this process started.",
             time.monotonic() - inst.started_monotonic,
         )
+
+    def _device_metrics(self) -> Iterator[Metric]:
+        """Cluster-wide, from the database at scrape time (the Prometheus rules use them)."""
+        offline = self._metrics.equipment_offline
+        if offline is not None:
+            yield _gauge(
+                "equipment_offline",
+                "Enabled equipment with an open equipment_offline alert (silent longer "
+                "than EQUIPMENT_OFFLINE_AFTER_S).",
+                offline,
+            )
+        age = self._metrics.last_data_age_s
+        if age is not None:
+            yield _gauge(
+                "last_data_age_seconds", "Age of the newest stored reading (arrival).", age
+            )
 
     def _http_metrics(self) -> Iterator[Metric]:
         http = self._metrics.http
@@ -265,5 +263,5 @@ class _InstanceCollector(Collector):
         yield _counter(
             "rejects_rate_limited",
             "Rejects counted but not kept (beyond REJECT_RATE_PER_MIN for their topic).",
-            self._instance.reject_policy.limiter.suppressed,
+            self._instance.rejects_rate_limited,
         )
