@@ -47,6 +47,7 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
+from aupus_ha.lab.progress import Progress
 from aupus_ha.lab.simulate import (
     FAMILY_GATEWAY,
     FAMILY_INVERTER,
@@ -311,28 +312,22 @@ def _ingest_has_rollup() -> bool:
 # --- the run -----------------------------------------------------------------------------
 
 
-class Timeline:
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started:6.2f}s] {text}", flush=True)
-
-
 @dataclass(slots=True)
-class Progress:
+class Traffic:
+    """What the simulated fleet has published so far, for the status line."""
+
     published: int = 0
     simulated_at: datetime | None = None
 
 
 async def run_demo(options: DemoOptions) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="aupus-demo-"))
-    timeline = Timeline()
+    progress = Progress()
     pg: EmbeddedPostgres | None = None
     broker: EmbeddedMosquitto | None = None
     nodes: list[InstanceProcess] = []
     try:
-        timeline.say("starting embedded PostgreSQL and the MQTT broker...")
+        progress.say("starting embedded PostgreSQL and the MQTT broker...")
         pg = EmbeddedPostgres(workdir / "pg")
         broker = EmbeddedMosquitto(persistence_dir=workdir / "mqtt")
         # In this thread, not a worker one: an interrupt must not leave a server starting
@@ -347,8 +342,8 @@ async def run_demo(options: DemoOptions) -> int:
         for node in nodes:
             node.start()
         leader = await wait_single_leader(nodes, timeout=30)
-        timeline.say(f"cluster up: {leader.name} leads (epoch 1), the other stands by")
-        return await _scenario(options, timeline, dsn, broker.url, nodes=nodes, fleet=fleet)
+        progress.say(f"cluster up: {leader.name} leads (epoch 1), the other stands by")
+        return await _scenario(options, progress, dsn, broker.url, nodes=nodes, fleet=fleet)
     finally:
         # Synchronous on purpose: a second Ctrl-C cannot interrupt the teardown halfway.
         for node in nodes:
@@ -358,12 +353,12 @@ async def run_demo(options: DemoOptions) -> int:
                 with contextlib.suppress(Exception):
                     server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
-        timeline.say("stopped everything and removed the temporary data")
+        progress.say("stopped everything and removed the temporary data")
 
 
 async def _scenario(
     options: DemoOptions,
-    timeline: Timeline,
+    progress: Progress,
     dsn: str,
     broker_url: str,
     *,
@@ -373,18 +368,18 @@ async def _scenario(
     speedup = speedup_for(fleet, options.rate)
     span = timedelta(seconds=options.duration_s * speedup)
     start = simulated_start(span)
-    timeline.say(
+    progress.say(
         f"fleet: {_fleet_text(fleet)}; ~{options.rate:.0f} msg/s (QoS 1), "
         f"x{speedup:.0f}: {_local(start)} -> {_local(start + span)} Brasilia, "
         f"{span.total_seconds() / 60:.0f} simulated minutes"
         + (f", {options.bad_ratio:.0%} bad inputs" if options.bad_ratio else "")
     )
     expected = Expected(fleet)
-    progress = Progress()
+    traffic = Traffic()
 
     def on_message(message: SimMessage) -> None:
-        progress.published += 1
-        progress.simulated_at = message.at
+        traffic.published += 1
+        traffic.simulated_at = message.at
         expected.add(message, datetime.now(UTC))
 
     publisher = asyncio.create_task(
@@ -397,9 +392,9 @@ async def _scenario(
             on_message=on_message,
         )
     )
-    watcher = asyncio.create_task(_watch(timeline, dsn, nodes, progress))
+    watcher = asyncio.create_task(_watch(progress, dsn, nodes, traffic))
     try:
-        failover_ms = await _kill_and_restart(options, timeline, nodes)
+        failover_ms = await _kill_and_restart(options, progress, nodes)
         report = await publisher
         expected.finish()
         await _settle(dsn, expected)
@@ -424,7 +419,7 @@ def _fleet_text(fleet: Fleet) -> str:
 
 
 async def _kill_and_restart(
-    options: DemoOptions, timeline: Timeline, nodes: list[InstanceProcess]
+    options: DemoOptions, progress: Progress, nodes: list[InstanceProcess]
 ) -> float:
     """kill -9 the leader at 1/3 of the run, restart it at 2/3; the failover time in ms."""
     await asyncio.sleep(options.duration_s / 3)
@@ -432,20 +427,20 @@ async def _kill_and_restart(
     standby = next(n for n in nodes if n is not victim)
     killed = time.monotonic()
     victim.signal(signal.SIGKILL)
-    timeline.say(f"kill -9 {victim.name} (the leader)")
+    progress.say(f"kill -9 {victim.name} (the leader)")
     await wait_until(standby.is_leader, 30, "the standby did not take over", interval=0.01)
     failover_ms = (time.monotonic() - killed) * 1000
-    timeline.say(f"{standby.name} leads after {failover_ms:.0f} ms")
+    progress.say(f"{standby.name} leads after {failover_ms:.0f} ms")
     await asyncio.sleep(max(0.0, killed + options.duration_s / 3 - time.monotonic()))
     victim.start()
-    timeline.say(f"restarted {victim.name}")
+    progress.say(f"restarted {victim.name}")
 
     async def rejoined() -> bool:
         status, _ = await victim.get("/health/standby")
         return status == 200
 
     await wait_until(rejoined, 30, f"{victim.name} did not rejoin")
-    timeline.say(f"{victim.name} is back as a healthy standby (/health/standby = 200)")
+    progress.say(f"{victim.name} is back as a healthy standby (/health/standby = 200)")
     return failover_ms
 
 
@@ -558,7 +553,7 @@ async def _stored_rejects(dsn: str) -> set[RejectKey]:
 
 
 async def _watch(
-    timeline: Timeline, dsn: str, nodes: list[InstanceProcess], progress: Progress
+    progress: Progress, dsn: str, nodes: list[InstanceProcess], traffic: Traffic
 ) -> None:
     """One compact status line a second: who leads, epoch, simulated time, published, stored."""
     while True:
@@ -568,11 +563,11 @@ async def _watch(
             fetch(dsn, "SELECT epoch FROM ha_leadership"),
         )
         name = found[0].name if found else "none"
-        at = progress.simulated_at
-        timeline.say(
+        at = traffic.simulated_at
+        progress.say(
             f"leader={name:8s} epoch={epoch[0]['epoch'] if epoch else '-'}  "
             f"sim={at.astimezone(BRASILIA).strftime('%H:%M') if at else '--:--'}  "
-            f"published={progress.published:6d}  stored={rows[0]['n']:6d}"
+            f"published={traffic.published:6d}  stored={rows[0]['n']:6d}"
         )
         await asyncio.sleep(1.0)
 

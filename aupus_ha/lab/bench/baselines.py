@@ -16,20 +16,22 @@ from aupus_ha.database.queries import Queries
 from aupus_ha.lab.bench.constants import BATCH, CLUSTER, SCRATCH_DB
 from aupus_ha.lab.bench.fanout import broker_fanout
 from aupus_ha.lab.bench.options import BenchOptions
-from aupus_ha.lab.bench.progress import Progress
 from aupus_ha.lab.bench.servers import Servers, connect, open_pool
 from aupus_ha.lab.bench.source import ReadingSource
+from aupus_ha.lab.progress import Progress
 from aupus_ha.pipeline.readings import Reading
 from aupus_ha.pipeline.store import STAGING_COLUMNS, Store
 
 
 async def measure_baselines(
-    servers: Servers, options: BenchOptions, say: Progress
+    servers: Servers, options: BenchOptions, progress: Progress
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The raw limits (per second), and the fan-out subscriber's CPU µs per message."""
     equipment = [(f"eq{i:04d}", f"aupus/test/eq{i:04d}") for i in range(options.equipment)]
     source = ReadingSource(equipment, options.payload_bytes)
-    results = await database_baselines(servers.dsn(SCRATCH_DB), source, options.baseline_s, say)
+    results = await database_baselines(
+        servers.dsn(SCRATCH_DB), source, options.baseline_s, progress
+    )
     costs = {}
     for qos in (1, 0):
         rate, cost = await broker_fanout(
@@ -37,7 +39,9 @@ async def measure_baselines(
         )
         results[f"broker_qos{qos}_msgs_s"] = rate
         costs[f"subscriber_qos{qos}_cpu_us_per_msg"] = round(cost, 1)
-        say.say(f"baseline broker fan-out QoS {qos}: {rate:,.0f} msgs/s, {cost:.0f} µs CPU/msg")
+        progress.say(
+            f"baseline broker fan-out QoS {qos}: {rate:,.0f} msgs/s, {cost:.0f} µs CPU/msg"
+        )
     return {k: round(v, 1) for k, v in results.items()}, costs
 
 
@@ -71,7 +75,7 @@ async def _rows_per_second(
 
 
 async def database_baselines(
-    dsn: str, source: ReadingSource, budget_s: float, say: Progress
+    dsn: str, source: ReadingSource, budget_s: float, progress: Progress
 ) -> dict[str, float]:
     """COPY, the store's flush, and one INSERT per reading, each into an empty table."""
     await _prepare_scratch(dsn)
@@ -84,7 +88,7 @@ async def database_baselines(
         for name, write, batch in _writers(conn, pool):
             await conn.execute("TRUNCATE equipamentos_dados", timeout=60)
             results[name] = await _rows_per_second(write, source, batch=batch, budget_s=budget_s)
-            say.say(f"baseline {name}: {results[name]:,.0f}")
+            progress.say(f"baseline {name}: {results[name]:,.0f}")
         return results
     raise AssertionError("unreachable")  # for mypy: the block returns or raises
 

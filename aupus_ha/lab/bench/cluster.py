@@ -14,7 +14,6 @@ import asyncpg
 
 from aupus_ha.lab.bench.constants import BENCH_DB, CLUSTER, NODE_NAMES, SAMPLE_S
 from aupus_ha.lab.bench.options import BenchOptions
-from aupus_ha.lab.bench.progress import Progress
 from aupus_ha.lab.bench.report import FaultResult, PhaseResult, Usage
 from aupus_ha.lab.bench.sampling import ResourceSampler
 from aupus_ha.lab.bench.servers import Servers, open_pool
@@ -28,6 +27,7 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
+from aupus_ha.lab.progress import Progress
 from aupus_ha.lab.publisher import Publisher
 
 
@@ -42,7 +42,7 @@ class RunContext:
     publisher: Publisher
     source: ReadingSource
     sampler: ResourceSampler
-    say: Progress
+    progress: Progress
     t0: float = 0.0  # wall time of the first publish
     phases: list[PhaseResult] = field(default_factory=list)
     faults: list[FaultResult] = field(default_factory=list)
@@ -148,11 +148,11 @@ async def sample_forever(ctx: RunContext) -> None:
 
 @contextlib.asynccontextmanager
 async def cluster_run(
-    servers: Servers, options: BenchOptions, say: Progress
+    servers: Servers, options: BenchOptions, progress: Progress
 ) -> AsyncIterator[RunContext]:
     """Seeded database, two instances, a connected publisher and the resource sampler."""
     equipment = await seed_equipment(servers.dsn(BENCH_DB), options.equipment)
-    say.say(f"starting node-a and node-b ({len(equipment)} equipment)")
+    progress.say(f"starting node-a and node-b ({len(equipment)} equipment)")
     nodes = await start_cluster(servers, options)
     db = await open_pool(servers.dsn(BENCH_DB), max_size=3)
     try:
@@ -165,7 +165,7 @@ async def cluster_run(
                 publisher,
                 ReadingSource(equipment, options.payload_bytes),
                 ResourceSampler(),
-                say,
+                progress,
             )
             async with background(sample_forever(ctx), "sampler"):
                 yield ctx

@@ -44,7 +44,7 @@ async def measure_fault(ctx: RunContext, kind: str) -> FaultResult:
         kind, round(at - ctx.t0, 3), round(seconds, 3), float(gap or 0), leader.name, other.name
     )
     ctx.faults.append(result)
-    ctx.say.say(f"{kind}: {other.name} leads after {seconds:.3f}s (writer gap {gap} ms)")
+    ctx.progress.say(f"{kind}: {other.name} leads after {seconds:.3f}s (writer gap {gap} ms)")
     return result
 
 
@@ -62,7 +62,7 @@ async def _recover(ctx: RunContext, node: InstanceProcess, kind: str) -> None:
 async def run_failover_phase(ctx: RunContext, rate: float, runs: int) -> PhaseResult:
     """The paced load while each fault kind hits the leader `runs` times."""
     name = "failover"
-    ctx.say.say(f"phase {name}: {rate_text(rate)}, {runs} run(s) of {', '.join(FAULTS)}")
+    ctx.progress.say(f"phase {name}: {rate_text(rate)}, {runs} run(s) of {', '.join(FAULTS)}")
     await start_window(ctx, name)
     started = time.time()
     stop = asyncio.Event()

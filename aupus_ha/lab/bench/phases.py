@@ -56,7 +56,7 @@ async def run_phase(
     ctx: RunContext, name: str, rate: float | None, duration_s: float
 ) -> PhaseResult:
     """Publish for `duration_s`, wait until all is committed, measure."""
-    ctx.say.say(f"phase {name}: publishing {rate_text(rate)} for {duration_s:.0f}s")
+    ctx.progress.say(f"phase {name}: publishing {rate_text(rate)} for {duration_s:.0f}s")
     await start_window(ctx, name)
     started = time.time()
     if rate is None:
@@ -108,7 +108,7 @@ async def finish_phase(
         spool=spool,
     )
     ctx.phases.append(result)
-    ctx.say.say(
+    ctx.progress.say(
         f"phase {name}: {result.ingest_rate:,.0f} rows/s committed, "
         f"p50 {result.latency_ms['p50']:.0f} ms, p99 {result.latency_ms['p99']:.0f} ms"
     )

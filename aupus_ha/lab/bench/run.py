@@ -17,12 +17,12 @@ from aupus_ha.lab.bench.faults import fault_stats, run_failover_phase
 from aupus_ha.lab.bench.options import BenchOptions, options_from_args
 from aupus_ha.lab.bench.phases import run_phase, warm_up
 from aupus_ha.lab.bench.plot import write_plot
-from aupus_ha.lab.bench.progress import Progress
 from aupus_ha.lab.bench.report import BenchReport, compute_ratios
 from aupus_ha.lab.bench.servers import embedded_servers
 from aupus_ha.lab.bench.table import render_table
 from aupus_ha.lab.bench.timeline import build_timeline
 from aupus_ha.lab.localcluster import FAST_TIMINGS
+from aupus_ha.lab.progress import Progress
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,10 +54,10 @@ async def failover_report(
     options = BenchOptions(
         duration_s=8.0, equipment=equipment, fast_timings=fast, keep=keep, failover_runs=runs
     )
-    say = Progress()
+    progress = Progress(to_stderr=True)
     async with (
         embedded_servers(durable=False, keep=keep) as servers,
-        cluster_run(servers, options, say) as ctx,
+        cluster_run(servers, options, progress) as ctx,
     ):
         await warm_up(ctx)
         await run_failover_phase(ctx, rate, runs)
@@ -74,12 +74,12 @@ async def failover_report(
     }
 
 
-async def run_bench(options: BenchOptions, say: Progress | None = None) -> BenchReport:
-    say = say or Progress()
+async def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+    progress = progress or Progress(to_stderr=True)
     async with embedded_servers(durable=options.durable, keep=options.keep) as servers:
-        say.say(f"servers up in {servers.workdir}; measuring the raw limits")
-        baselines, costs = await measure_baselines(servers, options, say)
-        async with cluster_run(servers, options, say) as ctx:
+        progress.say(f"servers up in {servers.workdir}; measuring the raw limits")
+        baselines, costs = await measure_baselines(servers, options, progress)
+        async with cluster_run(servers, options, progress) as ctx:
             await warm_up(ctx)
             await run_phases(ctx)
             parts = await collect(ctx)

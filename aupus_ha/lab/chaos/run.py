@@ -58,6 +58,7 @@ from aupus_ha.lab.chaos.sidemessages import (
 from aupus_ha.lab.chaos.spoolfs import UsageSampler
 from aupus_ha.lab.interrupt import Interrupted, until_interrupted
 from aupus_ha.lab.localcluster import wait_single_leader, wait_until
+from aupus_ha.lab.progress import Progress
 from aupus_ha.pipeline.mqtt import max_packet_bytes
 
 _STORED_SEQS = """
@@ -81,17 +82,9 @@ SELECT topic, payload_sha256, reason FROM ingest_rejects WHERE topic = ANY($1::t
 """
 
 
-class Say:
-    def __init__(self) -> None:
-        self.t0 = time.time()
-
-    def __call__(self, text: str) -> None:
-        print(f"[{time.time() - self.t0:7.1f}s] {text}", flush=True)
-
-
-async def run_chaos(options: ChaosOptions, say: Say | None = None) -> ChaosReport:
-    say = say or Say()
-    say(f"starting PostgreSQL, Mosquitto and 3 instances (seed {options.seed})")
+async def run_chaos(options: ChaosOptions, progress: Progress | None = None) -> ChaosReport:
+    progress = progress or Progress()
+    progress.say(f"starting PostgreSQL, Mosquitto and 3 instances (seed {options.seed})")
     async with cluster_up(options) as cluster:
         await wait_single_leader(cluster.nodes, timeout=60)
         origin = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -99,7 +92,7 @@ async def run_chaos(options: ChaosOptions, say: Say | None = None) -> ChaosRepor
         side = _side_traffic(cluster, origin)
         monitor = LeaderMonitor(cluster.nodes)
         usage = UsageSampler(lambda: _pids(cluster), cluster.spools)
-        skipped = _unavailable(cluster, options, say)
+        skipped = _unavailable(cluster, options, progress)
         stop = asyncio.Event()
         drain_until = [0.0]
 
@@ -115,8 +108,10 @@ async def run_chaos(options: ChaosOptions, say: Say | None = None) -> ChaosRepor
         ):
             injector = FaultInjector(cluster, options, side)
             kinds = runnable_kinds(options.kinds, skipped)
-            faults = await _inject_faults(injector, monitor, options, kinds, say)
-            say(f"faults over; settling (published {load.published}, acked {len(load.acked)})")
+            faults = await _inject_faults(injector, monitor, options, kinds, progress)
+            progress.say(
+                f"faults over; settling (published {load.published}, acked {len(load.acked)})"
+            )
             settle_started = time.monotonic()
             drain_until[0] = settle_started + options.settle_timeout_s
             stop.set()
@@ -134,7 +129,7 @@ async def run_chaos(options: ChaosOptions, say: Say | None = None) -> ChaosRepor
             readings=readings,
             settled_s=settled_s,
             complete=complete,
-            t0=say.t0,
+            t0=progress.t0,
         )
         report.side = await _side_tallies(cluster, side)
         report.peaks = usage.peaks
@@ -159,14 +154,14 @@ def _pids(cluster: Cluster) -> dict[str, int | None]:
     return {n.name: n.pid if n.alive() else None for n in cluster.nodes}
 
 
-def _unavailable(cluster: Cluster, options: ChaosOptions, say: Say) -> dict[str, str]:
+def _unavailable(cluster: Cluster, options: ChaosOptions, progress: Progress) -> dict[str, str]:
     """The chosen kinds this machine cannot inject, and why (said once, at the start)."""
     if cluster.mounts.available:
         return {}
     why = f"no tmpfs per spool ({cluster.mounts.problem or 'not mounted'})"
     skipped: dict[str, str] = {k: why for k in SPOOL_KINDS if k in options.kinds}
     for kind in skipped:
-        say(f"skipping {kind}: {why}")
+        progress.say(f"skipping {kind}: {why}")
     return skipped
 
 
@@ -175,7 +170,7 @@ async def _inject_faults(
     monitor: LeaderMonitor,
     options: ChaosOptions,
     kinds: tuple[str, ...],
-    say: Say,
+    progress: Progress,
 ) -> list[FaultRecord]:
     faults: list[FaultRecord] = []
     deadline = time.monotonic() + options.duration_s
@@ -187,7 +182,7 @@ async def _inject_faults(
         await _sampled_after(monitor, record.healed_at)
         _measure(record, monitor)
         faults.append(record)
-        say(_describe(record))
+        progress.say(_describe(record))
         if kind not in LOAD_KINDS:  # side traffic disturbs nothing: no quiet time needed
             await asyncio.sleep(options.gap_s)
     return faults
