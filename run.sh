@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bootstrap and run: `./run.sh demo` (the failover demo) or `./run.sh test` (lint, types,
-# tests). Creates .venv with the project and its test/demo extras, and installs the Debian
-# `mosquitto` broker (and, for the tests, Debian's PostgreSQL server binaries, built with
-# TLS) when they are missing (apt-get as root, or through sudo).
+# tests). Creates .venv with the project and its test/demo extras at the versions pinned in
+# constraints.txt, and installs the Debian `mosquitto` broker (and, for the tests, Debian's
+# PostgreSQL server binaries, built with TLS, chromium with chromium-driver, and
+# prometheus for promtool) when they are missing (apt-get as root, or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,10 +14,12 @@ ensure_venv() {
   if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
   fi
-  local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  # Reinstalled when the dependencies or their pins change; constraints.txt pins every
+  # package to the versions the suite ran on (its header says how to regenerate it).
+  local stamp="$VENV/.installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)"
   if [[ ! -f "$stamp" ]]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
     touch "$stamp"
   fi
 }
@@ -34,6 +37,21 @@ ensure_mosquitto() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
   # The package starts a system broker on :1883; the tests and demo start their own.
   $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
+}
+
+ensure_browser_and_promtool() {
+  # The operators' console test drives Debian's chromium through chromedriver (selenium),
+  # and promtool (Debian prometheus) checks the Prometheus rule files.
+  if [[ -x /usr/bin/chromedriver && -x /usr/bin/promtool ]]; then
+    return
+  fi
+  local sudo=""
+  if [[ "$(id -u)" != "0" ]]; then sudo="sudo"; fi
+  echo "installing Debian chromium, chromium-driver and prometheus (console test, promtool)..." >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver prometheus >/dev/null
+  # The package starts a system Prometheus on :9090; the tests only need promtool.
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 }
 
 ensure_tls_postgres() {
@@ -64,6 +82,7 @@ case "$cmd" in
     ensure_venv
     ensure_mosquitto
     ensure_tls_postgres
+    ensure_browser_and_promtool
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
