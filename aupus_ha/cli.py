@@ -69,6 +69,12 @@ def _parser(lab_command: str | None = None) -> argparse.ArgumentParser:
         "--url", help="the instance's HTTP address (default: http://127.0.0.1:$HTTP_PORT)"
     )
 
+    gaps = sub.add_parser("gaps", help="data-loss report of a period: gaps, coverage, kWh")
+    gaps.add_argument("--from", dest="start", required=True, help="ISO 8601 (no offset: UTC)")
+    gaps.add_argument("--to", dest="end", required=True, help="ISO 8601 (no offset: UTC)")
+    gaps.add_argument("--equipment", help="one equipment id (default: every enabled one)")
+    gaps.add_argument("--json", action="store_true", help="the JSON of GET /health/gaps")
+
     if lab_command is not None:
         from aupus_ha.lab.cli import add_command
 
@@ -122,9 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         secrets=_secrets(settings),
     )
-    command = {"run": _run, "migrate": _migrate, "status": _status, "step-down": _step_down}[
-        args.command
-    ]
+    command = {
+        "run": _run,
+        "migrate": _migrate,
+        "status": _status,
+        "step-down": _step_down,
+        "gaps": _gaps,
+    }[args.command]
     return _exit_code(lambda: asyncio.run(command(settings, args)))
 
 
@@ -199,6 +209,12 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_status(view, settings.lease_ttl_s))
     return constants.EXIT_OK
+
+
+async def _gaps(settings: Settings, args: argparse.Namespace) -> int:
+    from aupus_ha.operations.gaps import run_cli
+
+    return await run_cli(settings, args.start, args.end, args.equipment, as_json=args.json)
 
 
 async def _step_down(settings: Settings, args: argparse.Namespace) -> int:

@@ -488,6 +488,129 @@ SELECT count(*) AS total,
        max(at) AS last_at
 FROM ha_handovers WHERE cluster_name = $1;
 
+-- name: diag_equipamentos_ativos
+-- $1 window start in the column's type (24 h ago, computed by the caller in the key
+-- convention: never compared through the session's TimeZone). The legacy
+-- `/api/v1/mqtt/diagnostico/equipamentos` "funcionando": every equipment with rows in
+-- the window, its row count there, its newest row's time and quality, and the database
+-- clock. Index-backed on any table size: per equipment one backward step of
+-- uk_equipamento_timestamp (equipamento_id, timestamp_dados) for the newest row, and
+-- only for those inside the window one range count on the same index.
+SELECT e.id::text AS id, e.nome::text AS nome, to_jsonb(e) ->> 'tag' AS tag,
+       e.topico_mqtt::text AS topico_mqtt, t.codigo::text AS tipo_equipamento,
+       newest.timestamp_dados AS ultima_recepcao, newest.qualidade::text AS ultima_qualidade,
+       counted.registros AS registros_24h, now() AS db_now
+FROM equipamentos e
+LEFT JOIN tipos_equipamentos t ON t.id = e.tipo_equipamento_id
+CROSS JOIN LATERAL (
+    SELECT d.timestamp_dados, d.qualidade
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = e.id
+    ORDER BY d.timestamp_dados DESC
+    LIMIT 1
+) AS newest
+CROSS JOIN LATERAL (
+    SELECT count(*)::bigint AS registros
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = e.id AND d.timestamp_dados >= $1::{ts_type}
+) AS counted
+WHERE newest.timestamp_dados >= $1::{ts_type}
+ORDER BY counted.registros DESC, e.id;
+
+-- name: diag_equipamentos_inativos
+-- $1 window start in the column's type (as diag_equipamentos_ativos). Enabled
+-- equipment (the topic catalogue's filter) without a row in the window: its newest row
+-- ever (NULL: never sent anything) by one backward step of uk_equipamento_timestamp,
+-- and the database clock.
+SELECT e.id::text AS id, e.nome::text AS nome, to_jsonb(e) ->> 'tag' AS tag,
+       e.topico_mqtt::text AS topico_mqtt, t.codigo::text AS tipo_equipamento,
+       newest.timestamp_dados AS ultima_recepcao_conhecida, now() AS db_now
+FROM equipamentos e
+LEFT JOIN tipos_equipamentos t ON t.id = e.tipo_equipamento_id
+LEFT JOIN LATERAL (
+    SELECT d.timestamp_dados
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = e.id
+    ORDER BY d.timestamp_dados DESC
+    LIMIT 1
+) AS newest ON true
+WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
+  AND (newest.timestamp_dados IS NULL OR newest.timestamp_dados < $1::{ts_type})
+ORDER BY newest.timestamp_dados DESC NULLS LAST, e.id;
+
+-- name: diag_janela
+-- $1 window start in the column's type. Rows in the window per equipment and quality
+-- label as stored (NULL kept): count, first and last time, and the sum and count of
+-- num_leituras. The caller adds them up for the legacy `stats` and `qualidade`. One
+-- range of uk_equipamento_timestamp per equipment (the table has no index led by
+-- timestamp_dados: a plain range on it would scan the whole table).
+SELECT e.id::text AS equipamento_id, w.qualidade::text AS qualidade, w.registros,
+       w.primeiro, w.ultimo, w.soma_leituras, w.com_leituras
+FROM equipamentos e
+CROSS JOIN LATERAL (
+    SELECT d.qualidade, count(*)::bigint AS registros,
+           min(d.timestamp_dados) AS primeiro, max(d.timestamp_dados) AS ultimo,
+           coalesce(sum(d.num_leituras), 0)::bigint AS soma_leituras,
+           count(d.num_leituras)::bigint AS com_leituras
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = e.id AND d.timestamp_dados >= $1::{ts_type}
+    GROUP BY d.qualidade
+) AS w;
+
+-- name: diag_topicos
+-- $1 window start in the column's type. Per topic of enabled equipment: how many
+-- equipment share it, how many of them have a row in the window, and the newest row
+-- (one backward step of uk_equipamento_timestamp per equipment).
+SELECT e.topico_mqtt::text AS topico, count(*)::bigint AS quantidade_equipamentos,
+       count(*) FILTER (WHERE newest.timestamp_dados >= $1::{ts_type})::bigint
+           AS equipamentos_ativos_24h,
+       max(newest.timestamp_dados) AS ultima_recepcao
+FROM equipamentos e
+LEFT JOIN LATERAL (
+    SELECT d.timestamp_dados
+    FROM equipamentos_dados d
+    WHERE d.equipamento_id = e.id
+    ORDER BY d.timestamp_dados DESC
+    LIMIT 1
+) AS newest ON true
+WHERE e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL AND e.deleted_at IS NULL
+GROUP BY e.topico_mqtt
+ORDER BY equipamentos_ativos_24h DESC, quantidade_equipamentos DESC, topico;
+
+-- name: diag_gaps
+-- $1 window start in the column's type, $2 minimum gap in seconds, $3 limit. The
+-- longest silences between two consecutive rows of one equipment inside the window
+-- (one range of uk_equipamento_timestamp per equipment, read in index order). The
+-- difference of two values of one column does not depend on any time zone.
+SELECT e.nome::text AS nome, e.topico_mqtt::text AS topico_mqtt,
+       g.inicio_gap, g.fim_gap,
+       extract(epoch FROM g.fim_gap - g.inicio_gap)::float8 AS segundos
+FROM equipamentos e
+CROSS JOIN LATERAL (
+    SELECT s.inicio_gap, s.fim_gap
+    FROM (
+        SELECT lag(d.timestamp_dados) OVER (ORDER BY d.timestamp_dados) AS inicio_gap,
+               d.timestamp_dados AS fim_gap
+        FROM equipamentos_dados d
+        WHERE d.equipamento_id = e.id AND d.timestamp_dados >= $1::{ts_type}
+    ) AS s
+    WHERE s.fim_gap - s.inicio_gap > make_interval(secs => $2)
+) AS g
+ORDER BY segundos DESC, nome
+LIMIT $3;
+
+-- name: diag_ultimos
+-- $1 limit. The newest stored rows by arrival (one range of the created_at index),
+-- with their equipment's name and topic.
+SELECT d.id::text AS id, e.nome::text AS equipamento, e.topico_mqtt::text AS topico_mqtt,
+       d.timestamp_dados, d.created_at::timestamptz AS created_at, d.fonte::text AS fonte,
+       d.qualidade::text AS qualidade, d.num_leituras
+FROM equipamentos_dados d
+LEFT JOIN equipamentos e ON e.id = d.equipamento_id
+WHERE d.created_at IS NOT NULL
+ORDER BY d.created_at DESC
+LIMIT $1;
+
 -- name: alert_open
 -- $1 cluster_name, $2 kind, $3 level, $4 service, $5 message, $6 metadata (json text),
 -- $7 instance_id. Opens an alert unless one of that kind is open already (the partial
@@ -621,3 +744,80 @@ WITH minutes AS (
 SELECT m.minute, coalesce(c.rows, 0)::bigint AS rows
 FROM minutes m LEFT JOIN counts c USING (minute)
 ORDER BY m.minute;
+
+-- name: gaps_scan
+-- $1 period start, $2 period end (never after now), $3 start of the cadence lookback
+-- (the day before $1), all timestamptz; $4 one equipamento id, or NULL for every enabled
+-- equipment with a topic; $5 the gap threshold's floor (s); $6 the cadence multiple.
+-- Per equipment: readings in the period, the first and last of them, the cadence (the
+-- median interval between consecutive readings from $3 to $2, s) and the start and end
+-- of every interval beginning in the period that is longer than
+-- greatest($6 x cadence, $5) (aupus_ha/operations/gaps.py says why). One range of the
+-- natural key per equipment read in key order (an index-only scan once the table is
+-- vacuumed): lead() needs no sort, and only the gaps leave the server. A legacy
+-- `timestamp` column is compared as wall time of the session's zone (the key stays
+-- usable) and returned as timestamptz.
+SELECT e.id::text AS equipamento_id, e.nome::text AS nome,
+       s.readings, s.first_at, s.last_at, s.cadence_s, s.gap_starts, s.gap_ends
+FROM equipamentos e
+CROSS JOIN LATERAL (
+    WITH seq AS (
+        SELECT d.timestamp_dados::timestamptz AS ts,
+               lead(d.timestamp_dados::timestamptz) OVER (ORDER BY d.timestamp_dados) AS next_ts
+        FROM equipamentos_dados d
+        WHERE d.equipamento_id = e.id
+          AND d.timestamp_dados >= $3::timestamptz::{ts_type}
+          AND d.timestamp_dados < $2::timestamptz::{ts_type}
+    ), stats AS (
+        SELECT count(*) FILTER (WHERE ts >= $1::timestamptz)::int AS readings,
+               min(ts) FILTER (WHERE ts >= $1::timestamptz) AS first_at,
+               max(ts) FILTER (WHERE ts >= $1::timestamptz) AS last_at,
+               percentile_cont(0.5) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM next_ts - ts)
+               ) FILTER (WHERE next_ts IS NOT NULL)::float8 AS cadence_s
+        FROM seq
+    )
+    SELECT st.readings, st.first_at, st.last_at, st.cadence_s, g.gap_starts, g.gap_ends
+    FROM stats st
+    CROSS JOIN LATERAL (
+        SELECT array_agg(q.ts ORDER BY q.ts) AS gap_starts,
+               array_agg(q.next_ts ORDER BY q.ts) AS gap_ends
+        FROM seq q
+        WHERE q.ts >= $1::timestamptz
+          AND q.next_ts - q.ts > make_interval(secs => greatest($6::float8 * st.cadence_s, $5::float8))
+    ) AS g
+) AS s
+WHERE ($4::text IS NULL AND e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL
+       AND e.deleted_at IS NULL)
+   OR e.id::text = $4::text
+ORDER BY e.id;
+
+-- name: gaps_power
+-- $1 equipamento ids, $2 gap starts, $3 gap ends (parallel arrays, timestamptz), $4
+-- readings taken each side, $5 how far from the gap they may be (s). Per gap (1-based
+-- position): the mean potencia_ativa_kw of the $4 readings just before its start and
+-- the $4 just after its end (NULL powers ignored; no row when none is known). Two short
+-- steps of the natural key per gap.
+SELECT k.pos, avg(p.kw)::float8 AS mean_kw, count(p.kw)::int AS samples
+FROM unnest($1::{id_type}[], $2::timestamptz[], $3::timestamptz[])
+     WITH ORDINALITY AS k(equipamento_id, gap_start, gap_end, pos)
+CROSS JOIN LATERAL (
+    (SELECT d.potencia_ativa_kw::float8 AS kw
+     FROM equipamentos_dados d
+     WHERE d.equipamento_id = k.equipamento_id
+       AND d.timestamp_dados <= k.gap_start::{ts_type}
+       AND d.timestamp_dados > (k.gap_start - make_interval(secs => $5::float8))::{ts_type}
+     ORDER BY d.timestamp_dados DESC
+     LIMIT $4)
+    UNION ALL
+    (SELECT d.potencia_ativa_kw::float8 AS kw
+     FROM equipamentos_dados d
+     WHERE d.equipamento_id = k.equipamento_id
+       AND d.timestamp_dados >= k.gap_end::{ts_type}
+       AND d.timestamp_dados < (k.gap_end + make_interval(secs => $5::float8))::{ts_type}
+     ORDER BY d.timestamp_dados
+     LIMIT $4)
+) AS p
+WHERE p.kw IS NOT NULL
+GROUP BY k.pos
+ORDER BY k.pos;
