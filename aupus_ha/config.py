@@ -3,6 +3,11 @@
 A wrong value raises `ConfigError` naming the variable and what it accepts; the CLI turns
 that into one line on stderr and exit code 2. Secrets are kept in `Secret` so that no
 `repr`, log line or HTTP body can print them by accident.
+
+Every variable's default and bounds live in one table, `SETTINGS`: the loader reads its
+defaults and bounds from it, the `Settings` dataclass its field defaults, the docs check
+compares docs/configuration.md with it, and the lab and the tests take "the default"
+from it (`default_text`, `default_value`) instead of repeating a literal.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, tzinfo
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,6 +40,251 @@ HEALTH_DETAILS_CHOICES = (HEALTH_DETAILS_TOKEN, HEALTH_DETAILS_PUBLIC)
 # A server refuses to start with a shorter ADMIN_TOKEN (http.py): short ones are
 # guessable and slip under log scrubbing. Clients (`step-down`) may hold any value.
 ADMIN_TOKEN_MIN_LENGTH = 12
+LOG_FORMATS = ("json", "console")
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Derived defaults (no literal in the table): the broker's port by TLS, the renewal
+# deadline as a share of the lease, the instance named after its host.
+MQTT_PORT_PLAIN = 1883
+MQTT_PORT_TLS = 8883
+RENEW_DEADLINE_SHARE = 0.7
+
+Kind = Literal[
+    "int", "float", "bool", "choice", "text", "secret", "path", "zone", "identifier", "file"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: what it parses as, its default as written in an
+    environment (None: no default, or `derived` from other values), its bounds."""
+
+    name: str
+    kind: Kind
+    default: str | None
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    derived: str | None = None  # how a default without a literal is computed
+
+    @property
+    def value(self) -> Any:
+        """The default as the loader's type (`Secret("")`, None when there is none)."""
+        raw = self.default
+        if self.kind == "secret":
+            return Secret(raw or "")
+        if raw is None:
+            return None
+        parse: dict[str, Callable[[str], object]] = {
+            "int": int,
+            "float": float,
+            "bool": lambda v: v.strip().lower() in TRUE_WORDS,
+            "path": Path,
+        }
+        return parse.get(self.kind, str)(raw)
+
+
+def _s(name: str, kind: Kind, default: str | None, doc: str, **more: Any) -> Setting:
+    return Setting(name, kind, default, doc, **more)
+
+
+# The one table of settings, in the order of docs/configuration.md.
+SETTINGS: Final[tuple[Setting, ...]] = (
+    _s("DATABASE_URL", "secret", None, "the PostgreSQL database (required)"),
+    _s("MQTT_URL", "secret", None, "the broker: mqtt://, mqtts://, optional user:password@"),
+    _s("MQTT_HOST", "text", None, "legacy broker host, used only when MQTT_URL is empty"),
+    _s(
+        "MQTT_PORT",
+        "int",
+        None,
+        "legacy broker port",
+        low=1,
+        high=65535,
+        derived=f"{MQTT_PORT_PLAIN} ({MQTT_PORT_TLS} with MQTT_TLS)",
+    ),
+    _s("MQTT_USERNAME", "text", None, "legacy broker user name"),
+    _s("MQTT_PASSWORD", "secret", None, "legacy broker password"),
+    _s("MQTT_TLS", "bool", "false", "TLS to the broker"),
+    _s("MQTT_TLS_CA", "file", None, "CA bundle that verifies the broker"),
+    _s("MQTT_TLS_INSECURE", "bool", "false", "skip the broker's certificate check (tests)"),
+    _s(
+        "MQTT_MODE",
+        "choice",
+        constants.MODE_PRODUCTION,
+        "may lead / only show / no MQTT",
+        choices=constants.MQTT_MODES,
+    ),
+    _s("MQTT_RECEIVE_MAXIMUM", "int", "2000", "QoS 1 messages in flight", low=1, high=65535),
+    _s(
+        "MAX_PAYLOAD_BYTES",
+        "int",
+        str(256 * 1024),
+        "larger payloads are rejects",
+        low=64,
+        high=268_435_455,
+    ),
+    _s(
+        "REJECT_PAYLOAD_PREFIX_BYTES",
+        "int",
+        "4096",
+        "bytes of a bad message kept",
+        low=0,
+        high=1024**2,
+    ),
+    _s(
+        "REJECT_RATE_PER_MIN",
+        "float",
+        "60",
+        "rejects kept per topic per minute",
+        low=0.01,
+        high=1_000_000,
+    ),
+    _s("REJECT_BURST", "int", "20", "rejects a topic may keep at once", low=1, high=1_000_000),
+    _s("REJECT_RETENTION_DAYS", "float", "30", "days a reject row is kept", low=0.001, high=36_500),
+    _s("INSTANCE_ID", "identifier", None, "this process in the cluster", derived="the host name"),
+    _s("CLUSTER_NAME", "identifier", "aupus", "instances that compete for one lock"),
+    _s("HTTP_HOST", "text", "0.0.0.0", "where the HTTP API listens"),  # noqa: S104
+    _s("HTTP_PORT", "int", "3000", "port of the HTTP API (0: any free)", low=0, high=65535),
+    _s(
+        "HTTP_MAX_CONNECTIONS",
+        "int",
+        "200",
+        "HTTP connections kept open at once",
+        low=4,
+        high=100_000,
+    ),
+    _s(
+        "HTTP_HEADER_TIMEOUT_S", "float", "10", "seconds to send a whole request", low=0.5, high=300
+    ),
+    _s(
+        "HEALTH_DETAILS",
+        "choice",
+        HEALTH_DETAILS_TOKEN,
+        "who sees the health details",
+        choices=HEALTH_DETAILS_CHOICES,
+    ),
+    _s("LEASE_TTL_S", "float", "5", "a silent leader is replaced after this", low=0.5, high=300),
+    _s("HEARTBEAT_S", "float", "1", "how often the lease rows are renewed", low=0.05, high=60),
+    _s(
+        "RENEW_DEADLINE_S",
+        "float",
+        None,
+        "a leader unrenewed this long stops writing",
+        low=0.1,
+        high=300,
+        derived=f"{RENEW_DEADLINE_SHARE} x LEASE_TTL_S",
+    ),
+    _s(
+        "FLUSH_INTERVAL_S",
+        "float",
+        "1",
+        "the leader writes at least this often",
+        low=0.01,
+        high=300,
+    ),
+    _s(
+        "ROLLUP_GRACE_S",
+        "float",
+        "15",
+        "wait after a minute before its rollup row",
+        low=0,
+        high=3600,
+    ),
+    _s(
+        "STANDBY_HORIZON_S",
+        "float",
+        "600",
+        "a standby may drop an unconfirmed reading after",
+        low=1,
+        high=86_400,
+    ),
+    _s("BATCH_MAX", "int", "5000", "most rows per flush transaction", low=1, high=1_000_000),
+    _s(
+        "BUFFER_MAX_MESSAGES",
+        "int",
+        "200000",
+        "bound of the in-memory buffer",
+        low=100,
+        high=100_000_000,
+    ),
+    _s("DB_CONNECT_TIMEOUT_S", "float", "5", "one attempt to open a connection", low=0.5, high=120),
+    _s("LEGACY_TIMESTAMP_ZONE", "zone", "UTC", "zone of legacy timestamp columns"),
+    _s(
+        "RECENT_DATA_WARNING_S",
+        "float",
+        "600",
+        "newest reading older: warning",
+        low=1,
+        high=604_800,
+    ),
+    _s(
+        "RECENT_DATA_CRITICAL_S",
+        "float",
+        "7200",
+        "newest reading older: critical",
+        low=1,
+        high=604_800,
+    ),
+    _s("ALERT_INTERVAL_S", "float", "300", "how often alerts are evaluated", low=1, high=86_400),
+    _s("ALERT_COOLDOWN_S", "float", "3600", "an open alert is repeated after", low=0, high=604_800),
+    _s(
+        "EQUIPMENT_OFFLINE_AFTER_S",
+        "float",
+        "900",
+        "silence before equipment_offline",
+        low=1,
+        high=86_400,
+    ),
+    _s(
+        "EQUIPMENT_OFFLINE_STORM",
+        "int",
+        "10",
+        "more at once: one grouped notification",
+        low=1,
+        high=1_000_000,
+    ),
+    _s("LOG_FORMAT", "choice", "json", "log lines as JSON or for people", choices=LOG_FORMATS),
+    _s("LOG_LEVEL", "choice", "info", "lowest level logged", choices=LOG_LEVELS),
+    _s("SPOOL_DIR", "path", "./spool", "where the write-ahead spool lives"),
+    _s(
+        "SPOOL_MAX_BYTES",
+        "int",
+        str(1024**3),
+        "upper bound of the spool",
+        low=1024**2,
+        high=1024**5,
+    ),
+    _s("SPOOL_FSYNC", "bool", "true", "every acknowledgement waits for an fsync"),
+    _s("ADMIN_TOKEN", "secret", None, "token of the admin routes and health details"),
+    _s("ALERT_WEBHOOK_URL", "secret", None, "where alerts are POSTed"),
+    _s("SMTP_HOST", "text", None, "SMTP server for alert e-mails"),
+    _s("SMTP_PORT", "int", "587", "SMTP port (465: TLS, 25: plain)", low=1, high=65535),
+    _s("SMTP_TLS_CA", "file", None, "CA bundle that verifies the SMTP server"),
+    _s("SMTP_USER", "text", None, "SMTP login (also the sender)"),
+    _s("SMTP_PASS", "secret", None, "SMTP password"),
+    _s("ALERT_EMAIL_TO", "text", None, "recipients of alert e-mails"),
+)
+SETTING: Final[Mapping[str, Setting]] = {s.name: s for s in SETTINGS}
+
+
+def default_text(name: str) -> str:
+    """Variable `name`'s default as an environment would hold it (e.g. "5")."""
+    raw = SETTING[name].default
+    if raw is None:
+        raise KeyError(f"{name} has no literal default ({SETTING[name].derived or 'none'})")
+    return raw
+
+
+def default_value(name: str) -> Any:
+    """Variable `name`'s default as the loaded `Settings` holds it (e.g. 5.0)."""
+    return SETTING[name].value
+
+
+def default_renew_deadline(lease_ttl_s: float) -> float:
+    """RENEW_DEADLINE_S when unset: a share of the lease (3.5 s of the default 5 s)."""
+    return float(f"{lease_ttl_s * RENEW_DEADLINE_SHARE:g}")
 
 
 class Secret:
@@ -79,59 +329,59 @@ class MqttEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every knob of one instance. Defaults follow ARCHITECTURE.md."""
+    """Every knob of one instance. Defaults: the `SETTINGS` table (ARCHITECTURE.md's)."""
 
     database_url: Secret
     mqtt: MqttEndpoint | None
     instance_id: str
-    cluster_name: str = "aupus"
-    mqtt_mode: str = constants.MODE_PRODUCTION
-    mqtt_tls_ca: str | None = None
-    mqtt_tls_insecure: bool = False
-    http_host: str = "0.0.0.0"  # noqa: S104 - a health endpoint must be reachable by the LB
-    http_port: int = 3000
-    http_max_connections: int = 200
-    http_header_timeout_s: float = 10.0
-    health_details: str = HEALTH_DETAILS_TOKEN
-    lease_ttl_s: float = 5.0
-    heartbeat_s: float = 1.0
-    renew_deadline_s: float = 3.5
-    flush_interval_s: float = 1.0
-    rollup_grace_s: float = 15.0
-    standby_horizon_s: float = 600.0
-    batch_max: int = 5000
-    buffer_max_messages: int = 200_000
-    max_payload_bytes: int = 256 * 1024
-    mqtt_receive_maximum: int = 2000
-    spool_dir: Path = field(default_factory=lambda: Path("./spool"))
-    spool_max_bytes: int = 1024**3
-    spool_fsync: bool = True
-    reject_payload_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
-    reject_rate_per_min: float = constants.REJECT_RATE_PER_MIN
-    reject_burst: int = constants.REJECT_BURST
-    reject_retention_days: float = constants.REJECT_RETENTION_DAYS
-    log_format: str = "json"
-    log_level: str = "info"
-    admin_token: Secret = field(default_factory=lambda: Secret(""))
-    alert_webhook_url: Secret = field(default_factory=lambda: Secret(""))
-    smtp_host: str | None = None
-    smtp_port: int = 587
-    smtp_user: str | None = None
-    smtp_pass: Secret = field(default_factory=lambda: Secret(""))
-    alert_email_to: str | None = None
-    smtp_tls_ca: str | None = None
-    db_connect_timeout_s: float = 5.0
-    recent_data_warning_s: float = 600.0
-    recent_data_critical_s: float = 7200.0
-    alert_interval_s: float = 300.0
-    alert_cooldown_s: float = 3600.0
+    cluster_name: str = default_value("CLUSTER_NAME")
+    mqtt_mode: str = default_value("MQTT_MODE")
+    mqtt_tls_ca: str | None = default_value("MQTT_TLS_CA")
+    mqtt_tls_insecure: bool = default_value("MQTT_TLS_INSECURE")
+    http_host: str = default_value("HTTP_HOST")  # reachable by the load balancer
+    http_port: int = default_value("HTTP_PORT")
+    http_max_connections: int = default_value("HTTP_MAX_CONNECTIONS")
+    http_header_timeout_s: float = default_value("HTTP_HEADER_TIMEOUT_S")
+    health_details: str = default_value("HEALTH_DETAILS")
+    lease_ttl_s: float = default_value("LEASE_TTL_S")
+    heartbeat_s: float = default_value("HEARTBEAT_S")
+    renew_deadline_s: float = default_renew_deadline(default_value("LEASE_TTL_S"))
+    flush_interval_s: float = default_value("FLUSH_INTERVAL_S")
+    rollup_grace_s: float = default_value("ROLLUP_GRACE_S")
+    standby_horizon_s: float = default_value("STANDBY_HORIZON_S")
+    batch_max: int = default_value("BATCH_MAX")
+    buffer_max_messages: int = default_value("BUFFER_MAX_MESSAGES")
+    max_payload_bytes: int = default_value("MAX_PAYLOAD_BYTES")
+    mqtt_receive_maximum: int = default_value("MQTT_RECEIVE_MAXIMUM")
+    spool_dir: Path = field(default_factory=lambda: default_value("SPOOL_DIR"))
+    spool_max_bytes: int = default_value("SPOOL_MAX_BYTES")
+    spool_fsync: bool = default_value("SPOOL_FSYNC")
+    reject_payload_prefix_bytes: int = default_value("REJECT_PAYLOAD_PREFIX_BYTES")
+    reject_rate_per_min: float = default_value("REJECT_RATE_PER_MIN")
+    reject_burst: int = default_value("REJECT_BURST")
+    reject_retention_days: float = default_value("REJECT_RETENTION_DAYS")
+    log_format: str = default_value("LOG_FORMAT")
+    log_level: str = default_value("LOG_LEVEL")
+    admin_token: Secret = field(default_factory=lambda: default_value("ADMIN_TOKEN"))
+    alert_webhook_url: Secret = field(default_factory=lambda: default_value("ALERT_WEBHOOK_URL"))
+    smtp_host: str | None = default_value("SMTP_HOST")
+    smtp_port: int = default_value("SMTP_PORT")
+    smtp_user: str | None = default_value("SMTP_USER")
+    smtp_pass: Secret = field(default_factory=lambda: default_value("SMTP_PASS"))
+    alert_email_to: str | None = default_value("ALERT_EMAIL_TO")
+    smtp_tls_ca: str | None = default_value("SMTP_TLS_CA")
+    db_connect_timeout_s: float = default_value("DB_CONNECT_TIMEOUT_S")
+    recent_data_warning_s: float = default_value("RECENT_DATA_WARNING_S")
+    recent_data_critical_s: float = default_value("RECENT_DATA_CRITICAL_S")
+    alert_interval_s: float = default_value("ALERT_INTERVAL_S")
+    alert_cooldown_s: float = default_value("ALERT_COOLDOWN_S")
     # Per-device alerts (operations/device_alerts.py): silence before `equipment_offline`,
     # and how many at once before they are grouped into one notification.
-    equipment_offline_after_s: float = 900.0
-    equipment_offline_storm: int = 10
+    equipment_offline_after_s: float = default_value("EQUIPMENT_OFFLINE_AFTER_S")
+    equipment_offline_storm: int = default_value("EQUIPMENT_OFFLINE_STORM")
     # The zone of the wall times in legacy `timestamp without time zone` columns
     # (DOMAIN v2: UTC). Every database session runs in it, so `created_at` defaults too.
-    legacy_timestamp_zone: str = "UTC"
+    legacy_timestamp_zone: str = default_value("LEGACY_TIMESTAMP_ZONE")
 
     @property
     def legacy_zone(self) -> tzinfo:
@@ -184,9 +434,9 @@ def mask_url(url: str) -> str:
 
 def _parse_bool(name: str, raw: str) -> bool:
     lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in {"0", "false", "no", "off", ""}:
+    if lowered in FALSE_WORDS:
         return False
     raise ConfigError(f"{name}={raw!r} is not a boolean (accepts true/false, 1/0, yes/no)")
 
@@ -324,7 +574,7 @@ def _parse_mqtt_url(raw: str, tls_flag: bool) -> MqttEndpoint:
         )
     tls = schemes[parts.scheme] or tls_flag
     try:
-        port = parts.port if parts.port is not None else (8883 if tls else 1883)
+        port = parts.port if parts.port is not None else _mqtt_default_port(tls)
     except ValueError:
         port = 0
     if not 1 <= port <= 65535:
@@ -338,26 +588,83 @@ def _parse_mqtt_url(raw: str, tls_flag: bool) -> MqttEndpoint:
     )
 
 
-def _mqtt_endpoint(env: Mapping[str, str]) -> MqttEndpoint | None:
-    tls = _parse_bool("MQTT_TLS", env.get("MQTT_TLS", "false"))
-    user = env.get("MQTT_USERNAME") or None
-    password = env.get("MQTT_PASSWORD", "")
-    if env.get("MQTT_URL", "").strip():
-        endpoint = _parse_mqtt_url(env["MQTT_URL"], tls)
+def _mqtt_default_port(tls: bool) -> int:
+    return MQTT_PORT_TLS if tls else MQTT_PORT_PLAIN
+
+
+class _Env:
+    """An environment read through `SETTINGS`: an unset or blank variable is its row's
+    default, parsed with its row's kind and bounds. A row without a literal default
+    takes `derived` (computed by the caller), and only a row that says it is derived."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, derived: str | None = None) -> str:
+        spec = SETTING[name]
+        value = self._env.get(name)
+        if value is not None and value.strip():
+            return value
+        if spec.default is not None:
+            return spec.default
+        if derived is None or spec.derived is None:
+            raise ConfigError(f"{name} is required")
+        return derived
+
+    def integer(self, name: str, derived: str | None = None) -> int:
+        spec = self._kind(name, "int")
+        return _parse_number(name, self.text(name, derived), int, *self._bounds(spec))
+
+    def real(self, name: str, derived: str | None = None) -> float:
+        spec = self._kind(name, "float")
+        return _parse_number(name, self.text(name, derived), float, *self._bounds(spec))
+
+    def flag(self, name: str) -> bool:
+        self._kind(name, "bool")
+        return _parse_bool(name, self.text(name))
+
+    def choice(self, name: str) -> str:
+        return _parse_choice(name, self.text(name), self._kind(name, "choice").choices)
+
+    def optional(self, name: str) -> str | None:
+        """Text without a default: unset or empty is None (kept as written otherwise)."""
+        return self._env.get(self._kind(name, "text", "file").name) or None
+
+    def secret(self, name: str) -> Secret:
+        return Secret(self._env.get(self._kind(name, "secret").name) or "")
+
+    @staticmethod
+    def _kind(name: str, *kinds: Kind) -> Setting:
+        spec = SETTING[name]
+        assert spec.kind in kinds, f"{name} is a {spec.kind} setting, read as {kinds}"
+        return spec
+
+    @staticmethod
+    def _bounds(spec: Setting) -> tuple[float, float]:
+        assert spec.low is not None and spec.high is not None, spec.name
+        return spec.low, spec.high
+
+
+def _mqtt_endpoint(env: _Env) -> MqttEndpoint | None:
+    tls = env.flag("MQTT_TLS")
+    user = env.optional("MQTT_USERNAME")
+    password = env.secret("MQTT_PASSWORD")
+    url = env.secret("MQTT_URL").reveal()
+    if url.strip():
+        endpoint = _parse_mqtt_url(url, tls)
         if endpoint.username is None and user:
             # A legacy .env may keep the credentials apart from the URL.
-            endpoint = replace(endpoint, username=user, password=Secret(password))
+            endpoint = replace(endpoint, username=user, password=password)
         return endpoint
-    host = env.get("MQTT_HOST", "").strip()
+    host = (env.optional("MQTT_HOST") or "").strip()
     if not host:
         return None
-    port_raw = env.get("MQTT_PORT", "").strip() or ("8883" if tls else "1883")
-    port = _parse_number("MQTT_PORT", port_raw, int, 1, 65535)
-    return MqttEndpoint(host, port, tls, user, Secret(password))
+    port = env.integer("MQTT_PORT", derived=str(_mqtt_default_port(tls)))
+    return MqttEndpoint(host, port, tls, user, password)
 
 
-def _tls_ca(env: Mapping[str, str], name: str) -> str | None:
-    path = env.get(name, "").strip()
+def _tls_ca(name: str, raw: str | None) -> str | None:
+    path = (raw or "").strip()
     if path and not _readable_file(path):
         raise ConfigError(f"{name}={path!r} is not a readable file (accepts a PEM CA bundle)")
     return path or None
@@ -392,125 +699,96 @@ def load_settings(
     return _settings_from(env)
 
 
-def _settings_from(env: Mapping[str, str]) -> Settings:
-    def get(name: str, default: str) -> str:
-        value = env.get(name)
-        return default if value is None or value.strip() == "" else value
-
-    if not env.get("DATABASE_URL", "").strip():
+def _settings_from(variables: Mapping[str, str]) -> Settings:
+    env = _Env(variables)
+    database_url = env.secret("DATABASE_URL").reveal()
+    if not database_url.strip():
         raise ConfigError(
             "DATABASE_URL is required (accepts postgresql://user:password@host:port/db)"
         )
-    mode = _parse_choice("MQTT_MODE", get("MQTT_MODE", "production"), constants.MQTT_MODES)
+    mode = env.choice("MQTT_MODE")
     mqtt = _mqtt_endpoint(env)
     if mqtt is None and mode != constants.MODE_DISABLED:
         raise ConfigError("MQTT_URL (or MQTT_HOST) is required unless MQTT_MODE=disabled")
-    num = _parse_number
-    lease_ttl = num("LEASE_TTL_S", get("LEASE_TTL_S", "5"), float, 0.5, 300)
-    heartbeat = num("HEARTBEAT_S", get("HEARTBEAT_S", "1"), float, 0.05, 60)
+    lease_ttl, heartbeat, renew = _lease_timings(env)
+    warning, critical = _recent_data_thresholds(env)
+    return Settings(
+        database_url=_parse_database_url(database_url),
+        mqtt=mqtt,
+        instance_id=_parse_identifier(
+            "INSTANCE_ID", env.text("INSTANCE_ID", derived=socket.gethostname())
+        ),
+        cluster_name=_parse_identifier("CLUSTER_NAME", env.text("CLUSTER_NAME")),
+        mqtt_mode=mode,
+        mqtt_tls_ca=_tls_ca("MQTT_TLS_CA", env.optional("MQTT_TLS_CA")),
+        mqtt_tls_insecure=env.flag("MQTT_TLS_INSECURE"),
+        http_host=env.text("HTTP_HOST"),
+        http_port=env.integer("HTTP_PORT"),
+        http_max_connections=env.integer("HTTP_MAX_CONNECTIONS"),
+        http_header_timeout_s=env.real("HTTP_HEADER_TIMEOUT_S"),
+        health_details=env.choice("HEALTH_DETAILS"),
+        lease_ttl_s=lease_ttl,
+        heartbeat_s=heartbeat,
+        renew_deadline_s=renew,
+        flush_interval_s=env.real("FLUSH_INTERVAL_S"),
+        rollup_grace_s=env.real("ROLLUP_GRACE_S"),
+        standby_horizon_s=env.real("STANDBY_HORIZON_S"),
+        batch_max=env.integer("BATCH_MAX"),
+        buffer_max_messages=env.integer("BUFFER_MAX_MESSAGES"),
+        max_payload_bytes=env.integer("MAX_PAYLOAD_BYTES"),
+        mqtt_receive_maximum=env.integer("MQTT_RECEIVE_MAXIMUM"),
+        spool_dir=_parse_directory("SPOOL_DIR", env.text("SPOOL_DIR")),
+        spool_max_bytes=env.integer("SPOOL_MAX_BYTES"),
+        spool_fsync=env.flag("SPOOL_FSYNC"),
+        reject_payload_prefix_bytes=env.integer("REJECT_PAYLOAD_PREFIX_BYTES"),
+        reject_rate_per_min=env.real("REJECT_RATE_PER_MIN"),
+        reject_burst=env.integer("REJECT_BURST"),
+        reject_retention_days=env.real("REJECT_RETENTION_DAYS"),
+        log_format=env.choice("LOG_FORMAT"),
+        log_level=env.choice("LOG_LEVEL"),
+        admin_token=env.secret("ADMIN_TOKEN"),
+        alert_webhook_url=_parse_webhook_url(env.secret("ALERT_WEBHOOK_URL").reveal()),
+        smtp_host=env.optional("SMTP_HOST"),
+        smtp_port=env.integer("SMTP_PORT"),
+        smtp_user=env.optional("SMTP_USER"),
+        smtp_pass=env.secret("SMTP_PASS"),
+        smtp_tls_ca=_tls_ca("SMTP_TLS_CA", env.optional("SMTP_TLS_CA")),
+        alert_email_to=env.optional("ALERT_EMAIL_TO"),
+        db_connect_timeout_s=env.real("DB_CONNECT_TIMEOUT_S"),
+        recent_data_warning_s=warning,
+        recent_data_critical_s=critical,
+        alert_interval_s=env.real("ALERT_INTERVAL_S"),
+        alert_cooldown_s=env.real("ALERT_COOLDOWN_S"),
+        equipment_offline_after_s=env.real("EQUIPMENT_OFFLINE_AFTER_S"),
+        equipment_offline_storm=env.integer("EQUIPMENT_OFFLINE_STORM"),
+        legacy_timestamp_zone=_parse_zone(
+            "LEGACY_TIMESTAMP_ZONE", env.text("LEGACY_TIMESTAMP_ZONE")
+        ),
+    )
+
+
+def _lease_timings(env: _Env) -> tuple[float, float, float]:
+    """LEASE_TTL_S, HEARTBEAT_S and RENEW_DEADLINE_S, with the rules between them."""
+    lease_ttl = env.real("LEASE_TTL_S")
+    heartbeat = env.real("HEARTBEAT_S")
     if heartbeat * 2 > lease_ttl:
         raise ConfigError(
             f"HEARTBEAT_S={heartbeat} must be at most half of LEASE_TTL_S={lease_ttl}"
         )
-    renew_default = f"{lease_ttl * 0.7:g}"
-    renew = num("RENEW_DEADLINE_S", get("RENEW_DEADLINE_S", renew_default), float, 0.1, 300)
+    renew = env.real("RENEW_DEADLINE_S", derived=f"{default_renew_deadline(lease_ttl):g}")
     if not heartbeat < renew < lease_ttl:
         raise ConfigError(
             f"RENEW_DEADLINE_S={renew} must be above HEARTBEAT_S={heartbeat} "
             f"and below LEASE_TTL_S={lease_ttl}"
         )
-    warning = num("RECENT_DATA_WARNING_S", get("RECENT_DATA_WARNING_S", "600"), float, 1, 604_800)
-    critical = num(
-        "RECENT_DATA_CRITICAL_S", get("RECENT_DATA_CRITICAL_S", "7200"), float, 1, 604_800
-    )
+    return lease_ttl, heartbeat, renew
+
+
+def _recent_data_thresholds(env: _Env) -> tuple[float, float]:
+    warning = env.real("RECENT_DATA_WARNING_S")
+    critical = env.real("RECENT_DATA_CRITICAL_S")
     if critical <= warning:
         raise ConfigError(
             f"RECENT_DATA_CRITICAL_S={critical} must be above RECENT_DATA_WARNING_S={warning}"
         )
-    return Settings(
-        database_url=_parse_database_url(env["DATABASE_URL"]),
-        mqtt=mqtt,
-        instance_id=_parse_identifier("INSTANCE_ID", get("INSTANCE_ID", socket.gethostname())),
-        cluster_name=_parse_identifier("CLUSTER_NAME", get("CLUSTER_NAME", "aupus")),
-        mqtt_mode=mode,
-        mqtt_tls_ca=_tls_ca(env, "MQTT_TLS_CA"),
-        mqtt_tls_insecure=_parse_bool("MQTT_TLS_INSECURE", get("MQTT_TLS_INSECURE", "false")),
-        http_host=get("HTTP_HOST", "0.0.0.0"),  # noqa: S104
-        http_port=num("HTTP_PORT", get("HTTP_PORT", "3000"), int, 0, 65535),
-        http_max_connections=num(
-            "HTTP_MAX_CONNECTIONS", get("HTTP_MAX_CONNECTIONS", "200"), int, 4, 100_000
-        ),
-        http_header_timeout_s=num(
-            "HTTP_HEADER_TIMEOUT_S", get("HTTP_HEADER_TIMEOUT_S", "10"), float, 0.5, 300
-        ),
-        health_details=_parse_choice(
-            "HEALTH_DETAILS", get("HEALTH_DETAILS", HEALTH_DETAILS_TOKEN), HEALTH_DETAILS_CHOICES
-        ),
-        lease_ttl_s=lease_ttl,
-        heartbeat_s=heartbeat,
-        renew_deadline_s=renew,
-        flush_interval_s=num("FLUSH_INTERVAL_S", get("FLUSH_INTERVAL_S", "1"), float, 0.01, 300),
-        rollup_grace_s=num("ROLLUP_GRACE_S", get("ROLLUP_GRACE_S", "15"), float, 0, 3600),
-        standby_horizon_s=num(
-            "STANDBY_HORIZON_S", get("STANDBY_HORIZON_S", "600"), float, 1, 86_400
-        ),
-        batch_max=num("BATCH_MAX", get("BATCH_MAX", "5000"), int, 1, 1_000_000),
-        buffer_max_messages=num(
-            "BUFFER_MAX_MESSAGES", get("BUFFER_MAX_MESSAGES", "200000"), int, 100, 100_000_000
-        ),
-        max_payload_bytes=num(
-            "MAX_PAYLOAD_BYTES", get("MAX_PAYLOAD_BYTES", str(256 * 1024)), int, 64, 268_435_455
-        ),
-        mqtt_receive_maximum=num(
-            "MQTT_RECEIVE_MAXIMUM", get("MQTT_RECEIVE_MAXIMUM", "2000"), int, 1, 65535
-        ),
-        spool_dir=_parse_directory("SPOOL_DIR", get("SPOOL_DIR", "./spool")),
-        spool_max_bytes=num(
-            "SPOOL_MAX_BYTES", get("SPOOL_MAX_BYTES", str(1024**3)), int, 1024**2, 1024**5
-        ),
-        spool_fsync=_parse_bool("SPOOL_FSYNC", get("SPOOL_FSYNC", "true")),
-        reject_payload_prefix_bytes=num(
-            "REJECT_PAYLOAD_PREFIX_BYTES",
-            get("REJECT_PAYLOAD_PREFIX_BYTES", str(constants.REJECT_PAYLOAD_PREFIX_BYTES)),
-            int,
-            0,
-            1024**2,
-        ),
-        reject_rate_per_min=num(
-            "REJECT_RATE_PER_MIN", get("REJECT_RATE_PER_MIN", "60"), float, 0.01, 1_000_000
-        ),
-        reject_burst=num("REJECT_BURST", get("REJECT_BURST", "20"), int, 1, 1_000_000),
-        reject_retention_days=num(
-            "REJECT_RETENTION_DAYS", get("REJECT_RETENTION_DAYS", "30"), float, 0.001, 36_500
-        ),
-        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT", "json"), ("json", "console")),
-        log_level=_parse_choice(
-            "LOG_LEVEL", get("LOG_LEVEL", "info"), ("debug", "info", "warning", "error")
-        ),
-        admin_token=Secret(env.get("ADMIN_TOKEN", "")),
-        alert_webhook_url=_parse_webhook_url(env.get("ALERT_WEBHOOK_URL", "")),
-        smtp_host=env.get("SMTP_HOST") or None,
-        smtp_port=num("SMTP_PORT", get("SMTP_PORT", "587"), int, 1, 65535),
-        smtp_user=env.get("SMTP_USER") or None,
-        smtp_pass=Secret(env.get("SMTP_PASS", "")),
-        smtp_tls_ca=_tls_ca(env, "SMTP_TLS_CA"),
-        alert_email_to=env.get("ALERT_EMAIL_TO") or None,
-        db_connect_timeout_s=num(
-            "DB_CONNECT_TIMEOUT_S", get("DB_CONNECT_TIMEOUT_S", "5"), float, 0.5, 120
-        ),
-        recent_data_warning_s=warning,
-        recent_data_critical_s=critical,
-        alert_interval_s=num("ALERT_INTERVAL_S", get("ALERT_INTERVAL_S", "300"), float, 1, 86_400),
-        alert_cooldown_s=num(
-            "ALERT_COOLDOWN_S", get("ALERT_COOLDOWN_S", "3600"), float, 0, 604_800
-        ),
-        equipment_offline_after_s=num(
-            "EQUIPMENT_OFFLINE_AFTER_S", get("EQUIPMENT_OFFLINE_AFTER_S", "900"), float, 1, 86_400
-        ),
-        equipment_offline_storm=num(
-            "EQUIPMENT_OFFLINE_STORM", get("EQUIPMENT_OFFLINE_STORM", "10"), int, 1, 1_000_000
-        ),
-        legacy_timestamp_zone=_parse_zone(
-            "LEGACY_TIMESTAMP_ZONE", get("LEGACY_TIMESTAMP_ZONE", "UTC")
-        ),
-    )
+    return warning, critical

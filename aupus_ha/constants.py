@@ -54,10 +54,3 @@ MQTT_CONNECT_TIMEOUT_S: Final = 10.0
 # MQTT 5 session expiry: an instance that is away for up to a day gets every
 # message it missed when it comes back (the broker must not cap the queue).
 MQTT_SESSION_EXPIRY_S: Final = 86_400
-
-# Rejects (rejects.py): bytes of a bad message kept in ingest_rejects (plus the SHA-256
-# and size of the whole), the per-topic rate and burst kept, and how long rows are kept.
-REJECT_PAYLOAD_PREFIX_BYTES: Final = 4096
-REJECT_RATE_PER_MIN: Final = 60.0
-REJECT_BURST: Final = 20
-REJECT_RETENTION_DAYS: Final = 30.0

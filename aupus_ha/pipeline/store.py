@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 
 from aupus_ha import constants
+from aupus_ha.config import default_value
 from aupus_ha.database.connection import (
     READ_ONLY_SQLSTATE,
     ErrorKind,
@@ -171,7 +172,7 @@ class Store:
 
     # Bytes of a reject's payload stored (REJECT_PAYLOAD_PREFIX_BYTES, set at start): the
     # intake bounds its rejects already; this bounds the rows the database refused too.
-    reject_prefix_bytes: int = constants.REJECT_PAYLOAD_PREFIX_BYTES
+    reject_prefix_bytes: int = default_value("REJECT_PAYLOAD_PREFIX_BYTES")
     # Readings timed by arrival closer than this to a stored row of the same equipment
     # with equal `dados` are that row (set at start: `content_match_window_s`).
     content_window_s: float = CONTENT_MATCH_WINDOW_S

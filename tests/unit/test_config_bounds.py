@@ -132,6 +132,8 @@ RANGES = [
     ),
     Range("ALERT_INTERVAL_S", float, "1", "86400", "0.99", "86400.01"),
     Range("ALERT_COOLDOWN_S", float, "0", "604800", "-0.01", "604800.01"),
+    Range("EQUIPMENT_OFFLINE_AFTER_S", float, "1", "86400", "0.99", "86400.01"),
+    Range("EQUIPMENT_OFFLINE_STORM", int, "1", "1000000", "0", "1000001"),
 ]
 BY_NAME = {r.name: r for r in RANGES}
 
@@ -474,6 +476,8 @@ def test_every_variable_reaches_its_field(tmp_path: Path) -> None:
         "RECENT_DATA_CRITICAL_S": ("7201", 7201.0),
         "ALERT_INTERVAL_S": ("301", 301.0),
         "ALERT_COOLDOWN_S": ("3601", 3601.0),
+        "EQUIPMENT_OFFLINE_AFTER_S": ("901", 901.0),
+        "EQUIPMENT_OFFLINE_STORM": ("11", 11),
         "LEGACY_TIMESTAMP_ZONE": ("America/Sao_Paulo", "America/Sao_Paulo"),
         "DATABASE_URL": ("postgres://x@db2/other", Secret("postgres://x@db2/other")),
     }
