@@ -18,9 +18,11 @@ import pytest
 from aupus_ha import constants
 from aupus_ha.app import Instance
 from aupus_ha.config import load_settings
+from aupus_ha.database.connection import DatabaseUnavailable
 from aupus_ha.leadership.ha import LeaderInfo, role_for_mode
 from aupus_ha.operations.verdicts import current_leader, reported_role
 from aupus_ha.operations.view import HttpView, InstanceView
+from aupus_ha.pipeline.store import FlushResult
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "aupus_ha" / "operations"
 BASE = {"DATABASE_URL": "postgresql://app:pw@db:5432/aupus", "MQTT_URL": "mqtt://broker:1883"}
@@ -61,10 +63,14 @@ def test_the_import_check_sees_a_type_checking_import(tmp_path: Path) -> None:
     assert {"aupus_ha.app", "aupus_ha.app.Instance"} <= _imports(sample)
 
 
+def _instance(tmp_path: Path) -> Instance:
+    settings = load_settings({**BASE, "INSTANCE_ID": "view-a", "SPOOL_DIR": str(tmp_path)})
+    return Instance(settings, migrate=False)
+
+
 def test_an_instance_satisfies_the_views(tmp_path: Path) -> None:
     """Every member the operations read exists on a freshly built Instance."""
-    settings = load_settings({**BASE, "INSTANCE_ID": "view-a", "SPOOL_DIR": str(tmp_path)})
-    instance = Instance(settings, migrate=False)
+    instance = _instance(tmp_path)
     assert isinstance(instance, InstanceView)
     assert isinstance(instance, HttpView)
     assert not isinstance(object(), InstanceView)
@@ -110,3 +116,26 @@ def test_current_leader_ignores_a_released_term() -> None:
     assert current_leader({"leader_instance_id": "a", "released_at": None}) == "a"
     assert current_leader({"leader_instance_id": "a", "released_at": "2026-01-01"}) is None
     assert current_leader({}) is None
+
+
+async def test_actions_of_an_instance_that_is_not_running(tmp_path: Path) -> None:
+    """Before the database is there: no step-down, no flush, and a topic reload says why."""
+    instance = _instance(tmp_path)
+    assert await instance.step_down(1.0) is False
+    assert await instance.request_flush() is False
+    with pytest.raises(DatabaseUnavailable, match="not connected"):
+        await instance.reload_topics()
+
+
+def _sample(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+def test_the_flush_histogram_is_fed_by_the_flusher_observer(tmp_path: Path) -> None:
+    """`Metrics.observe_flush` (the flusher's `on_committed`) times committed flushes."""
+    metrics = _instance(tmp_path).metrics
+    metrics.observe_flush(FlushResult(rows=3, duplicates=0, rejects=0, refused=0, ms=4.0))
+    text = metrics.render().decode()
+    assert _sample(text, "aupus_ha_flush_duration_seconds_count") == 1
+    assert _sample(text, "aupus_ha_flush_duration_seconds_sum") == pytest.approx(0.004)
