@@ -37,6 +37,7 @@ import asyncpg
 import orjson
 
 from aupus_ha import constants
+from aupus_ha.config import default_value
 from aupus_ha.decoding.timestamps import BRASILIA
 from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.lab.interrupt import Interrupted, until_interrupted
@@ -78,7 +79,6 @@ DEMO_ENV: Final = {
 SIM_DAY_START_H: Final = 8  # the simulated window opens at 08:00 Brasília, on a past day
 SIM_END_MARGIN: Final = timedelta(minutes=5)  # every reading (and its minute) is in the past
 SETTLE_TIMEOUT_S: Final = 30.0
-_DEFAULT_MAX_PAYLOAD: Final = 256 * 1024
 
 
 @dataclass(slots=True)
@@ -293,12 +293,8 @@ def _floats(value: Any) -> Any:
 
 def _max_payload_bytes() -> int:
     """The instances' default limit, so the demo's decoder refuses what theirs refuse."""
-    from aupus_ha.config import Settings
-
-    for f in dataclasses.fields(Settings):
-        if f.name == "max_payload_bytes" and isinstance(f.default, int):
-            return f.default
-    return _DEFAULT_MAX_PAYLOAD
+    limit: int = default_value("MAX_PAYLOAD_BYTES")
+    return limit
 
 
 def _ingest_has_rollup() -> bool:

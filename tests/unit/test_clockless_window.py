@@ -10,6 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aupus_ha.config import default_value
 from aupus_ha.database.queries import Queries
 from aupus_ha.pipeline import rollup
 from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S
@@ -28,7 +29,8 @@ MINUTE = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 def test_the_default_cluster_keeps_the_ten_second_window() -> None:
     """LEASE_TTL_S 5 (the default) plus the margin is the buffer's own 10 s, which is
     also what a Store uses until it is told (`aupus-ha status`, tests)."""
-    assert content_match_window_s(5.0) == CONTENT_MATCH_WINDOW_S == 10.0
+    default_lease: float = default_value("LEASE_TTL_S")
+    assert content_match_window_s(default_lease) == CONTENT_MATCH_WINDOW_S == 10.0
     assert Store.content_window_s == CONTENT_MATCH_WINDOW_S
 
 

@@ -19,7 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupus_ha.config import ConfigError, MqttEndpoint, Secret, Settings, load_settings
+from aupus_ha.config import (
+    ConfigError,
+    MqttEndpoint,
+    Secret,
+    Settings,
+    default_renew_deadline,
+    default_value,
+    load_settings,
+)
 from tests.unit.test_compose_and_docs import CONFIG_DOC, documented_variables
 
 BASE = {"DATABASE_URL": "postgresql://u@db/aupus", "MQTT_URL": "mqtt://broker:1883"}
@@ -362,7 +370,7 @@ def _expected_default(name: str, cell: str, loaded: object) -> object:
         return socket.gethostname()
     if name == "RENEW_DEADLINE_S":
         assert cell.startswith("0.7 × `LEASE_TTL_S`"), cell
-        return 0.7 * 5.0
+        return default_renew_deadline(default_value("LEASE_TTL_S"))
     if cell.startswith("none"):
         return Secret("") if isinstance(loaded, Secret) else None
     text = re.match(r"`([^`]+)`", cell)

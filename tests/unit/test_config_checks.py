@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from aupus_ha import config
-from aupus_ha.config import ConfigError, load_settings
+from aupus_ha.config import ConfigError, default_value, load_settings
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "MQTT_URL": "mqtt://broker:1883"}
 
 
 def test_spool_defaults() -> None:
     settings = load_settings(BASE)
-    assert settings.spool_dir == Path("./spool")
-    assert settings.spool_max_bytes == 1024**3
-    assert settings.spool_fsync is True
+    assert settings.spool_dir == default_value("SPOOL_DIR") == Path("./spool")
+    assert settings.spool_max_bytes == default_value("SPOOL_MAX_BYTES")
+    assert settings.spool_fsync is default_value("SPOOL_FSYNC") is True
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import orjson
 
-from aupus_ha.config import load_settings
+from aupus_ha.config import default_value, load_settings
 from aupus_ha.database.connection import create_pool
 from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.database.queries import Queries
@@ -39,7 +39,7 @@ from aupus_ha.pipeline.store import Store
 
 CLUSTER = "bench"
 EQUIPMENT = 1000
-BATCH = 5000
+BATCH: int = default_value("BATCH_MAX")  # one flush of the instances' default size
 
 FILL = """
 INSERT INTO equipamentos (id, nome, topico_mqtt, mqtt_habilitado)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+from aupus_ha.config import default_value
+
 CLUSTER = "bench"
 NODE_NAMES = ("node-a", "node-b")
 BENCH_DB = "aupus_bench"
@@ -14,9 +16,9 @@ FAULTS: dict[str, signal.Signals] = {
     "sigterm": signal.SIGTERM,
     "sigstop": signal.SIGSTOP,
 }
-BATCH = 5000  # the instances' default BATCH_MAX: baselines write batches of this size
+BATCH: int = default_value("BATCH_MAX")  # the instances' default: baselines' batch size
 BACKLOG_CAP = 4 * BATCH  # max mode: published but not yet committed, at most
-RECEIVE_MAXIMUM = 2000  # the instances' default MQTT_RECEIVE_MAXIMUM
+RECEIVE_MAXIMUM: int = default_value("MQTT_RECEIVE_MAXIMUM")  # the instances' default
 CHUNK = 100  # messages published between two looks at the windows
 SAMPLE_S = 0.5  # psutil sampling period
 STALL_S = 60.0  # no progress for this long: give up instead of hanging

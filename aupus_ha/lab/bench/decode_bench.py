@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from aupus_ha.config import default_value
 from aupus_ha.decoding.messages import Decoder
 from aupus_ha.pipeline.readings import Decoded, Equipment
 
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000, help="decodes per run")
     parser.add_argument("--repeat", type=int, default=5, help="runs per case")
     args = parser.parse_args()
-    decoder = Decoder(max_payload_bytes=256 * 1024)
+    decoder = Decoder(max_payload_bytes=default_value("MAX_PAYLOAD_BYTES"))  # the instances'
     print(f"{'case':<24}{'bytes':>7}{'best µs':>10}{'median µs':>11}  outcome")
     for name, (payload, equipment) in cases().items():
         outcome = describe(decoder.decode(TOPIC, payload, equipment, RECEIVED))

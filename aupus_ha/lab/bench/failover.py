@@ -20,7 +20,9 @@ import asyncio
 import json
 from typing import Any
 
+from aupus_ha.config import default_text
 from aupus_ha.lab.bench import failover_report
+from aupus_ha.lab.localcluster import FAST_TIMINGS
 from aupus_ha.logs import configure_logging
 
 
@@ -44,7 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=200.0, help="readings/s during the runs")
-    parser.add_argument("--fast", action="store_true", help="LEASE_TTL_S=2 instead of 5")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"LEASE_TTL_S={FAST_TIMINGS['LEASE_TTL_S']} instead of {default_text('LEASE_TTL_S')}",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the logs and data")
     args = parser.parse_args()

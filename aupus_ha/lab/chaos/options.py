@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from aupus_ha.config import default_text, default_value
 from aupus_ha.lab.localcluster import FAST_TIMINGS
 
 FAULT_KINDS: Final = (
@@ -35,10 +36,12 @@ SPOOL_KINDS: Final = ("spool_full", "spool_ro")  # need a tmpfs per spool (mount
 # Every fault aimed at one instance; only INSTANCE_KINDS measure a failover.
 TARGETED_KINDS: Final = (*INSTANCE_KINDS, *SPOOL_KINDS, "db_conn_slots")
 LOAD_KINDS: Final = ("hostile_payloads", "clockless")  # extra traffic, not a breakage
-# The contract's defaults (LEASE_TTL_S 5 etc.) when a run asks for them.
-DEFAULT_TIMINGS: Final = {"LEASE_TTL_S": "5", "HEARTBEAT_S": "1", "FLUSH_INTERVAL_S": "1"}
+# The contract's defaults (the settings table's: LEASE_TTL_S 5 etc.) when a run asks for them.
+DEFAULT_TIMINGS: Final = {
+    name: default_text(name) for name in ("LEASE_TTL_S", "HEARTBEAT_S", "FLUSH_INTERVAL_S")
+}
 RESTART_PAUSE_S: Final = 1.0  # systemd's RestartSec
-MAX_PAYLOAD_BYTES: Final = 256 * 1024  # the instances' default MAX_PAYLOAD_BYTES
+MAX_PAYLOAD_BYTES: Final[int] = default_value("MAX_PAYLOAD_BYTES")  # the instances' default
 SPOOL_SEGMENT_MAX_AGE_S: Final = 10.0  # aupus_ha.pipeline.spool.Spool's default segment_max_age_s
 
 
@@ -137,7 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="readings per second")
     parser.add_argument("--equipment", type=int, default=500, help="devices (one topic each)")
     parser.add_argument(
-        "--contract-timings", action="store_true", help="LEASE_TTL_S=5 etc. (default: TTL 2)"
+        "--contract-timings",
+        action="store_true",
+        help=f"LEASE_TTL_S={DEFAULT_TIMINGS['LEASE_TTL_S']} etc. "
+        f"(default: TTL {FAST_TIMINGS['LEASE_TTL_S']})",
     )
     parser.add_argument("--fault-scale", type=float, default=1.0, help="fault durations x")
     parser.add_argument(
