@@ -28,7 +28,7 @@ from aupus_ha.config import (
 )
 from aupus_ha.database.connection import DatabaseUnavailable
 from aupus_ha.logs import get_logger
-from aupus_ha.operations import admin, console, gaps
+from aupus_ha.operations import admin, console, diagnostics, gaps
 from aupus_ha.operations.health import HealthViews, redact_cluster
 from aupus_ha.operations.httpguard import ConnectionGuard, http_connection_limit
 from aupus_ha.operations.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -125,6 +125,7 @@ class HttpServer:
         ]
         views += console.json_views(self._instance, self._views.gate)
         app.router.add_routes(console.page_routes())  # the operators' console at /
+        app.router.add_routes(diagnostics.routes(self._instance, self._views.gate, _enveloped))
         health = [web.get(path, _plain(view)) for path, view in views]
         # Every /health route again under /api/v1, in the legacy envelope.
         mirrors = [web.get(LEGACY_PREFIX + path, _enveloped(view)) for path, view in views]
