@@ -8,18 +8,17 @@ turning it into a row (a rollup that overflows) — is isolated by bisection and
 into a reject, so one poison item can never block the buffer (the legacy service's
 84,335-reading pile-up) nor stop the writer. Every other failure is the database's
 state (`db.classify`) and is raised as `DatabaseUnavailable`: the whole batch is
-retried with backoff, nothing is rejected.
+retried with backoff, nothing is rejected. Which inverter rollup rows a flush writes
+(the merge of a minute's samples) is decided without SQL in `rollup_merge`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, tzinfo
-from decimal import Decimal
+from datetime import UTC, datetime, tzinfo
 from types import MappingProxyType
 
 import asyncpg
@@ -40,7 +39,7 @@ from aupus_ha.decoding import m160
 from aupus_ha.decoding.schemas import compile_schema
 from aupus_ha.decoding.timestamps import to_legacy_wall
 from aupus_ha.logs import get_logger
-from aupus_ha.pipeline import rollup
+from aupus_ha.pipeline import rollup, rollup_merge
 from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S
 from aupus_ha.pipeline.readings import Equipment, Reading, ReadingKey, Reject, RejectKey
 
@@ -340,51 +339,17 @@ class Store:
     async def _merge_rollups(
         self, conn: Conn, samples: list[Reading], epoch: int
     ) -> tuple[int, int]:
-        """Union each minute's new samples with its stored ones and rewrite the row."""
-        minutes: dict[tuple[str, datetime], dict[str, rollup.Sample]] = {}
-        ends: dict[tuple[str, datetime], datetime | None] = {}
-        invalid_new: set[str] = set()  # samples that failed their type's schema
-        clockless: set[str] = set()  # samples timed by arrival: matched by content
-        for r in samples:
-            assert r.sample_at is not None
-            key = (r.equipamento_id, r.timestamp_dados)
-            name = rollup.sample_key(r.sample_at)
-            minutes.setdefault(key, {})[name] = orjson.loads(r.dados)
-            ends[key] = r.timestamp_fim
-            if r.qualidade == constants.QUALITY_BAD:
-                invalid_new.add(name)
-            if not r.matchable:
-                clockless.add(name)
-        keys = list(minutes)
+        """Union each minute's new samples with its stored ones and rewrite the row
+        (`rollup_merge`); returns (minutes new, minutes merged)."""
+        batch = rollup_merge.group_by_minute(samples)
+        keys = list(batch.samples)
         stored = {
             (row["equipamento_id"], row["timestamp_dados"]): row["dados"]
             for row in await conn.fetch(
                 self._q["rollup_rows_for_update"], [k[0] for k in keys], [k[1] for k in keys]
             )
         }
-        writes, merged = [], 0
-        for key, arrived in minutes.items():
-            old_samples, invalid = rollup.samples_of(stored.get(key))
-            new = _without_copies(arrived, old_samples, clockless, self.content_window_s)
-            invalid |= invalid_new.intersection(new)
-            row = rollup.build_row(rollup.merge_samples(old_samples, new), invalid)
-            if key in stored:
-                if _same_json(row.dados, stored[key]):
-                    continue  # every sample was already in: leave the row (and ha_epoch)
-                merged += 1
-            writes.append(
-                (
-                    key[0],
-                    key[1],
-                    row.dados,
-                    row.qualidade,
-                    row.energia_kwh,
-                    row.potencia_ativa_kw,
-                    row.num_leituras,
-                    ends[key],
-                    epoch,
-                )
-            )
+        writes, merged = rollup_merge.rollup_writes(batch, stored, self.content_window_s, epoch)
         if writes:
             await conn.executemany(self._q["upsert_rollup"], writes)
         return len(writes) - merged, merged
@@ -588,65 +553,6 @@ def _record(r: Reading) -> tuple[object, ...]:
         r.num_leituras,
         r.timestamp_fim,
     )
-
-
-def _same_json(ours: bytes, stored: bytes) -> bool:
-    """Equal as JSON values, the way jsonb compares them: jsonb gives its own normalised
-    text back (spaces, key order, `1e23` spelled out in digits), never orjson's bytes,
-    and its numbers are exact decimals (a double parsed back from 24 digits may differ
-    in its last bit), so numbers are compared as Decimal."""
-    return bool(_exact_json(ours) == _exact_json(stored))
-
-
-def _exact_json(text: bytes) -> object:
-    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
-
-
-def _without_copies(
-    new: dict[str, rollup.Sample],
-    stored: Mapping[str, rollup.Sample],
-    clockless: set[str],
-    window_s: float,
-) -> dict[str, rollup.Sample]:
-    """A minute's new samples without the copies among those timed by arrival.
-
-    Such a sample is named by this instance's arrival instant, so another instance's
-    copy of it (or a redelivery) has another name and would count twice in the minute.
-    It is a copy when a sample already in the row, or earlier in the batch (a copy
-    itself included, like the plain readings' `lag` in insert_clockless_from_staging),
-    has equal content (as jsonb compares it) and an instant within `window_s`."""
-    if clockless.isdisjoint(new):
-        return new
-    window = timedelta(seconds=window_s)
-    seen = [(_sample_instant(k), _exact_json(orjson.dumps(s))) for k, s in stored.items()]
-    kept: dict[str, rollup.Sample] = {}
-    for name in sorted(new):  # time order: the earliest copy is the one kept
-        at, content = _sample_instant(name), _exact_json(orjson.dumps(new[name]))
-        copy = name in clockless and _seen_near(seen, at, content, window)
-        seen.append((at, content))
-        if not copy:
-            kept[name] = new[name]
-    return kept
-
-
-def _seen_near(
-    seen: list[tuple[datetime | None, object]],
-    at: datetime | None,
-    content: object,
-    window: timedelta,
-) -> bool:
-    return at is not None and any(
-        t is not None and abs(at - t) <= window and c == content for t, c in seen
-    )
-
-
-def _sample_instant(name: str) -> datetime | None:
-    """The instant a sample is named by (`rollup.sample_key`); None if not one."""
-    try:
-        at = datetime.fromisoformat(name)
-    except ValueError:
-        return None
-    return at if at.tzinfo is not None else None
 
 
 def _text_safe(text: str) -> str:

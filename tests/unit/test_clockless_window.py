@@ -14,11 +14,11 @@ from aupus_ha.config import default_value
 from aupus_ha.database.queries import Queries
 from aupus_ha.pipeline import rollup
 from aupus_ha.pipeline.buffer import CONTENT_MATCH_WINDOW_S
+from aupus_ha.pipeline.rollup_merge import without_copies
 from aupus_ha.pipeline.store import (
     CONTENT_WINDOW_MARGIN_S,
     CONTENT_WINDOW_MAX_S,
     Store,
-    _without_copies,
     content_match_window_s,
 )
 
@@ -76,6 +76,6 @@ def test_sample_copies_are_dropped_like_plain_readings() -> None:
         _name(31): dict(same),  # a device time: never matched by content
     }
     clockless = {_name(s) for s in (4, 12, 13, 30)}
-    kept = _without_copies(new, stored, clockless, 10.0)
+    kept = without_copies(new, stored, clockless, 10.0)
     assert sorted(kept) == [_name(13), _name(30), _name(31)]
-    assert _without_copies(new, stored, set(), 10.0) is new  # nothing timed by arrival
+    assert without_copies(new, stored, set(), 10.0) is new  # nothing timed by arrival
