@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,14 @@ import orjson
 from aupus_ha import constants
 from aupus_ha.config import default_value
 from aupus_ha.decoding.timestamps import BRASILIA
+from aupus_ha.lab.democonsole import (
+    QuietFleet,
+    console_lines,
+    console_url,
+    data_loss_report,
+    quieted,
+    screenshot_soon,
+)
 from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.lab.interrupt import Interrupted, until_interrupted
 from aupus_ha.lab.localcluster import (
@@ -88,6 +97,8 @@ class DemoOptions:
     rate: float = 100.0  # messages per second, on average
     bad_ratio: float = 0.0  # fraction of the messages replaced by bad inputs
     seed: int = 1
+    hold_s: float = 0.0  # keep the cluster (and its consoles) up this long at the end
+    screenshot: Path | None = None  # the console during the failover, as a PNG
 
     def problems(self) -> list[str]:
         out = []
@@ -99,6 +110,8 @@ class DemoOptions:
             out.append("--rate must be positive")
         if not 0.0 <= self.bad_ratio <= 1.0:
             out.append("--bad-ratio must be between 0 and 1")
+        if not 0.0 <= self.hold_s <= 86_400:
+            out.append("--hold must be between 0 and 86400 seconds")
         return out
 
 
@@ -370,8 +383,21 @@ async def _scenario(
         f"{span.total_seconds() / 60:.0f} simulated minutes"
         + (f", {options.bad_ratio:.0%} bad inputs" if options.bad_ratio else "")
     )
+    quiet = quieted(fleet, start, span)
+    if quiet.quiet_id and quiet.quiet_from and quiet.quiet_to:
+        progress.say(
+            f"{quiet.quiet_id} goes quiet from {_local(quiet.quiet_from)} to "
+            f"{_local(quiet.quiet_to)} Brasilia, on purpose: the data-loss report must find it"
+        )
     expected = Expected(fleet)
     traffic = Traffic()
+    shots: list[asyncio.Task[str]] = []
+
+    def on_failover(new_leader: InstanceProcess) -> None:
+        # The console of the new leader, its bars up to the moment of the kill.
+        if options.screenshot is not None and traffic.simulated_at is not None:
+            url = console_url(new_leader, start, traffic.simulated_at, refresh_s=1)
+            shots.append(asyncio.create_task(screenshot_soon(url, options.screenshot)))
 
     def on_message(message: SimMessage) -> None:
         traffic.published += 1
@@ -381,7 +407,7 @@ async def _scenario(
     publisher = asyncio.create_task(
         run_simulation(
             broker_url,
-            fleet,
+            quiet,
             start=start,
             duration=options.duration_s,
             speedup=speedup,
@@ -390,17 +416,54 @@ async def _scenario(
     )
     watcher = asyncio.create_task(_watch(progress, dsn, nodes, traffic))
     try:
-        failover_ms = await _kill_and_restart(options, progress, nodes)
+        failover_ms = await _kill_and_restart(options, progress, nodes, on_failover)
         report = await publisher
         expected.finish()
         await _settle(dsn, expected)
+        for shot in shots:
+            progress.say(await shot)
     finally:
-        for task in (publisher, watcher):
+        for task in (publisher, watcher, *shots):
             task.cancel()
-        for task in (publisher, watcher):
+        for task in (publisher, watcher, *shots):
             with contextlib.suppress(BaseException):
                 await task
-    return await _summary(dsn, fleet, report, expected, failover_ms)
+    code = await _summary(dsn, fleet, report, expected, failover_ms)
+    return await _console_and_report(
+        options, progress, nodes=nodes, fleet=quiet, start=start, report=report, code=code
+    )
+
+
+async def _console_and_report(
+    options: DemoOptions,
+    progress: Progress,
+    *,
+    nodes: list[InstanceProcess],
+    fleet: QuietFleet,
+    start: datetime,
+    report: SimReport,
+    code: int,
+) -> int:
+    """The cluster's own data-loss report of the run, then where its console is."""
+    end = report.last_at or start
+    found = await leaders(nodes)
+    leader = found[0] if found else None
+    loss = await data_loss_report(leader or nodes[0], fleet, start, end)
+    print("\n" + "\n".join(loss.lines))
+    if not loss.as_expected:
+        print(f"the report should name {', '.join(loss.expected) or 'no equipment'} only")
+        code = constants.EXIT_FAILURE
+    print(
+        "\n" + "\n".join(console_lines(nodes, leader, console_url(leader or nodes[0], start, end)))
+    )
+    if options.hold_s > 0:
+        progress.say(
+            f"the cluster and its consoles stay live for {options.hold_s:.0f} s (Ctrl-C ends it)"
+        )
+        await asyncio.sleep(options.hold_s)
+    else:
+        print("(live while the demo holds: it stops now; `aupus-ha demo --hold 300` keeps it open)")
+    return code
 
 
 def _fleet_text(fleet: Fleet) -> str:
@@ -415,7 +478,10 @@ def _fleet_text(fleet: Fleet) -> str:
 
 
 async def _kill_and_restart(
-    options: DemoOptions, progress: Progress, nodes: list[InstanceProcess]
+    options: DemoOptions,
+    progress: Progress,
+    nodes: list[InstanceProcess],
+    on_failover: Callable[[InstanceProcess], None],
 ) -> float:
     """kill -9 the leader at 1/3 of the run, restart it at 2/3; the failover time in ms."""
     await asyncio.sleep(options.duration_s / 3)
@@ -427,6 +493,7 @@ async def _kill_and_restart(
     await wait_until(standby.is_leader, 30, "the standby did not take over", interval=0.01)
     failover_ms = (time.monotonic() - killed) * 1000
     progress.say(f"{standby.name} leads after {failover_ms:.0f} ms")
+    on_failover(standby)
     await asyncio.sleep(max(0.0, killed + options.duration_s / 3 - time.monotonic()))
     victim.start()
     progress.say(f"restarted {victim.name}")

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 
+from aupus_ha.lab.demo import DemoOptions, demo_fleet
+from aupus_ha.lab.democonsole import quiet_device
 from aupus_ha.lab.simulate import FAMILY_LABELS, FAMILY_M160_FLAT
 
 DEMO_TIMEOUT_S = 150.0
 POLL_S = 0.05
+HOLD_S = 4  # the demo keeps its consoles up this long at the end: the test opens one
+CONSOLE_LINE = re.compile(r"^console: (http://127\.0\.0\.1:\d+/\S*)", re.MULTILINE)
 
 ProcessId = tuple[int, float]  # (pid, create_time): a pid alone may be recycled
 
@@ -48,16 +54,38 @@ def _demo_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("aupus-demo-*"))
 
 
+def _console_page(url: str) -> str | None:
+    """The console's HTML while the demo holds, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as page:  # noqa: S310 - our own http URL
+            return str(page.read().decode())
+    except OSError:
+        return None
+
+
 def test_demo_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
     """The short demo ends 0 lost / 0 duplicated with every device family (DOMAIN v2)
-    stored, the clockless meter's readings by their arrival; its processes and temp dirs
-    all gone."""
+    stored, the clockless meter's readings by their arrival; its own data-loss report
+    names only the device it silenced on purpose; it points at a console that answers
+    while it holds; its processes and temp dirs all gone."""
     dirs_before = _demo_dirs()
     output = tmp_path / "demo.out"
     seen: set[ProcessId] = set()
+    console: str | None = None
     with output.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "aupus_ha", "demo", "--duration", "8", "--fleet", "6"],
+            [
+                sys.executable,
+                "-m",
+                "aupus_ha",
+                "demo",
+                "--duration",
+                "8",
+                "--fleet",
+                "6",
+                "--hold",
+                str(HOLD_S),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,  # no stray ./.env
@@ -66,6 +94,9 @@ def test_demo_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
         try:
             while proc.poll() is None:  # every child it starts, the restarted instance too
                 seen |= _descendants(proc.pid)
+                url = CONSOLE_LINE.search(output.read_text(errors="replace"))
+                if console is None and url:  # the demo holds now: the page must answer
+                    console = _console_page(url.group(1))
                 assert time.monotonic() < deadline, "the demo did not finish in time"
                 time.sleep(POLL_S)
         finally:
@@ -82,6 +113,12 @@ def test_demo_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
         assert published > 0 and stored > 0 and rejected == bad, (family, line)
         if family == FAMILY_M160_FLAT:  # the meter without NTP: stored, timed by arrival
             assert no_clock > 0 and arrival == no_clock and energy == stored, line
+    quiet = quiet_device(demo_fleet(DemoOptions(8, 6)))
+    assert quiet is not None
+    assert f"equipment with gaps: {quiet.id}\n" in text, text
+    (flagged,) = [row for row in text.splitlines() if "silenced on purpose" in row]
+    assert flagged.split()[0] == quiet.id and "UNEXPECTED" not in text, text
+    assert console is not None and "console de operação" in console, text
     assert seen, "no child process was observed"
     leftovers = [p for p in seen if _still_running(p)]
     assert not leftovers, f"processes left behind: {leftovers}"

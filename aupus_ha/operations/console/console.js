@@ -137,17 +137,28 @@
     document.title = `aupus-ha · líder ${id || "nenhum"}`;
   }
 
+  // A lease row says what its process last wrote: one that still says "leader" while the
+  // term belongs to another instance is a dead or cut-off process, never a second leader.
+  function instanceRole(inst, leaderId) {
+    if (inst.stopped_at != null || inst.role === "stopped") return ["parada", ""];
+    if (inst.role === "leader") {
+      return inst.instance_id === leaderId ? ["líder", "papel-lider"] : ["sem resposta", "erro"];
+    }
+    return [ROLES[inst.role] || inst.role, ""];
+  }
+
   function showInstances(cluster) {
     const body = $("instancias-linhas");
     clear(body);
+    const term = (cluster && cluster.leadership) || {};
+    const leaderId = term.released_at == null ? term.leader_instance_id : null;
     for (const inst of (cluster && cluster.instances) || []) {
       const stats = inst.stats || {};
-      const gone = inst.stopped_at != null;
       const tr = el("tr");
       tr.setAttribute("data-instancia", inst.instance_id);
       tr.appendChild(el("td", inst.instance_id));
-      const role = gone ? "parada" : ROLES[inst.role] || inst.role;
-      tr.appendChild(el("td", role, inst.role === "leader" && !gone ? "papel-lider" : ""));
+      const [role, cls] = instanceRole(inst, leaderId);
+      tr.appendChild(el("td", role, cls));
       tr.appendChild(el("td", age(inst.heartbeat_age_s)));
       tr.appendChild(el("td", number(stats.pending), "num"));
       const mqtt = stats.mqtt_connected;
@@ -247,9 +258,20 @@
     add("Pendentes na memória", `${number(buffer.pending)} de ${number(buffer.max)}`);
     const spool = (stats && (stats.spool || (stats.buffer && stats.buffer.spool))) || null;
     if (spool) {
-      add("Spool em disco", `${number(spool.files)} arquivos, ${bytes(spool.bytes)}` +
+      const files = spool.files === 1 ? "1 arquivo" : `${number(spool.files)} arquivos`;
+      add("Spool em disco", `${files}, ${bytes(spool.bytes)}` +
         (spool.maxBytes ? ` de ${bytes(spool.maxBytes)}` : ""));
-      if (spool.backlog != null) add("Backlog do spool", number(spool.backlog));
+      if (typeof spool.backlog === "boolean") {
+        add("Leituras só no disco", spool.backlog ? "sim (reenvio pendente)" : "não");
+      }
+    }
+    if (stats && typeof stats.totalSaved === "number") {
+      add("Gravadas por esta instância", number(stats.totalSaved));
+      add("Duplicadas ignoradas", number(stats.totalSkipped));
+    }
+    if (stats && stats.redis) {
+      const states = { online: "ativo", offline: "spool cheio", disabled: "desativado" };
+      add("Estado do buffer", states[stats.redis] || stats.redis);
     }
     if (checks.intake) {
       add("Mensagens recebidas", number(checks.intake.messages));
@@ -332,7 +354,10 @@
     name.appendChild(el("span", row.id, "pequeno"));
     tr.appendChild(name);
     const lastAge = since(row.last);
-    const stale = row.gaps && row.gaps.threshold_s && lastAge > row.gaps.threshold_s;
+    // With a fixed window (?ate=), quiet means quiet before its end, not before now.
+    const reference = FIXED_TO ? (FIXED_TO.getTime() - Date.now()) / 1000 : 0;
+    const stale = row.gaps && row.gaps.threshold_s &&
+      lastAge + reference > row.gaps.threshold_s;
     const lastText = row.active === false
       ? String(row.inactivity || "sem dados")
       : row.last ? age(lastAge) : "—";
