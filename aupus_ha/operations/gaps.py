@@ -140,7 +140,7 @@ def parse_period(
     equipment_id = equipment.strip() if equipment is not None else None
     if equipment is not None and not equipment_id:
         raise GapsRequestError("equipamento is empty: give an equipment id or leave it out")
-    if equipment_id is not None and (len(equipment_id) > 64 or "\x00" in equipment_id):
+    if equipment_id is not None and (len(equipment_id) > 64 or not equipment_id.isprintable()):
         raise GapsRequestError("equipamento is not an equipment id (at most 64 characters)")
     return Period(first, last, equipment_id)
 

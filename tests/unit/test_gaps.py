@@ -161,6 +161,9 @@ def test_the_body_keeps_the_console_s_field_names() -> None:
         ("1999-12-31", "2000-01-02", None, "before 2000-01-01"),
         ("2026-11-01", "2026-11-02", " ", "equipamento is empty"),
         ("2026-11-01", "2026-11-02", "x" * 65, "not an equipment id"),
+        ("2026-11-01", "2026-11-02", "eq\x001", "not an equipment id"),
+        ("2026-11-01", "2026-11-02", "eq\udcff", "not an equipment id"),
+        ("2026-11-01\x00", "2026-11-02", None, "not an ISO 8601 instant"),
     ],
 )
 def test_a_bad_request_is_refused_with_a_message(
