@@ -193,7 +193,7 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
     from aupus_ha.database.connection import create_pool
     from aupus_ha.database.queries import Queries
-    from aupus_ha.operations.status import render_status
+    from aupus_ha.operations.status import annotate_states, render_status
     from aupus_ha.pipeline.store import Store
 
     pool = await create_pool(settings, f"aupus-ha/{settings.instance_id}/status", max_size=1)
@@ -205,7 +205,8 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await pool.close()
     if args.json:
-        sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+        judged = annotate_states(view, settings.lease_ttl_s)  # each instance's `state`
+        sys.stdout.write(orjson.dumps(judged, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(render_status(view, settings.lease_ttl_s))
     return constants.EXIT_OK

@@ -3,6 +3,13 @@
 Ages are on the database clock, like the heartbeat ages the query computes: "now" is
 taken as any instance's `heartbeat_at + heartbeat_age_s`, so a status run from a host
 whose clock is off still shows the right last-flush age.
+
+A lease row says what its process last claimed: the row of a process that died while
+leading keeps `role = leader` and its epoch forever (nobody rewrites a dead process's
+row). So the role shown is judged against the cluster's current term and the heartbeat
+age: only the live holder of the current epoch is ever shown leading; a row whose epoch
+ended is `gone (evicted)` (or `fenced` while it still heartbeats), a silent row is
+`gone (stale)`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ INSTANCE_HEADERS = [
     "pending",
 ]
 HANDOVER_HEADERS = ["at", "epoch", "from", "to", "reason", "gap_ms"]
+# A current leader silent for longer than this many lease times leads nothing any more
+# (its own renew deadline stopped its flushes long before): its process is gone.
+GONE_AFTER_TTLS = 5
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -50,10 +60,55 @@ def database_now(instances: list[dict[str, Any]]) -> datetime | None:
     return None
 
 
+def _holds_current_term(inst: dict[str, Any], lead: dict[str, Any]) -> bool:
+    """Does this row lead the cluster's current, unreleased epoch?"""
+    return (
+        inst.get("role") == "leader"
+        and inst.get("leader_epoch") is not None
+        and inst.get("leader_epoch") == lead.get("epoch")
+        and inst.get("instance_id") == lead.get("leader_instance_id")
+        and not lead.get("released_at")
+    )
+
+
+def instance_state(inst: dict[str, Any], lead: dict[str, Any], lease_ttl_s: float) -> str:
+    """What an instance is now, judged from the current term and its heartbeat age."""
+    role = str(inst.get("role"))
+    if inst.get("stopped_at"):
+        return role  # stopped on purpose: the row says so itself
+    age = inst.get("heartbeat_age_s")
+    age_s = float(age) if isinstance(age, int | float) else 0.0
+    stale = age_s > lease_ttl_s
+    if _holds_current_term(inst, lead):
+        if not stale:
+            return role
+        return "leader (silent)" if age_s <= lease_ttl_s * GONE_AFTER_TTLS else "gone (stale)"
+    if role == "leader":  # claims an epoch that is not (or no longer) the current one
+        taken_over = _newer_epoch(lead, inst.get("leader_epoch"))
+        if stale:
+            return "gone (evicted)" if taken_over else "gone (stale)"
+        return f"fenced (epoch {_s(inst.get('leader_epoch'))} ended)"
+    return "gone (stale)" if stale else role
+
+
+def _newer_epoch(lead: dict[str, Any], epoch: object) -> bool:
+    current = lead.get("epoch")
+    return isinstance(current, int) and (not isinstance(epoch, int) or current > epoch)
+
+
+def annotate_states(view: dict[str, Any], lease_ttl_s: float) -> dict[str, Any]:
+    """The view with each instance's judged `state` (for `status --json`)."""
+    lead = view.get("leadership") or {}
+    instances = [
+        {**inst, "state": instance_state(inst, lead, lease_ttl_s)}
+        for inst in view.get("instances", [])
+    ]
+    return {**view, "instances": instances}
+
+
 def _last_flush(inst: dict[str, Any], lead: dict[str, Any], now: datetime | None) -> str:
     """On the leader's row only: how long ago it last committed a flush."""
-    leads = inst.get("role") == "leader" and inst.get("leader_epoch") == lead.get("epoch")
-    if not leads or lead.get("released_at"):
+    if not _holds_current_term(inst, lead):
         return "-"
     flushed = _when(lead.get("last_flush_at"))
     if flushed is None:
@@ -67,11 +122,10 @@ def _instance_row(
     inst: dict[str, Any], lead: dict[str, Any], now: datetime | None, lease_ttl_s: float
 ) -> list[str]:
     age = inst.get("heartbeat_age_s")
-    stale = isinstance(age, float) and age > lease_ttl_s and not inst.get("stopped_at")
     return [
         inst["instance_id"],
-        inst["role"] + (" (silent)" if stale else ""),
-        f"{age:.1f}s" if isinstance(age, float) else "-",
+        instance_state(inst, lead, lease_ttl_s),
+        f"{age:.1f}s" if isinstance(age, int | float) else "-",
         _s(inst.get("leader_epoch")),
         _s(inst.get("version")),
         _last_flush(inst, lead, now),
@@ -85,8 +139,14 @@ def render_status(view: dict[str, Any], lease_ttl_s: float) -> str:
     lead = view.get("leadership") or {}
     instances = view.get("instances", [])
     now = database_now(instances)
+    leader = _s(lead.get("leader_instance_id"))
+    states = {i.get("instance_id"): instance_state(i, lead, lease_ttl_s) for i in instances}
+    if lead.get("released_at"):
+        leader = f"- (epoch {_s(lead.get('epoch'))} released by {leader})"
+    elif states.get(lead.get("leader_instance_id"), "").startswith("gone"):
+        leader += " (gone)"
     out = [
-        f"leader: {_s(lead.get('leader_instance_id'))}   epoch: {_s(lead.get('epoch'))}   "
+        f"leader: {leader}   epoch: {_s(lead.get('epoch'))}   "
         f"since: {_s(lead.get('acquired_at'))}   last flush: {_s(lead.get('last_flush_at'))}\n\n"
     ]
     rows = [_instance_row(inst, lead, now, lease_ttl_s) for inst in instances]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,32 @@ async def test_status_json_carries_the_same_facts(
     assert [(h["epoch"], h["to_instance_id"], h["reason"]) for h in view["handovers"]] == [
         (1, "node-a", "initial")
     ]
+
+
+async def test_a_killed_leader_is_shown_gone_never_leader(
+    base_env: dict[str, str], database_url: str, spawn: ClusterFactory
+) -> None:
+    """SIGKILL the leader: once the standby leads, the dead row (still `role = leader`,
+    epoch 1, in ha_instances) reads `gone (evicted)`; only node-b is shown leading."""
+    leader, standby = await _flushing_cluster(spawn, database_url, base_env["MQTT_URL"])
+    leader.signal(signal.SIGKILL)
+    assert await wait_single_leader([standby]) is standby
+    seen: list[str] = []
+
+    def gone() -> bool:
+        seen.append(_status(base_env))
+        return _rows(seen[-1])["node-a"]["role"] == "gone (evicted)"
+
+    await wait_until(gone, 20, "node-a never shown gone")
+    rows = _rows(seen[-1])
+    assert rows["node-a"]["epoch"] == "1" and rows["node-a"]["last flush"] == "-", seen[-1]
+    assert rows["node-b"]["role"] == "leader" and rows["node-b"]["epoch"] == "2", seen[-1]
+    assert seen[-1].startswith("leader: node-b   epoch: 2"), seen[-1]
+    assert all(not _rows(out)["node-a"]["role"].startswith("leader") for out in seen), seen
+    judged = {
+        i["instance_id"]: i["state"] for i in json.loads(_status(base_env, "--json"))["instances"]
+    }
+    assert judged == {"node-a": "gone (evicted)", "node-b": "leader"}, judged
 
 
 def test_last_flush_age_is_on_the_database_clock() -> None:
