@@ -397,7 +397,8 @@ async def _scenario(
         # The console of the new leader, its bars up to the moment of the kill.
         if options.screenshot is not None and traffic.simulated_at is not None:
             url = console_url(new_leader, start, traffic.simulated_at, refresh_s=1)
-            shots.append(asyncio.create_task(screenshot_soon(url, options.screenshot)))
+            shot = screenshot_soon(url, options.screenshot, len(quiet.devices))
+            shots.append(asyncio.create_task(shot))
 
     def on_message(message: SimMessage) -> None:
         traffic.published += 1

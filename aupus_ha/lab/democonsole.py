@@ -54,8 +54,11 @@ CHROMIUM_FLAGS: Final = (
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--window-size=1280,1400",
 )
+SCREEN_WIDTH: Final = 1280
+SCREEN_HEIGHT_BASE: Final = 900  # the cards above the equipment table...
+SCREEN_HEIGHT_ROW: Final = 44  # ...and one table row per device
+SCREEN_HEIGHT_MAX: Final = 4000
 
 
 # --- the silenced device -----------------------------------------------------------------
@@ -184,7 +187,12 @@ def find_chromium() -> str | None:
     return shutil.which(CHROMIUM) or shutil.which("chromium-browser")
 
 
-def take_screenshot(url: str, target: Path) -> str:
+def screen_height(devices: int) -> int:
+    """Tall enough for the whole equipment table (a headless shot is the window only)."""
+    return min(SCREEN_HEIGHT_MAX, SCREEN_HEIGHT_BASE + SCREEN_HEIGHT_ROW * devices)
+
+
+def take_screenshot(url: str, target: Path, height: int = SCREEN_HEIGHT_BASE) -> str:
     """Headless chromium's picture of `url` into `target` (blocking: run it in a thread).
 
     Returns a line saying what happened; never raises for a missing or failing browser.
@@ -198,6 +206,7 @@ def take_screenshot(url: str, target: Path) -> str:
         binary,
         *CHROMIUM_FLAGS,
         f"--user-data-dir={profile}",
+        f"--window-size={SCREEN_WIDTH},{height}",
         f"--virtual-time-budget={SCREENSHOT_BUDGET_MS}",
         f"--screenshot={target.resolve()}",
         url,
@@ -216,9 +225,9 @@ def take_screenshot(url: str, target: Path) -> str:
     return f"screenshot of the console during the failover: {target}"
 
 
-async def screenshot_soon(url: str, target: Path) -> str:
+async def screenshot_soon(url: str, target: Path, devices: int) -> str:
     """`take_screenshot` in a worker thread, so the demo keeps publishing meanwhile."""
-    return await asyncio.to_thread(take_screenshot, url, target)
+    return await asyncio.to_thread(take_screenshot, url, target, screen_height(devices))
 
 
 def console_lines(

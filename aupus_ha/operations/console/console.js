@@ -62,6 +62,11 @@
     return node;
   }
 
+  // Charts are drawn at the size they are shown, so their text keeps its size.
+  function drawingWidth(box) {
+    return Math.max(200, Math.round(box.clientWidth || 600));
+  }
+
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
 
   function number(value) {
@@ -162,8 +167,7 @@
       tr.appendChild(el("td", age(inst.heartbeat_age_s)));
       tr.appendChild(el("td", number(stats.pending), "num"));
       const mqtt = stats.mqtt_connected;
-      tr.appendChild(el("td", mqtt == null ? "—" : mqtt ? "conectado" : "desconectado",
-        mqtt ? "ok" : "erro"));
+      tr.appendChild(el("td", mqtt == null ? "—" : mqtt ? "sim" : "não", mqtt ? "ok" : "erro"));
       body.appendChild(tr);
     }
   }
@@ -185,7 +189,7 @@
         ` (${REASONS[h.reason] || h.reason}${gap})`));
     }
     // Who led when: one band per epoch, from its handover to the next one (or now).
-    const width = 600;
+    const width = drawingWidth(box);
     const height = 46;
     const start = parseDate(rows[0].at).getTime();
     const end = Math.max(Date.now(), start + 1000);
@@ -221,7 +225,7 @@
     }
     setText("ingestao-resumo", `${number(rate.total)} linhas na última hora · média ` +
       `${number(rate.per_minute_avg)} por minuto`, "");
-    const width = 600;
+    const width = drawingWidth(box);
     const height = 110;
     const top = 14;
     const bottom = 18;
