@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,17 @@ async def _cluster(spawn: ClusterFactory) -> tuple[InstanceProcess, InstanceProc
     return leader, standby
 
 
+async def _ingest_rate(node: InstanceProcess, dsn: str) -> tuple[dict[str, Any], int]:
+    """/health/ingest-rate, and the rows the database holds for the same 60 minutes."""
+    status, body = await node.get("/health/ingest-rate", timeout=5)
+    assert status == 200 and body is not None, body
+    first = datetime.fromisoformat(body["points"][0]["minute"])  # the window it counted
+    rows = await fetch(
+        dsn, "SELECT count(*) AS n FROM equipamentos_dados WHERE created_at >= $1", first
+    )
+    return body, int(rows[0]["n"])
+
+
 async def _step_down(node: InstanceProcess) -> None:
     url = f"http://127.0.0.1:{node.http_port}/admin/step-down"
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -169,6 +181,9 @@ def test_console_shows_leader_devices_and_gaps_and_follows_a_handover(
     assert browser.title != "1"  # the onerror of the name never ran
     bars = browser.find_elements(By.CSS_SELECTOR, "#ingestao-grafico rect.barra-ingestao")
     assert len(bars) == 60, "one bar per minute of the last hour"
+    rate, stored = run_async(lambda: _ingest_rate(standby, database_url))
+    assert rate["total"] == stored and len(rate["points"]) == 60, (rate, stored)
+    assert f"{stored} linhas na última hora" in text("ingestao-resumo").replace(".", "")
     rows = [
         r.find_element(By.CSS_SELECTOR, "td").text
         for r in browser.find_elements(By.CSS_SELECTOR, "#instancias-linhas tr")
