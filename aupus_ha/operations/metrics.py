@@ -59,6 +59,7 @@ class Metrics:
         """Database latency and handover count; left unknown when the database is away."""
         store = self._instance.store
         self.db_latency_s = None
+        self.last_data_age_s = None  # a frozen age would look fresh while the database is away
         if store is None:
             return
         try:
