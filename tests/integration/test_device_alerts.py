@@ -248,3 +248,40 @@ async def test_disabled_equipment_is_resolved_without_a_notification(
         assert await open_offline(conn) == []
     finally:
         await conn.close()
+
+
+async def test_two_instances_checking_at_once_send_each_change_once(
+    database_url: str, receiver: Receiver
+) -> None:
+    """Two instances evaluating at the same moment (a handover, or an operator's POST
+    /health/alerts/check on the standby): each offline and each return is sent once,
+    by whichever instance's insert or resolve changed the row."""
+    conn = await connect_utc(database_url)
+    try:
+        await apply_migrations(conn)
+        ids = await add_equipment(conn, *(f"race{i}" for i in range(4)))
+        for eid in ids:
+            await reading(conn, eid, AFTER_S * 2)
+        async with (
+            node(database_url, receiver.url, "node-a") as a,
+            node(database_url, receiver.url, "node-b") as b,
+        ):
+            for _ in range(3):
+                first, second = await asyncio.gather(a.alerts.check(), b.alerts.check())
+                assert not set(first["offline"]) & set(second["offline"])
+            await a.drained()
+            await b.drained()
+            assert sorted(receiver.kinds()) == sorted(f"equipment_offline:{e}" for e in ids)
+
+            for eid in ids:
+                await reading(conn, eid, 0)
+            for _ in range(3):
+                first, second = await asyncio.gather(a.alerts.check(), b.alerts.check())
+                assert not set(first["back"]) & set(second["back"])
+            await a.drained()
+            await b.drained()
+        backs = [k for k in receiver.kinds() if k.startswith("equipment_back:")]
+        assert sorted(backs) == sorted(f"equipment_back:{e}" for e in ids)
+        assert await open_offline(conn) == []
+    finally:
+        await conn.close()
