@@ -748,17 +748,21 @@ ORDER BY m.minute;
 -- name: gaps_scan
 -- $1 period start, $2 period end (never after now), $3 start of the cadence lookback
 -- (the day before $1), all timestamptz; $4 one equipamento id, or NULL for every enabled
--- equipment with a topic; $5 the gap threshold's floor (s); $6 the cadence multiple.
--- Per equipment: readings in the period, the first and last of them, the cadence (the
--- median interval between consecutive readings from $3 to $2, s) and the start and end
--- of every interval beginning in the period that is longer than
--- greatest($6 x cadence, $5) (aupus_ha/operations/gaps.py says why). One range of the
--- natural key per equipment read in key order (an index-only scan once the table is
--- vacuumed): lead() needs no sort, and only the gaps leave the server. A legacy
--- `timestamp` column is compared as wall time of the session's zone (the key stays
--- usable) and returned as timestamptz.
+-- equipment with a topic; $5 the gap threshold's floor (s); $6 the cadence multiple;
+-- $7 the fewest readings in the period the cadence is learned from alone.
+-- Per equipment: readings in the period, the first and last of them, the cadence (s:
+-- the lower median of the intervals between consecutive readings of the period, or,
+-- with fewer than $7 readings there, of the lookback and the period) and the start and
+-- end of every interval in the period longer than greatest($6 x cadence, $5)
+-- (aupus_ha/operations/gaps.py says why). One range of the natural key per equipment
+-- read in key order (an index-only scan once the table is vacuumed): lead() needs no
+-- sort, the median sorts intervals (no numeric), the lookback range is read only for
+-- the few equipment that need it (a one-time filter), and only the gaps leave the
+-- server. A legacy `timestamp` column is compared as wall time of the session's zone
+-- (the key stays usable) and returned as timestamptz.
 SELECT e.id::text AS equipamento_id, e.nome::text AS nome,
-       s.readings, s.first_at, s.last_at, s.cadence_s, s.gap_starts, s.gap_ends
+       s.readings, s.first_at, s.last_at,
+       extract(epoch FROM s.cadence)::float8 AS cadence_s, s.gap_starts, s.gap_ends
 FROM equipamentos e
 CROSS JOIN LATERAL (
     WITH seq AS (
@@ -766,25 +770,37 @@ CROSS JOIN LATERAL (
                lead(d.timestamp_dados::timestamptz) OVER (ORDER BY d.timestamp_dados) AS next_ts
         FROM equipamentos_dados d
         WHERE d.equipamento_id = e.id
-          AND d.timestamp_dados >= $3::timestamptz::{ts_type}
+          AND d.timestamp_dados >= $1::timestamptz::{ts_type}
           AND d.timestamp_dados < $2::timestamptz::{ts_type}
     ), stats AS (
-        SELECT count(*) FILTER (WHERE ts >= $1::timestamptz)::int AS readings,
-               min(ts) FILTER (WHERE ts >= $1::timestamptz) AS first_at,
-               max(ts) FILTER (WHERE ts >= $1::timestamptz) AS last_at,
-               percentile_cont(0.5) WITHIN GROUP (
-                   ORDER BY extract(epoch FROM next_ts - ts)
-               ) FILTER (WHERE next_ts IS NOT NULL)::float8 AS cadence_s
+        SELECT count(*)::int AS readings, min(ts) AS first_at, max(ts) AS last_at,
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY next_ts - ts) AS cadence
         FROM seq
+    ), lookback AS (
+        SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY b.next_ts - b.ts) AS cadence
+        FROM (
+            SELECT d.timestamp_dados AS ts,
+                   lead(d.timestamp_dados) OVER (ORDER BY d.timestamp_dados) AS next_ts
+            FROM equipamentos_dados d
+            WHERE d.equipamento_id = e.id
+              AND d.timestamp_dados >= $3::timestamptz::{ts_type}
+              AND d.timestamp_dados < $2::timestamptz::{ts_type}
+              AND (SELECT st.readings FROM stats st) < $7::int
+        ) AS b
+    ), cadence AS (
+        SELECT st.readings, st.first_at, st.last_at,
+               CASE WHEN st.readings >= $7::int THEN st.cadence
+                    ELSE (SELECT lb.cadence FROM lookback lb) END AS cadence
+        FROM stats st
     )
-    SELECT st.readings, st.first_at, st.last_at, st.cadence_s, g.gap_starts, g.gap_ends
-    FROM stats st
+    SELECT c.readings, c.first_at, c.last_at, c.cadence, g.gap_starts, g.gap_ends
+    FROM cadence c
     CROSS JOIN LATERAL (
         SELECT array_agg(q.ts ORDER BY q.ts) AS gap_starts,
                array_agg(q.next_ts ORDER BY q.ts) AS gap_ends
         FROM seq q
-        WHERE q.ts >= $1::timestamptz
-          AND q.next_ts - q.ts > make_interval(secs => greatest($6::float8 * st.cadence_s, $5::float8))
+        WHERE q.next_ts - q.ts > greatest(
+                  $6::float8 * c.cadence, make_interval(secs => $5::float8))
     ) AS g
 ) AS s
 WHERE ($4::text IS NULL AND e.mqtt_habilitado AND e.topico_mqtt IS NOT NULL

@@ -4,10 +4,12 @@ energy went with them (`aupus-ha gaps`, `GET /health/gaps`).
 Operators used to answer "dados perdidos? se sim, quantos?" with hand-written SQL after
 every incident. The report answers it the same way every time:
 
-* **cadence**: an equipment's usual interval, learned from its own readings: the median
-  interval between consecutive readings over the period and the day before it. A median
+* **cadence**: an equipment's usual interval, learned from its own readings: the (lower)
+  median interval between its consecutive readings in the period, or, with fewer than
+  10 readings there, over the day before and the period. A median
   ignores the gaps themselves (a minority of the intervals) and any burst of replayed
-  readings; the day before gives a device silent for most of the period a cadence.
+  readings; the day before gives a device silent for most of the period a cadence, and
+  is read only for such devices (it would double the work of a one-day report).
 * **gap**: an interval without readings longer than `max(3 × cadence, 60 s)`, clipped to
   the period; the period's start and end count as edges, so an equipment silent at the
   start, at the end or all along has a gap there.
@@ -59,7 +61,8 @@ Body = dict[str, Any]
 
 CADENCE_MULTIPLE: Final = 3.0  # a gap is longer than this many cadences...
 FLOOR_S: Final = 60.0  # ...and than this (a 5-s device missing 16 s is jitter, not loss)
-LOOKBACK: Final = timedelta(days=1)  # the cadence is also learned from the day before
+LOOKBACK: Final = timedelta(days=1)  # where the cadence of a nearly silent device is learned
+MIN_READINGS: Final = 10  # fewer in the period: the cadence is learned with the day before
 MAX_PERIOD: Final = timedelta(days=31)  # a longer period is refused (400)
 POWER_NEIGHBOURS: Final = 5  # readings each side of a gap whose power is averaged
 POWER_REACH_S: Final = 86_400.0  # ...at most this far from the gap's edge
@@ -68,7 +71,8 @@ HTTP_TIMEOUT_S: Final = 20.0  # a report slower than this answers 503
 CLI_TIMEOUT_S: Final = 300.0
 THRESHOLD_RULE: Final = (
     f"gap > max({CADENCE_MULTIPLE:g} x cadence, {FLOOR_S:g} s); cadence = median interval "
-    "between consecutive readings over the period and the day before; "
+    f"between consecutive readings in the period (with the day before when it holds fewer "
+    f"than {MIN_READINGS}); "
     f"missing_kwh = mean potencia_ativa_kw of up to {POWER_NEIGHBOURS} readings each side "
     "x lost hours (null when no power is known)"
 )
@@ -156,11 +160,21 @@ def threshold_s(cadence_s: float | None) -> float:
 
 
 def cadence_of(instants: Sequence[datetime]) -> float | None:
-    """The median interval in seconds between consecutive (sorted, distinct) readings;
-    None with fewer than two."""
+    """The lower median interval in seconds between consecutive (sorted, distinct)
+    readings (an interval that occurred, like `percentile_disc`); None with fewer than
+    two readings."""
     ordered = sorted(instants)
     steps = [(b - a).total_seconds() for a, b in itertools.pairwise(ordered)]
-    return float(statistics.median(steps)) if steps else None
+    return float(statistics.median_low(steps)) if steps else None
+
+
+def learned_cadence(instants: Sequence[datetime], start: datetime) -> float | None:
+    """The cadence as `gaps_scan` learns it from readings of [start - LOOKBACK, end):
+    from the period's alone, unless it holds fewer than MIN_READINGS."""
+    in_period = [t for t in instants if t >= start]
+    if len(in_period) >= MIN_READINGS:
+        return cadence_of(in_period)
+    return cadence_of([t for t in instants if t >= start - LOOKBACK])
 
 
 def long_intervals(
@@ -316,6 +330,7 @@ async def fetch_report(
                 period.equipment_id,
                 FLOOR_S,
                 CADENCE_MULTIPLE,
+                MIN_READINGS,
             )
             equipment = [_equipment_gaps(dict(r), period.start, until) for r in rows]
             equipment = await _with_power(pool, queries, equipment)

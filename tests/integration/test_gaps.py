@@ -43,6 +43,7 @@ GENERIC = cuid("gaps-generic")  # 60 s, no power, late start and silent at the e
 SILENT = cuid("gaps-silent")  # enabled, never sent anything
 DISABLED = cuid("gaps-disabled")  # not enabled: not in the report unless asked for
 JITTER = cuid("gaps-jitter")  # irregular feed: the SQL must agree with the reference
+SPARSE = cuid("gaps-sparse")  # 60 s the day before, 5 readings in the period
 
 FRESH_INSERT = """
 INSERT INTO equipamentos_dados (equipamento_id, timestamp_dados, dados, potencia_ativa_kw)
@@ -105,7 +106,7 @@ async def loaded(database_url: str, request: pytest.FixtureRequest) -> AsyncIter
     await build_schema(database_url, kind)
     conn = await asyncpg.connect(database_url)
     try:
-        for equipment in (METER, GENERIC, SILENT, JITTER, DISABLED):
+        for equipment in (METER, GENERIC, SILENT, JITTER, SPARSE, DISABLED):
             await register_equipment(conn, equipment, f"gaps/{equipment}", None)
         await conn.execute(
             "UPDATE equipamentos SET mqtt_habilitado = false WHERE id = $1", DISABLED
@@ -114,6 +115,8 @@ async def loaded(database_url: str, request: pytest.FixtureRequest) -> AsyncIter
         await insert(conn, kind, GENERIC, generic_feed())
         await insert(conn, kind, JITTER, [(t, 1.0) for t in jitter_feed()])
         await insert(conn, kind, DISABLED, [(at(0), 1.0)])
+        sparse = [(at(60 * i), 1.5) for i in range(-1440, 5)]
+        await insert(conn, kind, SPARSE, sparse)
     finally:
         await conn.close()
     yield database_url
@@ -155,7 +158,7 @@ async def test_the_report_finds_the_holes_it_was_given(loaded: str) -> None:
     period for a silent equipment, and a disabled equipment left out."""
     report = await report_of(loaded)
     rows = by_id(report)
-    assert set(rows) == {METER, GENERIC, SILENT, JITTER}
+    assert set(rows) == {METER, GENERIC, SILENT, JITTER, SPARSE}
 
     meter = rows[METER]
     assert meter["cadence_s"] == 30.0
@@ -183,6 +186,12 @@ async def test_the_report_finds_the_holes_it_was_given(loaded: str) -> None:
     assert generic["missing_kwh"] is None
     assert generic["coverage_pct"] == round(100 * (1 - 130 * 60 / 86_400), 2)
 
+    # Five readings in the period: the cadence comes from the day before; silent from
+    # 00:04 on, at 1.5 kW before it: 1435 readings (23 h 55 min) and 35.875 kWh lost.
+    sparse = rows[SPARSE]
+    assert (sparse["cadence_s"], sparse["readings"]) == (60.0, 5)
+    assert spans(sparse) == [("end", at(240).isoformat(), END.isoformat(), 1436.0, 1435, 35.875)]
+
     silent = rows[SILENT]
     assert (silent["cadence_s"], silent["readings"], silent["coverage_pct"]) == (None, 0, 0.0)
     assert spans(silent) == [("all", START.isoformat(), END.isoformat(), 1440.0, None, None)]
@@ -197,7 +206,7 @@ async def test_the_sql_agrees_with_the_reference_rules(loaded: str) -> None:
     """An irregular feed: gaps_scan's cadence and long intervals are those of
     gaps.cadence_of / gaps.long_intervals over the same readings."""
     feed = [t for t in jitter_feed() if t < END]
-    cadence = gaps.cadence_of(feed)
+    cadence = gaps.learned_cadence(feed, START)
     assert cadence is not None
     in_period = [t for t in feed if START <= t < END]
     expected = gaps.period_gaps(

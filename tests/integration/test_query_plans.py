@@ -43,7 +43,7 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     "insert_clockless_from_staging": (1, 10.0),  # reads the staging table, then the key
     "legacy_time_offset": (1000,),  # the start-up check of a legacy time convention
     # the data-loss report (operations/gaps.py): a day of every equipment, then the power
-    "gaps_scan": (NOW - timedelta(days=1), NOW, NOW - timedelta(days=2), None, 60.0, 3.0),
+    "gaps_scan": (NOW - timedelta(days=1), NOW, NOW - timedelta(days=2), None, 60.0, 3.0, 10),
     "gaps_power": (["eq0001"], [NOW - timedelta(hours=2)], [NOW - timedelta(hours=1)], 5, 864e2),
 }
 NOT_READS = {"create_staging", "create_staging_clockless"}

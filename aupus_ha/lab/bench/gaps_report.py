@@ -106,7 +106,15 @@ async def measure(conn: asyncpg.Connection, runs: int, equipment: int) -> dict[s
 
     body = await report()
     times = await timed_runs(runs, report)
-    scan_args = (day_start, now, day_start - gaps.LOOKBACK, None, gaps.FLOOR_S, 3.0)
+    scan_args = (
+        day_start,
+        now,
+        day_start - gaps.LOOKBACK,
+        None,
+        gaps.FLOOR_S,
+        gaps.CADENCE_MULTIPLE,
+        gaps.MIN_READINGS,
+    )
     scans = list(plan_scans(await explain(conn, q["gaps_scan"], scan_args)))
     results.append(summary("report (gaps_scan + gaps_power)", times, REPORT_TARGET_MS, scans))
     plans["gaps_scan"] = await plan_text(conn, q["gaps_scan"], scan_args)
