@@ -56,6 +56,17 @@ def test_cadence_is_the_median_interval_and_ignores_the_gaps() -> None:
     assert g.cadence_of([]) is None
 
 
+def test_the_day_before_teaches_the_cadence_only_to_a_nearly_silent_device() -> None:
+    """With MIN_READINGS readings in the period its own intervals decide; with fewer,
+    the day before counts too (the lower median: an interval that occurred)."""
+    before = grid(60, 1440, T0 - DAY)
+    busy = before + grid(30, g.MIN_READINGS)
+    assert g.learned_cadence(busy, T0) == 30.0
+    sparse = before + grid(30, g.MIN_READINGS - 1)
+    assert g.learned_cadence(sparse, T0) == 60.0
+    assert g.cadence_of([T0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=40)]) == 10.0
+
+
 def test_a_hole_of_21_readings_is_one_gap_of_21_expected_readings() -> None:
     """Readings every 30 s, 21 missing: one inside gap of 11 min, 10.5 lost, 21 readings."""
     instants = [t for i, t in enumerate(grid(30, 2880)) if not 100 <= i <= 120]
