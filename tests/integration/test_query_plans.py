@@ -45,6 +45,13 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     # the data-loss report (operations/gaps.py): a day of every equipment, then the power
     "gaps_scan": (NOW - timedelta(days=1), NOW, NOW - timedelta(days=2), None, 60.0, 3.0, 10),
     "gaps_power": (["eq0001"], [NOW - timedelta(hours=2)], [NOW - timedelta(hours=1)], 5, 864e2),
+    # the platform's diagnostics routes (operations/diagnostics.py): $1 the window's start
+    "diag_equipamentos_ativos": (NOW - timedelta(days=1),),
+    "diag_equipamentos_inativos": (NOW - timedelta(days=1),),
+    "diag_janela": (NOW - timedelta(days=1),),
+    "diag_topicos": (NOW - timedelta(days=1),),
+    "diag_gaps": (NOW - timedelta(days=1), 900.0, 20),
+    "diag_ultimos": (10,),
 }
 NOT_READS = {"create_staging", "create_staging_clockless"}
 GROWING = {
