@@ -138,6 +138,7 @@ def health_queries(now: datetime) -> list[tuple[str, tuple[object, ...], bool]]:
     return [
         ("last_data", (), False),
         ("ingestion_window", (DAY_S, HOUR_S), False),
+        ("console_ingest_rate", (60,), False),  # the console's chart: last hour per minute
         ("rejects_window", (DAY_S,), False),
         ("handovers_summary", (CLUSTER, DAY_S), False),
         ("leadership", (CLUSTER,), False),
