@@ -485,7 +485,7 @@ def _pairs(view: HttpView) -> set[tuple[str, str]]:
 # --- routes ---------------------------------------------------------------------------------
 
 
-def _guarded(view: HttpView, action: Callable[[], Awaitable[tuple[Body, int]]]) -> View:
+def admin_view(view: HttpView, action: Callable[[], Awaitable[tuple[Body, int]]]) -> View:
     async def handler(request: web.Request) -> tuple[Body, int]:
         refused = admin.refusal(request, view.settings.admin_token)
         if refused is not None:
@@ -495,7 +495,7 @@ def _guarded(view: HttpView, action: Callable[[], Awaitable[tuple[Body, int]]]) 
     return handler
 
 
-def _read(view: HttpView, build: Callable[[], Awaitable[Any]]) -> View:
+def read_view(view: HttpView, build: Callable[[], Awaitable[Any]]) -> View:
     """A database read: 503 with a short reason when the database cannot answer."""
 
     async def handler(request: web.Request) -> tuple[Body, int]:
@@ -511,7 +511,7 @@ def _read(view: HttpView, build: Callable[[], Awaitable[Any]]) -> View:
     return handler
 
 
-def _local(build: Callable[[], Body]) -> View:
+def local_view(build: Callable[[], Body]) -> View:
     async def handler(request: web.Request) -> tuple[Body, int]:
         return build(), 200
 
@@ -526,17 +526,17 @@ def routes(view: HttpView, gate: DbGate, envelope: Callable[[View], Handler]) ->
         return (await diag.window())[1]
 
     gets: list[tuple[str, View]] = [
-        ("", _read(view, diag.full)),
-        ("/status", _read(view, diag.status)),
-        ("/equipamentos", _read(view, diag.equipamentos)),
-        ("/topicos", _read(view, diag.topicos)),
-        ("/qualidade", _read(view, qualidade)),
-        ("/buffer/stats", _local(diag.buffer_stats)),
-        ("/buffer/health", _local(diag.buffer_health)),
+        ("", read_view(view, diag.full)),
+        ("/status", read_view(view, diag.status)),
+        ("/equipamentos", read_view(view, diag.equipamentos)),
+        ("/topicos", read_view(view, diag.topicos)),
+        ("/qualidade", read_view(view, qualidade)),
+        ("/buffer/stats", local_view(diag.buffer_stats)),
+        ("/buffer/health", local_view(diag.buffer_health)),
     ]
     posts: list[tuple[str, View]] = [
-        ("/resync", _guarded(view, diag.resync)),
-        ("/buffer/forcar-processamento", _guarded(view, diag.force_flush)),
+        ("/resync", admin_view(view, diag.resync)),
+        ("/buffer/forcar-processamento", admin_view(view, diag.force_flush)),
     ]
     return [web.get(PREFIX + path, envelope(v)) for path, v in gets] + [
         web.post(PREFIX + path, envelope(v)) for path, v in posts

@@ -4,19 +4,27 @@ and the window summary (stats + qualidade) added up from per-equipment rows."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aupus_ha.config import load_settings
 from aupus_ha.operations.diagnostics import (
     NEVER_RECEIVED,
+    Diagnostics,
     class_percent,
     inactivity_text,
     quality_class,
+    read_view,
     status_for,
     summarize_window,
 )
+from aupus_ha.operations.verdicts import DbGate
+from aupus_ha.operations.view import HttpView
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -118,3 +126,29 @@ def test_percentages_cover_the_window(groups: list[tuple[str, str | None, int]])
     if groups:
         assert abs(sum(q["percentual"] for q in quality) - 100) < 0.01 * len(quality)
     assert sum(q["registros"] for q in quality) == stats["totalRegistros"]
+
+
+def _request(token: str | None = None) -> web.Request:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return make_mocked_request("GET", "/api/v1/mqtt/diagnostico", headers=headers)
+
+
+class _NoDatabase:
+    """An instance before its pool exists (or whose settings are all it has)."""
+
+    settings = load_settings(
+        {"DATABASE_URL": "postgresql://u@db.internal:5432/x", "MQTT_MODE": "disabled"}
+    )
+    pool = None
+
+
+async def test_a_database_that_cannot_answer_is_a_503_never_a_500() -> None:
+    view = cast(HttpView, _NoDatabase())
+    body, status = await read_view(view, Diagnostics(view, DbGate(1)).equipamentos)(_request())
+    assert status == 503 and body == {"error": "cannot read the database"}
+
+    async def refused() -> dict[str, Any]:
+        raise asyncpg.exceptions.UndefinedColumnError('column "nome" does not exist')
+
+    body, status = await read_view(view, refused)(_request())
+    assert status == 503 and body == {"error": "the database refused the query"}
