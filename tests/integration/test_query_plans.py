@@ -52,6 +52,7 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     "diag_topicos": (NOW - timedelta(days=1),),
     "diag_gaps": (NOW - timedelta(days=1), 900.0, 20),
     "diag_ultimos": (10,),
+    "console_ingest_rate": (60,),  # the console's chart (operations/console.py)
 }
 NOT_READS = {"create_staging", "create_staging_clockless"}
 GROWING = {
@@ -111,6 +112,8 @@ def test_every_health_and_alert_query_is_listed() -> None:
     used |= set(re.findall(r"_fetchrow\(\s*\"(\w+)\"", store))
     view = store[store.index("async def cluster_view") : store.index("async def ping")]
     used |= set(re.findall(r"self\._q\[\"(\w+)\"\]", view))
+    console = (ROOT / "aupus_ha/operations/console.py").read_text()
+    used |= set(re.findall(r"_queries\(\)\[\"(\w+)\"\]", console))
     assert used == {name for name, _, _ in health_queries(NOW)}
 
 
