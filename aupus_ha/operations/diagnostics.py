@@ -36,7 +36,7 @@ from aupus_ha.database.queries import Queries
 from aupus_ha.decoding.timestamps import from_legacy_wall, to_legacy_wall
 from aupus_ha.logs import get_logger
 from aupus_ha.operations import admin
-from aupus_ha.operations.verdicts import HEALTH_QUERY_TIMEOUT_S, DbGate, db_error, reported_role
+from aupus_ha.operations.verdicts import DbGate, db_error, reported_role
 from aupus_ha.operations.view import HttpView
 
 log = get_logger(__name__)
@@ -183,7 +183,7 @@ class DiagnosticsReader:
         self._columns: _Columns | None = None
 
     async def _learn_columns(self, pool: asyncpg.Pool) -> _Columns:
-        """The key columns' types, as the instance detected them at start (store.py)."""
+        """The key columns' types, by the rule of `pipeline.store.detect_convention`."""
         if self._columns is None:
             rows = await pool.fetch(Queries()["column_types"])
             types = {r["column_name"]: r["data_type"] for r in rows}
@@ -195,7 +195,11 @@ class DiagnosticsReader:
             self._columns = _Columns(queries, legacy, self._view.settings.legacy_zone)
         return self._columns
 
-    async def fetch(self, name: str, *args: object) -> tuple[list[asyncpg.Record], _Columns]:
+    async def fetch(
+        self, name: str, *args: object, window: bool = False
+    ) -> tuple[list[asyncpg.Record], _Columns]:
+        """Rows of a named query; with `window`, its $1 is the start of the last 24 h
+        in the column's convention (the other arguments follow)."""
         pool = self._view.pool
         if pool is None:
             raise DatabaseUnavailable("database not connected yet")
@@ -203,35 +207,23 @@ class DiagnosticsReader:
             with translating_db_errors():
                 async with asyncio.timeout(DIAG_QUERY_TIMEOUT_S):
                     columns = await self._learn_columns(pool)
+                    if window:
+                        start = columns.column_value(datetime.now(UTC) - WINDOW)
+                        args = (start, *args)
                     rows = await pool.fetch(columns.queries[name], *args)
         return rows, columns
 
-    async def fetch_window(
-        self, name: str, *extra: object
-    ) -> tuple[list[asyncpg.Record], _Columns]:
-        """A query whose $1 is the start of the last 24 h in the column's convention."""
-        columns = self._columns
-        start = datetime.now(UTC) - WINDOW
-        if columns is None:
-            pool = self._view.pool
-            if pool is None:
-                raise DatabaseUnavailable("database not connected yet")
-            with translating_db_errors():
-                async with asyncio.timeout(HEALTH_QUERY_TIMEOUT_S):
-                    columns = await self._learn_columns(pool)
-        return await self.fetch(name, columns.column_value(start), *extra)
-
 
 class Diagnostics:
-    """The bodies of the diagnostics routes, each `(body, status)`."""
+    """The bodies of the diagnostics routes (the actions also give a status code)."""
 
     def __init__(self, view: HttpView, gate: DbGate) -> None:
         self._view = view
         self._db = DiagnosticsReader(view, gate)
 
     async def equipamentos(self) -> Body:
-        ativos, columns = await self._db.fetch_window("diag_equipamentos_ativos")
-        inativos, _ = await self._db.fetch_window("diag_equipamentos_inativos")
+        ativos, columns = await self._db.fetch("diag_equipamentos_ativos", window=True)
+        inativos, _ = await self._db.fetch("diag_equipamentos_inativos", window=True)
         working = [self._working(dict(r), columns) for r in ativos]
         idle = [self._idle(dict(r), columns) for r in inativos]
         return {
@@ -274,7 +266,7 @@ class Diagnostics:
         }
 
     async def window(self) -> tuple[Body, list[Body]]:
-        rows, columns = await self._db.fetch_window("diag_janela")
+        rows, columns = await self._db.fetch("diag_janela", window=True)
         as_instants = [
             {
                 **dict(r),
@@ -286,7 +278,7 @@ class Diagnostics:
         return summarize_window(as_instants)
 
     async def topicos(self) -> list[Body]:
-        rows, columns = await self._db.fetch_window("diag_topicos")
+        rows, columns = await self._db.fetch("diag_topicos", window=True)
         return [
             {
                 "topico": r["topico"],
@@ -299,7 +291,7 @@ class Diagnostics:
         ]
 
     async def gaps(self) -> list[Body]:
-        rows, columns = await self._db.fetch_window("diag_gaps", GAP_MIN_S, GAPS_LIMIT)
+        rows, columns = await self._db.fetch("diag_gaps", GAP_MIN_S, GAPS_LIMIT, window=True)
         return [
             {
                 "nome": r["nome"],
