@@ -177,7 +177,8 @@
     const box = $("trocas-grafico");
     clear(list);
     clear(box);
-    const rows = ((cluster && cluster.handovers) || []).slice().reverse(); // oldest first
+    const rows = ((cluster && cluster.handovers) || [])
+      .filter((h) => parseDate(h.at)).slice().reverse(); // oldest first
     if (!rows.length) {
       list.appendChild(el("li", "nenhuma troca registrada"));
       return;
@@ -435,6 +436,15 @@
     return `/health/gaps?${query.toString()}`;
   }
 
+  function safely(draw) {
+    try {
+      draw();
+      return true;
+    } catch (e) {
+      return false;
+    }
+  }
+
   async function refresh() {
     if (state.busy) return; // a slow database: never pile requests up
     state.busy = true;
@@ -449,22 +459,29 @@
       const failed = [leader, cluster, rate, equipment, gaps]
         .filter((r) => r && (r.status === 0 || r.status >= 500 && !r.body))
         .map((r) => r.path.split("?")[0]);
-      showLeader(leader.body, cluster.body);
-      showInstances(cluster.body);
-      showHandovers(cluster.body);
-      showIngestRate(rate.status === 200 ? rate.body : null);
-      showBuffer(health.body, stats.status === 200 ? stats.body : null);
       if (equipment.status === 200 && equipment.body) state.equipment = equipment.body;
       if (gaps && gaps.status === 200 && gaps.body) {
         state.gaps = gaps.body;
         state.gapsAt = Date.now();
       }
-      showEquipment();
+      // One card that cannot draw what it got (an older instance's body, say) must not
+      // keep the others from refreshing.
+      const broken = [
+        safely(() => showLeader(leader.body, cluster.body)),
+        safely(() => showInstances(cluster.body)),
+        safely(() => showHandovers(cluster.body)),
+        safely(() => showIngestRate(rate.status === 200 ? rate.body : null)),
+        safely(() => showBuffer(health.body, stats.status === 200 ? stats.body : null)),
+        safely(() => showEquipment()),
+      ].filter((ok) => !ok).length;
+      const problems = [];
+      if (failed.length) problems.push(`sem resposta: ${failed.join(", ")}`);
+      if (broken) problems.push(`${broken} painel(is) com dados inesperados`);
       const when = new Date().toLocaleTimeString("pt-BR", { timeZone: "America/Sao_Paulo" });
-      setText("atualizado", failed.length
-        ? `atualizado às ${when}; sem resposta: ${failed.join(", ")}`
+      setText("atualizado", problems.length
+        ? `atualizado às ${when}; ${problems.join("; ")}`
         : `atualizado às ${when} · a cada ${INTERVAL_MS / 1000} s`,
-        failed.length ? "atualizado falha" : "atualizado");
+        problems.length ? "atualizado falha" : "atualizado");
       document.body.setAttribute("data-atualizacoes",
         String(Number(document.body.getAttribute("data-atualizacoes") || 0) + 1));
     } finally {
