@@ -1,4 +1,4 @@
-"""The `aupus-ha` command: run, migrate, status, step-down (the daemon and its operators);
+"""The `aupus-ha` command: run, migrate, status, step-down, gaps (the daemon and its operators);
 the lab's commands (demo, simulate, bench, chaos) load from aupus_ha/lab/cli.py on demand."""
 
 from __future__ import annotations
