@@ -198,3 +198,19 @@ def test_console_shows_leader_devices_and_gaps_and_follows_a_handover(
         f"the handover is listed: {text('trocas-lista')!r}",
     )
     _keep_screenshot(browser, tmp_path, "console-after-step-down.png")
+
+
+@pytest.mark.parametrize("ci", [None, "true"])
+def test_a_missing_browser_skips_locally_and_fails_on_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str | None
+) -> None:
+    """Without chromium the browser test is skipped with the reason, except on CI (CI
+    set), where a console nobody looked at must not pass as tested."""
+    monkeypatch.setattr(f"{__name__}.CHROMEDRIVER", tmp_path / "no-chromedriver")
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="no-chromedriver"):
+        _webdriver_or_skip()
