@@ -601,9 +601,10 @@ LIMIT $3;
 
 -- name: diag_ultimos
 -- $1 limit. The newest stored rows by arrival (one range of the created_at index),
--- with their equipment's name and topic.
+-- with their equipment's name and topic. Times as stored (the caller reads a legacy
+-- wall time in LEGACY_TIMESTAMP_ZONE, never through the session's TimeZone).
 SELECT d.id::text AS id, e.nome::text AS equipamento, e.topico_mqtt::text AS topico_mqtt,
-       d.timestamp_dados, d.created_at::timestamptz AS created_at, d.fonte::text AS fonte,
+       d.timestamp_dados, d.created_at, d.fonte::text AS fonte,
        d.qualidade::text AS qualidade, d.num_leituras
 FROM equipamentos_dados d
 LEFT JOIN equipamentos e ON e.id = d.equipamento_id

@@ -28,8 +28,9 @@ from tests.legacy_schema import cuid, register_equipment
 SENDING = cuid("diag-sending")
 SILENT = cuid("diag-silent")
 INSERT = (
-    "INSERT INTO equipamentos_dados (equipamento_id, timestamp_dados, dados, qualidade) "
-    "VALUES ($1, $2, '{}', 'bom')"
+    "INSERT INTO equipamentos_dados "
+    "(equipamento_id, timestamp_dados, dados, qualidade, created_at) "
+    "VALUES ($1, $2, '{}', 'bom', $3)"
 )
 
 
@@ -57,7 +58,8 @@ async def diag(
 
         rows = [(SENDING, now - timedelta(hours=h)) for h in (25.0, 23.0, 0.5)]
         rows.append((SILENT, now - timedelta(hours=26)))
-        await conn.executemany(INSERT, [(eq, stored(at)) for eq, at in rows])
+        # Arrival as the platform writes it too (UTC wall time on a legacy table).
+        await conn.executemany(INSERT, [(eq, stored(at), stored(now)) for eq, at in rows])
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)  # the database's TimeZone
@@ -90,6 +92,10 @@ async def test_the_24h_window_and_ages_ignore_the_session_zone(
 
     topics = {t["topico"]: t["status"] for t in await diagnostics.topicos()}
     assert topics == {"diag/sending": "ativo", "diag/silent": "inativo"}, kind
+    latest = await diagnostics.ultimos()
+    expected = {now - timedelta(hours=h) for h in (25.0, 23.0, 0.5, 26.0)}
+    assert {row["timestamp_dados"] for row in latest} == expected, kind
+    assert {row["created_at"] for row in latest} == {now}, kind
     gaps = await diagnostics.gaps()
     assert len(gaps) == 1 and gaps[0]["minutos_sem_dados"] == pytest.approx(22.5 * 60), kind
     assert gaps[0]["inicio_gap"] == now - timedelta(hours=23), kind
