@@ -188,8 +188,9 @@ async def test_equipamentos_working_and_inactive_on_both_instances(cluster: Clus
             assert row["nome"] == f"Medidor {device}"
             last = _iso(row["ultima_recepcao"])
             assert last is not None and last.utcoffset() == timedelta(0)
-            assert SENT_AGO - timedelta(minutes=5) < now - last < SENT_AGO, row
-            assert 0.4 < row["horas_desde_ultimo"] <= 0.5, row
+            # Published SENT_AGO in device time, a few seconds (or, loaded, minutes) ago.
+            assert SENT_AGO - timedelta(minutes=1) < now - last < SENT_AGO + timedelta(minutes=5)
+            assert 0.48 <= row["horas_desde_ultimo"] <= 0.6, row
         legacy = working[LEGACY]
         assert legacy["registros_24h"] == 3  # the 30-hour-old row is outside the window
         assert legacy["ultima_qualidade"] == "bom"  # the newest row's, not the largest label
@@ -202,7 +203,7 @@ async def test_equipamentos_working_and_inactive_on_both_instances(cluster: Clus
 async def test_status_topicos_qualidade_and_full(cluster: Cluster) -> None:
     status = await _data(cluster.standby, "/status")
     minutes = status["minutosSemDados"]
-    assert 25 <= minutes <= 32, status  # the newest reading is about 30 minutes old
+    assert 29 <= minutes <= 35, status  # the newest reading is about 30 minutes old
     assert status["status"] == "warning", status
     assert status["mensagem"] == f"Sem dados há {minutes} minutos"
     assert (status["equipamentosAtivos"], status["equipamentosConfigurados"]) == (4, 6)
