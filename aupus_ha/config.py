@@ -41,9 +41,10 @@ HEALTH_DETAILS_CHOICES = (HEALTH_DETAILS_TOKEN, HEALTH_DETAILS_PUBLIC)
 # guessable and slip under log scrubbing. Clients (`step-down`) may hold any value.
 ADMIN_TOKEN_MIN_LENGTH = 12
 LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# What a boolean variable accepts (any case; blank is false).
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # Derived defaults (no literal in the table): the broker's port by TLS, the renewal
 # deadline as a share of the lease, the instance named after its host.
 MQTT_PORT_PLAIN = 1883

@@ -10,6 +10,7 @@ the lab and test environments that mean "the default" take it from the table.
 from __future__ import annotations
 
 import ast
+import operator
 import re
 import socket
 from dataclasses import MISSING, fields
@@ -21,6 +22,7 @@ from aupus_ha.config import (
     SETTING,
     SETTINGS,
     MqttEndpoint,
+    Setting,
     Settings,
     default_renew_deadline,
     default_text,
@@ -43,6 +45,7 @@ ENDPOINT_PARTS = {
     "MQTT_TLS": "tls",
 }
 MINIMAL = {"DATABASE_URL": "postgresql://u@db/aupus", "MQTT_HOST": "broker"}
+NAME = operator.attrgetter("name")  # pytest ids: the variable
 
 
 def _doc_rows() -> dict[str, tuple[str, str]]:
@@ -68,11 +71,10 @@ def test_the_docs_list_the_table_in_its_order() -> None:
     assert documented_variables() == [s.name for s in SETTINGS]
 
 
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
-def test_the_documented_default_is_the_tables(setting: object) -> None:
+@pytest.mark.parametrize("setting", SETTINGS, ids=NAME)
+def test_the_documented_default_is_the_tables(setting: Setting) -> None:
     """A literal default is the cell's first `value`; no default reads "none"; a
     derived one (host name, 0.7 x lease, port by TLS) says how, never "none"."""
-    assert isinstance(setting, type(SETTINGS[0]))
     cell = _doc_rows()[setting.name][0]
     if setting.default is not None:
         first = re.match(r"`([^`]*)`", cell)
@@ -83,9 +85,8 @@ def test_the_documented_default_is_the_tables(setting: object) -> None:
         assert cell.startswith("none"), cell
 
 
-@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.low is not None], ids=str)
-def test_the_documented_range_is_the_tables(setting: object) -> None:
-    assert isinstance(setting, type(SETTINGS[0]))
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.low is not None], ids=NAME)
+def test_the_documented_range_is_the_tables(setting: Setting) -> None:
     assert setting.low is not None and setting.high is not None
     kind = "integer" if setting.kind == "int" else "number"
     accepts = _doc_rows()[setting.name][1]
