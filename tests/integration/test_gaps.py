@@ -12,11 +12,12 @@ route table) must answer the same report.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -28,6 +29,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aupus_ha.config import load_settings
 from aupus_ha.database.connection import create_pool
+from aupus_ha.lab.bench.health_queries import index_seek_on, plan_scans
 from aupus_ha.operations import gaps
 from aupus_ha.operations.http import HttpServer
 from aupus_ha.operations.view import HttpView
@@ -290,3 +292,45 @@ async def test_the_command_line_and_the_route_answer_the_same_report(loaded: str
     text = await asyncio.to_thread(run_cli, loaded, *args, "--equipment", METER)
     assert text.returncode == 0, text.stderr
     assert "missing 5.35 kWh" in text.stdout
+
+
+@pytest.mark.parametrize("kind", SCHEMA_KINDS)
+async def test_both_queries_search_the_natural_key_on_either_schema(
+    database_url: str, kind: SchemaKind
+) -> None:
+    """Typed for the table's columns (a legacy `timestamp(0)` and `char(26)` key), the
+    report's queries read equipamentos_dados only through index searches: a parameter
+    compared in another type would turn the range into a filter over the equipment's
+    whole history."""
+    await build_schema(database_url, kind)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await register_equipment(conn, METER, "gaps/meter", None)
+        await insert(conn, kind, METER, meter_feed()[:500])
+        await conn.execute("ANALYZE; SET enable_seqscan = off")
+        q = await gaps.typed_queries(conn)
+        scan_args = (START, END, START - gaps.LOOKBACK, None, 60.0, 3.0, gaps.MIN_READINGS)
+        power_args = ([METER], [at(3000)], [at(3600)], 5, 86_400.0)
+        for name, args in (("gaps_scan", scan_args), ("gaps_power", power_args)):
+            raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + q[name], *args)
+            plan = json.loads(raw)[0]["Plan"]
+            assert index_seek_on(list(plan_scans(plan))) is True, (kind, name, plan)
+            conditions = list(key_conditions(plan))
+            assert conditions, (kind, name, plan)
+            # Both key columns searched: the equipment, then its time range.
+            assert all("equipamento_id = " in c and "timestamp_dados" in c for c in conditions), (
+                kind,
+                name,
+                conditions,
+            )
+    finally:
+        await conn.close()
+
+
+def key_conditions(plan: dict[str, Any]) -> Iterator[str]:
+    """The Index Cond of every search of the natural key in an EXPLAIN (FORMAT JSON) plan
+    (index_seek_on already refuses any other read of equipamentos_dados)."""
+    if plan.get("Index Name") == "uk_equipamento_timestamp":
+        yield str(plan.get("Index Cond", ""))
+    for child in plan.get("Plans", []):
+        yield from key_conditions(child)
