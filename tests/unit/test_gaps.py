@@ -280,3 +280,24 @@ def test_total_energy_is_null_only_when_nothing_is_known(values: list[float | No
     assert (total is None) == (not known)
     if known:
         assert total == pytest.approx(sum(known), abs=0.001)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.none(), st.text(max_size=40), st.datetimes().map(datetime.isoformat)),
+    st.one_of(st.none(), st.text(max_size=40), st.datetimes().map(datetime.isoformat)),
+    st.one_of(st.none(), st.text(max_size=80)),
+)
+def test_any_request_is_a_period_or_a_refusal_with_a_message(
+    start: str | None, end: str | None, equipment: str | None
+) -> None:
+    """Whatever arrives in the query string: a valid period, or GapsRequestError (400),
+    never another exception (a 500)."""
+    try:
+        period = g.parse_period(start, end, equipment, NOW)
+    except g.GapsRequestError as exc:
+        assert str(exc)
+        return
+    assert period.start < period.end <= period.start + g.MAX_PERIOD
+    assert period.start.tzinfo is not None and period.start < NOW
+    assert period.equipment_id is None or period.equipment_id.isprintable()
