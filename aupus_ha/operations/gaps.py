@@ -26,8 +26,8 @@ every incident. The report answers it the same way every time:
 The heavy part runs in PostgreSQL (`gaps_scan`: one range of the natural key per
 equipment, `lead()` in key order, the median, the long intervals) so a day of a
 10-million-row table costs well under a second and only the gaps cross the wire; what
-the gaps mean is computed by the plain functions below. `cadence_of` and `long_intervals`
-are the same rules in Python: the integration test holds the SQL to them.
+the gaps mean is computed by the plain functions below. `learned_cadence` and
+`long_intervals` are the SQL's rules in Python: the integration test holds the SQL to them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import itertools
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -386,23 +386,15 @@ async def _with_power(
         POWER_REACH_S,
     )
     mean_kw = {int(r["pos"]) - 1: r["mean_kw"] for r in rows}
-    out, position = [], 0
-    for e in equipment:
-        gaps = []
-        for g in e.gaps:
-            kw = mean_kw.get(position)
-            gaps.append(_with_mean(g, None if kw is None else float(kw)))
-            position += 1
-        out.append(_replace_gaps(e, gaps))
-    return out
+    positions = itertools.count()
+    return [
+        replace(e, gaps=[replace(g, mean_kw=_float(mean_kw.get(next(positions)))) for g in e.gaps])
+        for e in equipment
+    ]
 
 
-def _with_mean(gap: Gap, mean_kw: float | None) -> Gap:
-    return Gap(gap.start, gap.end, gap.kind, gap.lost_s, gap.expected_readings, mean_kw)
-
-
-def _replace_gaps(e: EquipmentGaps, gaps: list[Gap]) -> EquipmentGaps:
-    return EquipmentGaps(e.equipamento_id, e.nome, e.cadence_s, e.readings, gaps)
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 # --- HTTP ------------------------------------------------------------------------------
@@ -439,13 +431,17 @@ async def http_view(
 
 
 def render_text(report: Mapping[str, Any]) -> str:
-    """The report for a terminal: one block per equipment with gaps, then the totals."""
+    """The report for a terminal: a line per equipment with gaps (every one asked for by
+    id) and a line per gap, then the totals."""
     lines = [
         f"data-loss report {report['from']} .. {report['until']}",
         f"rule: {report['threshold_rule']}",
         "",
     ]
+    single = report["equipamento"] is not None
     for e in report["equipamentos"]:
+        if not e["gaps"] and not single:
+            continue
         cadence = "?" if e["cadence_s"] is None else f"{e['cadence_s']:g} s"
         kwh = "unknown" if e["missing_kwh"] is None else f"{e['missing_kwh']:g} kWh"
         gaps = e["gaps"]
@@ -462,9 +458,11 @@ def render_text(report: Mapping[str, Any]) -> str:
                 f"    {g['start']} .. {g['end']}  {g['minutes']:g} min  {expected} readings  {gkwh}"
             )
     total = report["total_missing_kwh"]
+    lossy = sum(1 for e in report["equipamentos"] if e["gaps"])
     lines += [
         "",
-        f"{len(report['equipamentos'])} equipment, {report['total_gaps']} gaps, missing "
+        f"{len(report['equipamentos'])} equipment ({lossy} with gaps), "
+        f"{report['total_gaps']} gaps, missing "
         + ("unknown" if total is None else f"{total:g} kWh"),
     ]
     return "\n".join(lines) + "\n"

@@ -301,3 +301,20 @@ def test_any_request_is_a_period_or_a_refusal_with_a_message(
     assert period.start < period.end <= period.start + g.MAX_PERIOD
     assert period.start.tzinfo is not None and period.start < NOW
     assert period.equipment_id is None or period.equipment_id.isprintable()
+
+
+def test_the_text_report_lists_the_equipment_with_gaps_and_the_totals() -> None:
+    """A line per equipment with gaps and per gap; the others are only counted, unless
+    the report is for one equipment; an unknown energy reads `unknown`, not 0."""
+    start, end = T0, T0 + timedelta(hours=2)
+    lossy = g.EquipmentGaps(
+        "eq1", "Medidor", 30.0, 200, report_gaps(grid(30, 200), start, end, 30.0)
+    )
+    fine = g.EquipmentGaps("eq2", "Inversor", 60.0, 120, [])
+    text = g.render_text(g.report_body(g.Period(start, end), end, [lossy, fine]))
+    assert "eq1  Medidor  cadence 30 s  readings 200/240  coverage" in text
+    assert "eq2" not in text
+    assert "20.5 min  40 readings  ?" in text
+    assert text.endswith("2 equipment (1 with gaps), 1 gaps, missing unknown\n")
+    alone = g.render_text(g.report_body(g.Period(start, end, "eq2"), end, [fine]))
+    assert "eq2  Inversor  cadence 60 s  readings 120/120  coverage 100 %  gaps 0" in alone
