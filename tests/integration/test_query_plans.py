@@ -53,6 +53,7 @@ DADOS_READS: dict[str, tuple[object, ...]] = {
     "diag_gaps": (NOW - timedelta(days=1), 900.0, 20),
     "diag_ultimos": (10,),
     "console_ingest_rate": (60,),  # the console's chart (operations/console.py)
+    "devalert_last_seen": (),  # per-device alerts (operations/device_alerts.py)
 }
 NOT_READS = {"create_staging", "create_staging_clockless"}
 GROWING = {
