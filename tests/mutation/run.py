@@ -43,11 +43,16 @@ def mutmut_config() -> dict[str, list[str]]:
     return config
 
 
-def configured_modules() -> list[str]:
-    return [Path(p).stem for p in mutmut_config()["only_mutate"]]
+def configured_modules() -> dict[str, str]:
+    """Module stem -> its path (`aupus_ha/pipeline/buffer.py`): the stem names the
+    module on the command line and its scratch copy, so stems must be unique."""
+    paths = mutmut_config()["only_mutate"]
+    modules = {Path(p).stem: p for p in paths}
+    assert len(modules) == len(paths), f"only_mutate: two modules share a file name: {paths}"
+    return modules
 
 
-def prepare(module: str) -> Path:
+def prepare(module: str, path: str) -> Path:
     """A fresh scratch copy whose mutmut configuration names only `module`."""
     work = SCRATCH / module
     shutil.rmtree(work, ignore_errors=True)  # mutmut never refreshes a stale copy
@@ -60,9 +65,7 @@ def prepare(module: str) -> Path:
         else:
             shutil.copy2(source, work / name)
     pyproject = work / "pyproject.toml"
-    text, found = ONLY_MUTATE.subn(
-        f'only_mutate = ["aupus_ha/{module}.py"]\n', pyproject.read_text(), count=1
-    )
+    text, found = ONLY_MUTATE.subn(f'only_mutate = ["{path}"]\n', pyproject.read_text(), count=1)
     assert found, "pyproject.toml: [tool.mutmut] only_mutate = [ ... ] not found"
     pyproject.write_text(text)
     return work
@@ -77,8 +80,8 @@ def run_mutmut(work: Path, jobs: int) -> bool:
     return subprocess.run(command, cwd=work, env=env, check=False).returncode == 0
 
 
-def score(work: Path, module: str) -> dict[str, object]:
-    meta = json.loads((work / "mutants" / "aupus_ha" / f"{module}.py.meta").read_text())
+def score(work: Path, module: str, path: str) -> dict[str, object]:
+    meta = json.loads((work / "mutants" / f"{path}.meta").read_text())
     codes: dict[str, int | None] = meta["exit_code_by_key"]
     counts = Counter(
         "killed"
@@ -107,17 +110,17 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="parallel mutants (default 1)")
     args = parser.parse_args()
     known = configured_modules()
-    modules = args.modules or known
+    modules = args.modules or list(known)
     unknown = sorted(set(modules) - set(known))
     if unknown:
         parser.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
     rows, failed = [], []
     for module in modules:
-        work = prepare(module)
+        work = prepare(module, known[module])
         if not run_mutmut(work, args.jobs):
             failed.append(module)
             continue
-        row = score(work, module)
+        row = score(work, module, known[module])
         (work / "score.json").write_text(json.dumps(row, indent=2))
         rows.append(row)
         for name in row["survivors"]:  # type: ignore[attr-defined]
