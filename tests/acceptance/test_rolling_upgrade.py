@@ -5,12 +5,13 @@ together on one database and one broker (this version's migrations are additive,
 old spool replays), and a switch-over between them loses and duplicates nothing. The
 previous version is checked out of this repository with `git worktree` (ref from
 AUPUS_PREVIOUS_REF, default a162a20) and run by the same interpreter with PYTHONPATH on
-that tree. Three switch-overs, while readings flow:
+that tree. Four switch-overs, while readings flow:
 
 1. old leader -> new standby by kill -9 (the new one migrated the schema on joining);
 2. new leader -> old standby by SIGTERM (the old one reads the schema the new one made);
 3. the old leader, acknowledging into its spool while the database is down, is killed
-   with -9 and this version starts on its spool directory under its INSTANCE_ID.
+   with -9 and this version starts on its spool directory under its INSTANCE_ID;
+4. and back (a rollback): the same with this version's spool replayed by the old one.
 
 Every published reading must be stored exactly once, and no two instances ever answer
 200 on /health/leader at once. Slow (a few minutes): `pytest -m slow
@@ -108,9 +109,15 @@ class Cluster:
     most_leaders: int = 0
     samples: int = 0
     double_leaders: list[list[str]] = field(default_factory=list)
+    # Log file -> when the database went away under that process (its errors from
+    # then on are the outage's).
+    outage_of: dict[Path, str] = field(default_factory=dict)
 
     def old_env(self) -> dict[str, str]:
         return {**self.base_env, "PYTHONPATH": str(self.old_tree)}
+
+    def is_old(self, node: InstanceProcess) -> bool:
+        return node.env.get("PYTHONPATH") == str(self.old_tree)
 
     def new_env(self) -> dict[str, str]:
         return {**self.base_env, "PYTHONPATH": str(REPO)}
@@ -218,7 +225,7 @@ async def applied_versions(dsn: str) -> list[str]:
     return [str(r["version"]) for r in rows]
 
 
-def errors(node: InstanceProcess, before: str = "9999") -> list[str]:
+def errors(node: InstanceProcess, before: str) -> list[str]:
     """Events logged at error level (or above) before the ISO time `before`."""
     return [
         str(e.get("event"))
@@ -292,6 +299,35 @@ async def seed_old_schema(env: dict[str, str], dsn: str, kind: SchemaKind) -> li
     return rows
 
 
+async def crash_with_spool(
+    cluster: Cluster,
+    postgres: EmbeddedPostgres,
+    node: InstanceProcess,
+    batch: list[Message],
+    url: str,
+) -> tuple[InstanceProcess, int]:
+    """With the database stopped, `node` acknowledges `batch` into its spool and is
+    killed (-9); the other version starts on that spool under the same INSTANCE_ID and
+    leads. Returns it and how many records it replayed from the spool."""
+    spooled_before = await metric(node, "aupus_ha_spool_records")
+    cluster.outage_of[node.log_path] = datetime.now(UTC).isoformat()
+    await asyncio.to_thread(postgres.stop)
+    assert await publish(url, batch, rate=300) == len(batch)
+
+    async def all_spooled() -> bool:
+        return await metric(node, "aupus_ha_spool_records") >= spooled_before + len(batch)
+
+    await wait_until(all_spooled, 60, f"{node.name} did not spool: {node.tail()}")
+    node.stop_now()
+    await asyncio.to_thread(postgres.start)
+    successor = cluster.start(node.name, old=not cluster.is_old(node))
+    await wait_single_leader([successor], timeout=60)
+    caught_up = await wait_until(
+        lambda: successor.find("spool.replay_caught_up"), 30, f"no replay: {successor.tail()}"
+    )
+    return successor, int(caught_up[0]["replayed"])
+
+
 @pytest.mark.parametrize("kind", ["fresh", "legacy"])
 async def test_rolling_upgrade_loses_and_duplicates_nothing(
     kind: SchemaKind,
@@ -326,7 +362,7 @@ async def test_rolling_upgrade_loses_and_duplicates_nothing(
     # created_at - timestamp_dados must stay within an hour).
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=50)
     batches = [
-        generic_messages(equipment, 300, start=start + timedelta(minutes=10 * n)) for n in range(3)
+        generic_messages(equipment, 300, start=start + timedelta(minutes=10 * n)) for n in range(4)
     ]
     expected: set[Key] = set()
     watcher = asyncio.create_task(cluster.watch_leaders())
@@ -379,33 +415,25 @@ async def test_rolling_upgrade_loses_and_duplicates_nothing(
 
         # 3. The database goes away; the old instance acknowledges into its spool and
         #    dies by kill -9; this version starts on that spool under the same id.
-        spooled_before = await metric(node_c, "aupus_ha_spool_records")
-        outage_from = datetime.now(UTC).isoformat()
-        await asyncio.to_thread(own_postgres.stop)
         batch = batches[2][:600]
-        assert await publish(url, batch, rate=300) == len(batch)
-
-        async def all_spooled() -> bool:
-            now = await metric(node_c, "aupus_ha_spool_records")
-            return now >= spooled_before + len(batch)
-
-        await wait_until(all_spooled, 60, f"node-c did not spool: {node_c.tail()}")
-        node_c.stop_now()
-        await asyncio.to_thread(own_postgres.start)
-        node_c2 = cluster.start("node-c", old=False)
-        await wait_single_leader([node_c2], timeout=60)
+        node_c2, upgraded = await crash_with_spool(cluster, own_postgres, node_c, batch, url)
         assert_runs_tree(node_c2, new_only, old_only)
         expected |= keys_of(batch, legacy)
         await wait_all_stored(dsn, expected, legacy, timeout=90)
-        recovered = node_c2.find("spool.recovering")
-        assert recovered, f"the new version did not replay the old spool: {node_c2.tail()}"
-        replayed = node_c2.find("spool.replay_caught_up")
-        assert replayed and replayed[0]["replayed"] >= len(batch), replayed
         from_broker = await metric(node_c2, "aupus_ha_messages_received")
-        assert node_c2.find("leader.acquired")
+
+        # 4. And back (a rollback): the old version replays this version's spool.
+        batch = batches[3][:600]
+        node_c3, rolled_back = await crash_with_spool(cluster, own_postgres, node_c2, batch, url)
+        assert_runs_tree(node_c3, old_only, new_only)
+        expected |= keys_of(batch, legacy)
+        await wait_all_stored(dsn, expected, legacy, timeout=90)
+        for node, replayed in ((node_c2, upgraded), (node_c3, rolled_back)):
+            assert node.find("spool.recovering"), f"no spool replay: {node.tail()}"
+            assert replayed >= len(batch), (node.log_path, replayed)
         assert not watcher.done(), "the leader sampler stopped"
         errors_logged = {
-            node.log_path.parent.name: errors(node, outage_from if node is node_c else "9999")
+            node.log_path.parent.name: errors(node, cluster.outage_of.get(node.log_path, "9"))
             for node in cluster.nodes
         }
     finally:
@@ -422,8 +450,8 @@ async def test_rolling_upgrade_loses_and_duplicates_nothing(
         f"{len(lost)} lost, "
         f"{duplicated} duplicated, {len(set(keys) - expected)} unexpected; "
         f"old->new kill -9 {old_to_new:.2f}s, new->old SIGTERM {new_to_old:.2f}s; "
-        f"old spool replayed by the new version: {replayed[0]['replayed']} records "
-        f"({recovered[-1].get('bytes')} bytes; {from_broker:.0f} from the broker); "
+        f"old spool replayed by the new version: {upgraded} records ({from_broker:.0f} "
+        f"from the broker), new spool by the old version: {rolled_back}; "
         f"most leaders at once {cluster.most_leaders} in {cluster.samples} samples"
     )
     assert not any(errors_logged.values()), errors_logged
