@@ -2,14 +2,15 @@
 per test, and fresh brokers on demand for tests that kill or restart them.
 
 Fixtures are synchronous; the few admin statements run asyncpg through asyncio.run in a
-worker thread, so they never touch the event loop pytest-asyncio gives the test.
+worker thread, so they never touch the event loop pytest-asyncio gives the test. The one
+exception, the alert tests' webhook `receiver`, serves on the test's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +19,7 @@ import asyncpg
 import pytest
 
 from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
-from tests.helpers import BrokerFactory
+from tests.helpers import BrokerFactory, WebhookReceiver
 
 T = TypeVar("T")
 
@@ -114,6 +115,13 @@ def make_broker() -> Iterator[BrokerFactory]:
     yield factory
     for broker in brokers:
         broker.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver listening for the test (give `receiver.url` as ALERT_WEBHOOK_URL)."""
+    async with WebhookReceiver() as rec:
+        yield rec
 
 
 @pytest.fixture(params=["fresh", "legacy"])

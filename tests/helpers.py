@@ -1,7 +1,8 @@
 """Helpers for tests: wait for a condition with a deadline (never a blind sleep), the
 in-process instance pieces (settings, a migrated database, a store), a running
-instance's readiness and metrics, a small tmpfs that can be filled up, the JSON fixture
-files and a decoder family with a bug."""
+instance's readiness and metrics, a webhook receiver and aged readings for the alert
+tests, a small tmpfs that can be filled up, the JSON fixture files and a decoder family
+with a bug."""
 
 from __future__ import annotations
 
@@ -11,18 +12,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import aiohttp
 import asyncpg
 import orjson
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from aupus_ha.config import Settings, load_settings
 from aupus_ha.database.connection import create_pool
 from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.database.queries import Queries
+from aupus_ha.lab.embedded import free_port
 from aupus_ha.lab.localcluster import InstanceProcess, wait_until
 from aupus_ha.pipeline.readings import Equipment, Reading
 from aupus_ha.pipeline.store import Store
@@ -156,6 +160,72 @@ async def metric(node: InstanceProcess, name: str) -> float:
         if family.name == name:
             return family.samples[0].value
     return -1
+
+
+# A reading that arrived $2 seconds ago ($1 = equipamento_id): its `created_at` lies in
+# the past, so the alert tests make ages without waiting on the clock.
+INSERT_AGED_READING = """
+INSERT INTO equipamentos_dados (equipamento_id, timestamp_dados, dados, qualidade, created_at)
+VALUES ($1, now() - make_interval(secs => $2::float8), '{}', 'bom',
+        now() - make_interval(secs => $2::float8))
+"""
+
+
+class WebhookReceiver:
+    """A stand-in for a Slack incoming webhook: a small aiohttp server on a free port of
+    127.0.0.1 (while used as an async context manager) recording every JSON body POSTed
+    to /hook."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        return web.Response(text="ok")
+
+    def kinds(self, prefix: str = "") -> list[str]:
+        """The `kind` field of every body received, in order (those starting with
+        `prefix`)."""
+        found = [
+            field["value"]
+            for body in self.bodies
+            for field in body["attachments"][0]["fields"]
+            if field["title"] == "kind"
+        ]
+        return [k for k in found if k.startswith(prefix)]
+
+    def about(self, kind: str, *, resolved: bool = False) -> list[dict[str, Any]]:
+        """Bodies whose attachment names `kind` (resolved ones or the others)."""
+        out = []
+        for body in self.bodies:
+            attachment = body["attachments"][0]
+            kinds = {f["value"] for f in attachment["fields"] if f["title"] == "kind"}
+            if kind in kinds and ("RESOLVED" in attachment["title"]) == resolved:
+                out.append(body)
+        return out
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 @contextlib.contextmanager

@@ -6,15 +6,11 @@ The webhook receiver is a small aiohttp server started by the test on a free por
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
-from aiohttp import web
 
-from aupus_ha.lab.embedded import free_port
 from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
@@ -23,53 +19,10 @@ from aupus_ha.lab.localcluster import (
     wait_until,
 )
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import INSERT_AGED_READING, WebhookReceiver
 
 TOKEN = "alert-token-5678"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-INSERT_READING = """
-INSERT INTO equipamentos_dados (equipamento_id, timestamp_dados, dados, qualidade, created_at)
-VALUES ($1, now() - make_interval(secs => $2::float8), '{}', 'bom',
-        now() - make_interval(secs => $2::float8))
-"""
-
-
-class Receiver:
-    """Records the JSON bodies POSTed to it (a stand-in for a Slack incoming webhook)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.json())
-        return web.Response(text="ok")
-
-    def about(self, kind: str, *, resolved: bool = False) -> list[dict[str, Any]]:
-        """Bodies whose attachment names `kind` (resolved ones or the others)."""
-        out = []
-        for body in self.bodies:
-            attachment = body["attachments"][0]
-            kinds = {f["value"] for f in attachment["fields"] if f["title"] == "kind"}
-            if kind in kinds and ("RESOLVED" in attachment["title"]) == resolved:
-                out.append(body)
-        return out
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", rec.port).start()
-    yield rec
-    await runner.cleanup()
 
 
 async def _post(
@@ -96,13 +49,13 @@ def _kinds(body: dict[str, Any], status: str) -> set[str]:
 async def _insert_fresh(dsn: str, equipamento_id: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(INSERT_READING, equipamento_id, 1.0)
+        await conn.execute(INSERT_AGED_READING, equipamento_id, 1.0)
     finally:
         await conn.close()
 
 
 async def test_alert_opens_and_resolves_and_reaches_the_webhook(
-    spawn: ClusterFactory, database_url: str, receiver: Receiver
+    spawn: ClusterFactory, database_url: str, receiver: WebhookReceiver
 ) -> None:
     """No data → check opens a stored CRITICAL alert (webhook gets Slack JSON); data resolves."""
     equipment = await seed_equipment(database_url, 1)
@@ -151,7 +104,7 @@ async def test_alert_opens_and_resolves_and_reaches_the_webhook(
 
 
 async def test_cooldown_gives_one_notification_for_a_lasting_condition(
-    spawn: ClusterFactory, database_url: str, receiver: Receiver
+    spawn: ClusterFactory, database_url: str, receiver: WebhookReceiver
 ) -> None:
     """Two checks of the same open condition → one row and one notification."""
     equipment = await seed_equipment(database_url, 1)

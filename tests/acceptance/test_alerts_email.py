@@ -34,7 +34,7 @@ from aupus_ha.lab.localcluster import (
     wait_until,
 )
 from tests.acceptance.conftest import ClusterFactory
-from tests.acceptance.test_alerts import INSERT_READING
+from tests.helpers import INSERT_AGED_READING
 
 TOKEN = "mail-token-4321"
 USER = "alerts@aupus.example"
@@ -142,7 +142,7 @@ def _mail_env(box: Mailbox, **extra: str) -> dict[str, str]:
 async def _insert_reading(dsn: str, equipamento_id: str, age_s: float) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(INSERT_READING, equipamento_id, age_s)
+        await conn.execute(INSERT_AGED_READING, equipamento_id, age_s)
     finally:
         await conn.close()
 

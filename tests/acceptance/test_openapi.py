@@ -42,7 +42,7 @@ from aupus_ha.lab.localcluster import (
 )
 from aupus_ha.operations.http import LEGACY_PREFIX, HttpServer
 from tests.acceptance.conftest import ClusterFactory
-from tests.acceptance.test_alerts import INSERT_READING
+from tests.helpers import INSERT_AGED_READING
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 TOKEN = "openapi-token-1234"
@@ -142,7 +142,7 @@ def _exercise(op: Operation, base_url: str, tokens: list[str | None]) -> list[in
 
 async def _cluster(spawn: ClusterFactory, database_url: str) -> tuple[InstanceProcess, ...]:
     equipment = await seed_equipment(database_url, 2)
-    await fetch(database_url, INSERT_READING, equipment[0][0], 1.0)  # dados-recentes: ok
+    await fetch(database_url, INSERT_AGED_READING, equipment[0][0], 1.0)  # dados-recentes: ok
     leader = spawn("node-a", ADMIN_TOKEN=TOKEN)
     await wait_single_leader([leader])
     standby = spawn("node-b", ADMIN_TOKEN=TOKEN)

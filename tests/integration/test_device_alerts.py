@@ -12,65 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
-import pytest
-from aiohttp import web
 
 from aupus_ha.config import load_settings
 from aupus_ha.database.connection import create_pool
 from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.database.queries import Queries
-from aupus_ha.lab.embedded import free_port
 from aupus_ha.operations.device_alerts import SEEN_WINDOW_S, DeviceAlerts, count_offline
 from aupus_ha.operations.notify import Notifier
-from tests.helpers import async_wait_for
+from tests.helpers import INSERT_AGED_READING, WebhookReceiver, async_wait_for
 from tests.legacy_schema import cuid, register_equipment
 
 AFTER_S = 600.0
-INSERT_READING = """
-INSERT INTO equipamentos_dados (equipamento_id, timestamp_dados, dados, qualidade, created_at)
-VALUES ($1, now() - make_interval(secs => $2::float8), '{}', 'bom',
-        now() - make_interval(secs => $2::float8))
-ON CONFLICT DO NOTHING
-"""
-
-
-class Receiver:
-    """Records the Slack-style bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.json())
-        return web.Response(text="ok")
-
-    def kinds(self) -> list[str]:
-        return [
-            field["value"]
-            for body in self.bodies
-            for field in body["attachments"][0]["fields"]
-            if field["title"] == "kind"
-        ]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", rec.port).start()
-    yield rec
-    await runner.cleanup()
+INSERT_READING = f"{INSERT_AGED_READING}ON CONFLICT DO NOTHING\n"
 
 
 class Node:
@@ -151,7 +106,7 @@ async def open_offline(conn: asyncpg.Connection) -> list[str]:
 
 
 async def test_silent_equipment_alerts_once_and_comes_back(
-    v2_schema: tuple[str, str], receiver: Receiver
+    v2_schema: tuple[str, str], receiver: WebhookReceiver
 ) -> None:
     """One silent equipment → one equipment_offline (never the fresh, the never-seen nor
     the silent-for-8-days one); a second leader sends nothing again; its return → one
@@ -194,7 +149,7 @@ async def test_silent_equipment_alerts_once_and_comes_back(
         await conn.close()
 
 
-async def test_storm_raises_one_grouped_alert(database_url: str, receiver: Receiver) -> None:
+async def test_storm_raises_one_grouped_alert(database_url: str, receiver: WebhookReceiver) -> None:
     """Eight equipment silent at once with EQUIPMENT_OFFLINE_STORM=3: one grouped
     notification (count and ids), eight open rows; their return: one grouped back."""
     conn = await connect_utc(database_url)
@@ -230,7 +185,7 @@ async def test_storm_raises_one_grouped_alert(database_url: str, receiver: Recei
 
 
 async def test_disabled_equipment_is_resolved_without_a_notification(
-    database_url: str, receiver: Receiver
+    database_url: str, receiver: WebhookReceiver
 ) -> None:
     """An offline equipment disabled in the catalogue: its row is resolved ('gone'), no
     equipment_back is sent for it."""
@@ -251,7 +206,7 @@ async def test_disabled_equipment_is_resolved_without_a_notification(
 
 
 async def test_two_instances_checking_at_once_send_each_change_once(
-    database_url: str, receiver: Receiver
+    database_url: str, receiver: WebhookReceiver
 ) -> None:
     """Two instances evaluating at the same moment (a handover, or an operator's POST
     /health/alerts/check on the standby): each offline and each return is sent once,

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
-from aupus_ha.lab.embedded import EmbeddedMosquitto, free_port
+from aupus_ha.lab.embedded import EmbeddedMosquitto
 from aupus_ha.lab.localcluster import (
     FAST_TIMINGS,
     InstanceProcess,
@@ -25,49 +24,14 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
+from tests.helpers import INSERT_AGED_READING, WebhookReceiver
 
 TOKEN = "devalert-token-5678"
-INSERT_READING = """
-INSERT INTO equipamentos_dados (equipamento_id, timestamp_dados, dados, qualidade, created_at)
-VALUES ($1, now() - make_interval(secs => $2::float8), '{}', 'bom',
-        now() - make_interval(secs => $2::float8))
-"""
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.port = free_port()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.json())
-        return web.Response(text="ok")
-
-    def kinds(self, prefix: str) -> list[str]:
-        found = [
-            field["value"]
-            for body in self.bodies
-            for field in body["attachments"][0]["fields"]
-            if field["title"] == "kind"
-        ]
-        return [k for k in found if k.startswith(prefix)]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", rec.port).start()
-    yield rec
-    await runner.cleanup()
 
 
 @pytest.fixture
 def nodes(
-    database_url: str, mosquitto: EmbeddedMosquitto, receiver: Receiver, tmp_path: Path
+    database_url: str, mosquitto: EmbeddedMosquitto, receiver: WebhookReceiver, tmp_path: Path
 ) -> Iterator[list[InstanceProcess]]:
     """Two instances whose alert loop runs every second, killed after the test."""
     env = {
@@ -75,7 +39,7 @@ def nodes(
         "MQTT_URL": mosquitto.url,
         "CLUSTER_NAME": f"devalert-{uuid.uuid4().hex[:8]}",
         "ADMIN_TOKEN": TOKEN,
-        "ALERT_WEBHOOK_URL": f"http://127.0.0.1:{receiver.port}/hook",
+        "ALERT_WEBHOOK_URL": receiver.url,
         "ALERT_INTERVAL_S": "1",
         "EQUIPMENT_OFFLINE_AFTER_S": "60",
         **FAST_TIMINGS,
@@ -112,7 +76,7 @@ async def check_now(inst: InstanceProcess) -> dict[str, Any]:
 
 
 async def test_leader_loop_alerts_once_across_a_handover(
-    database_url: str, nodes: list[InstanceProcess], receiver: Receiver
+    database_url: str, nodes: list[InstanceProcess], receiver: WebhookReceiver
 ) -> None:
     """The leader's loop sends one equipment_offline and the gauge reads 1; the leader
     stops, the new one (checked at once through POST /health/alerts/check) sends nothing
@@ -120,7 +84,7 @@ async def test_leader_loop_alerts_once_across_a_handover(
     ((silent, _),) = await seed_equipment(database_url, 1, prefix="dev")
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute(INSERT_READING, silent, 120.0)
+        await conn.execute(INSERT_AGED_READING, silent, 120.0)
         for inst in nodes:
             inst.start()
         first = await wait_single_leader(nodes)
@@ -137,7 +101,7 @@ async def test_leader_loop_alerts_once_across_a_handover(
         assert body["devices"] == {"offline": [], "back": [], "gone": []}, body
         assert await metric(second, "aupus_ha_equipment_offline") == 1.0
 
-        await conn.execute(INSERT_READING, silent, 0.0)
+        await conn.execute(INSERT_AGED_READING, silent, 0.0)
         back = f"equipment_back:{silent}"
         await wait_until(lambda: receiver.kinds(back), 20, "no equipment_back sent")
         assert await metric(second, "aupus_ha_equipment_offline") == 0.0
