@@ -24,7 +24,7 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from tests.helpers import INSERT_AGED_READING, WebhookReceiver
+from tests.helpers import INSERT_AGED_READING, WebhookReceiver, metric
 
 TOKEN = "devalert-token-5678"
 
@@ -48,19 +48,6 @@ def nodes(
     yield started
     for inst in started:
         inst.stop_now()
-
-
-async def metric(inst: InstanceProcess, name: str) -> float | None:
-    url = f"http://127.0.0.1:{inst.http_port}/metrics"
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
-        s.get(url) as resp,
-    ):
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return None
 
 
 async def check_now(inst: InstanceProcess) -> dict[str, Any]:
@@ -92,7 +79,7 @@ async def test_leader_loop_alerts_once_across_a_handover(
         await wait_until(lambda: receiver.kinds(offline), 20, "no equipment_offline sent")
         assert await metric(first, "aupus_ha_equipment_offline") == 1.0
         age = await metric(first, "aupus_ha_last_data_age_seconds")
-        assert age is not None and age >= 120
+        assert age >= 120
 
         first.signal(signal.SIGTERM)  # graceful: the other takes over at once
         await first.wait_exit()
