@@ -30,17 +30,16 @@ from typing import Any
 
 import asyncpg
 
-from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.database.queries import Queries
 from aupus_ha.lab.bench.health_queries import (
     BIG_TABLE,
+    bench_arguments,
+    big_table,
     describe,
     explain,
-    fill,
     index_seek_on,
     plan_scans,
 )
-from aupus_ha.lab.embedded import EmbeddedPostgres
 from aupus_ha.operations import gaps
 
 REPORT_TARGET_MS = 2000.0
@@ -169,40 +168,19 @@ def found_holes(body: dict[str, Any], equipment: int) -> dict[str, int]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    server = EmbeddedPostgres()
-    try:
-        server.start()
-        conn = await asyncpg.connect(server.dsn(), command_timeout=3600)
-        try:
-            await apply_migrations(conn)
-            print(f"filling {args.rows:,} rows ...")
-            started = time.perf_counter()
-            rows = await fill(conn, args.rows, args.equipment, args.days)
-            now = datetime.now(UTC)
-            await conn.execute(PUNCH_HOLES, now - timedelta(days=1), args.equipment)
-            await conn.execute(SILENCE_TAIL, now, args.equipment)
-            fill_s = time.perf_counter() - started
-            started = time.perf_counter()
-            await conn.execute("VACUUM ANALYZE")
-            vacuum_s = time.perf_counter() - started
-            size = await conn.fetchval(
-                "SELECT pg_size_pretty(pg_total_relation_size($1))", BIG_TABLE
-            )
-            count = await conn.fetchval(f"SELECT count(*) FROM {BIG_TABLE}")
-            version = await conn.fetchval("SHOW server_version")
-            measured = await measure(conn, args.runs, args.equipment)
-        finally:
-            await conn.close()
-    finally:
-        server.cleanup()
+    async def punch_holes(conn: asyncpg.Connection) -> None:
+        now = datetime.now(UTC)
+        await conn.execute(PUNCH_HOLES, now - timedelta(days=1), args.equipment)
+        await conn.execute(SILENCE_TAIL, now, args.equipment)
+
+    async with big_table(args, then=punch_holes) as (conn, table):
+        count = await conn.fetchval(f"SELECT count(*) FROM {BIG_TABLE}")
+        measured = await measure(conn, args.runs, args.equipment)
     return {
-        "rows_filled": rows,
+        "rows_filled": table.pop("rows"),
         "rows": count,
         "runs": args.runs,
-        "fill_s": round(fill_s, 1),
-        "vacuum_analyze_s": round(vacuum_s, 1),
-        "table_size": size,
-        "postgres": version,
+        **table,
         **measured,
     }
 
@@ -229,13 +207,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_080_000)
-    parser.add_argument("--equipment", type=int, default=1_000)
-    parser.add_argument("--days", type=float, default=35.0)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__.splitlines()[0])
     report = asyncio.run(run(args))
     if args.json:
         print(json.dumps(report, indent=2, default=str))

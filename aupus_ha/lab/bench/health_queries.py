@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -312,7 +313,16 @@ def print_table(results: list[Result], rows: int, runs: int) -> None:
         )
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def big_table(
+    args: argparse.Namespace, then: Callable[[asyncpg.Connection], Awaitable[object]] | None = None
+) -> AsyncIterator[tuple[asyncpg.Connection, dict[str, Any]]]:
+    """An embedded PostgreSQL, migrated, filled (`fill` per --rows/--equipment/--days,
+    then `then`, e.g. holes, in the fill's time) and VACUUM ANALYZEd, removed on exit.
+
+    Yields the connection and what the filling took: rows, fill_s, vacuum_analyze_s,
+    table_size, postgres.
+    """
     server = EmbeddedPostgres()
     try:
         server.start()
@@ -322,6 +332,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"filling {args.rows:,} rows ...")
             started = time.perf_counter()
             rows = await fill(conn, args.rows, args.equipment, args.days)
+            if then is not None:
+                await then(conn)
             fill_s = time.perf_counter() - started
             started = time.perf_counter()
             await conn.execute("VACUUM ANALYZE")
@@ -330,30 +342,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "SELECT pg_size_pretty(pg_total_relation_size($1))", BIG_TABLE
             )
             version = await conn.fetchval("SHOW server_version")
-            results = await measure(conn, args.runs)
+            yield (
+                conn,
+                {
+                    "rows": rows,
+                    "fill_s": round(fill_s, 1),
+                    "vacuum_analyze_s": round(vacuum_s, 1),
+                    "table_size": size,
+                    "postgres": version,
+                },
+            )
         finally:
             await conn.close()
     finally:
         server.cleanup()
-    return {
-        "rows": rows,
-        "runs": args.runs,
-        "fill_s": round(fill_s, 1),
-        "vacuum_analyze_s": round(vacuum_s, 1),
-        "table_size": size,
-        "postgres": version,
-        "results": results,
-    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    async with big_table(args) as (conn, table):
+        results = await measure(conn, args.runs)
+    return {"rows": table["rows"], "runs": args.runs, **table, "results": results}
+
+
+def bench_arguments(description: str) -> argparse.Namespace:
+    """The options of the 10 M-row benches (this one and gaps_report)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", type=int, default=10_080_000)
     parser.add_argument("--equipment", type=int, default=1_000)
     parser.add_argument("--days", type=float, default=35.0)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = bench_arguments(__doc__.splitlines()[0])
     report = asyncio.run(run(args))
     results: list[Result] = report.pop("results")
     print(
