@@ -1,12 +1,13 @@
 """Helpers for tests: wait for a condition with a deadline (never a blind sleep), the
-in-process instance pieces (settings, a migrated database, a store), a running
-instance's readiness and metrics, a webhook receiver and aged readings for the alert
-tests, a small tmpfs that can be filled up, the JSON fixture files and a decoder family
-with a bug."""
+in-process instance pieces (settings, a migrated database, a store), a process's
+environment, a running instance's readiness and metrics, the `status` view's instances
+and table rows, a webhook receiver and aged readings for the alert tests, a small tmpfs
+that can be filled up, the JSON fixture files and a decoder family with a bug."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,7 +28,7 @@ from aupus_ha.database.connection import create_pool
 from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.database.queries import Queries
 from aupus_ha.lab.embedded import free_port
-from aupus_ha.lab.localcluster import InstanceProcess, wait_until
+from aupus_ha.lab.localcluster import FAST_TIMINGS, InstanceProcess, wait_until
 from aupus_ha.pipeline.readings import Equipment, Reading
 from aupus_ha.pipeline.store import Store
 
@@ -109,6 +110,19 @@ def ha_settings(dsn: str, name: str) -> Settings:
             "RENEW_DEADLINE_S": "1.4",
         }
     )
+
+
+def instance_env(dsn: str, mqtt_url: str, cluster_name: str, **extra: str) -> dict[str, str]:
+    """The environment of an `aupus-ha run` process of `cluster_name`: JSON logs and the
+    short test timings (FAST_TIMINGS), then `extra` (which may override them)."""
+    return {
+        "DATABASE_URL": dsn,
+        "MQTT_URL": mqtt_url,
+        "CLUSTER_NAME": cluster_name,
+        "LOG_FORMAT": "json",
+        **FAST_TIMINGS,
+        **extra,
+    }
 
 
 async def migrate_fresh(dsn: str, *equipment: str) -> str:
@@ -226,6 +240,41 @@ class WebhookReceiver:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def status_rows(table: str) -> dict[str, dict[str, str]]:
+    """The instance table of `aupus-ha status` as {instance: {column: cell}} (columns split
+    on 2+ spaces)."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("instance "))
+    header = re.split(r"\s{2,}", lines[start].strip())
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+def status_instance(
+    name: str, role: str, epoch: int | None, age: float, **extra: Any
+) -> dict[str, Any]:
+    """One entry of the `instances` list `render_status` reads (`extra` overrides, e.g.
+    heartbeat_at or stopped_at)."""
+    return {
+        "instance_id": name,
+        "role": role,
+        "heartbeat_at": "2026-11-30T10:00:00+00:00",
+        "heartbeat_age_s": age,
+        "leader_epoch": epoch,
+        "version": "0.1.0",
+        "host": "h",
+        "pid": 1,
+        "stopped_at": None,
+        "stats": {"pending": 0},
+        **extra,
+    }
 
 
 @contextlib.contextmanager

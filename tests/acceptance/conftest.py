@@ -9,23 +9,22 @@ from pathlib import Path
 import pytest
 
 from aupus_ha.lab.embedded import EmbeddedPostgres
-from aupus_ha.lab.localcluster import FAST_TIMINGS, InstanceProcess
+from aupus_ha.lab.localcluster import InstanceProcess
+from tests.helpers import instance_env
 
 ClusterFactory = Callable[..., InstanceProcess]
 
 
 @pytest.fixture
 def base_env(database_url: str, mosquitto: object) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "MQTT_URL": mosquitto.url,  # type: ignore[attr-defined]
-        # A cluster name per test gives every instance a fresh MQTT session (the client
-        # id includes it), so no test inherits messages queued for an earlier one.
-        "CLUSTER_NAME": f"test-{uuid.uuid4().hex[:8]}",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "info",
-        **FAST_TIMINGS,
-    }
+    # A cluster name per test gives every instance a fresh MQTT session (the client id
+    # includes it), so no test inherits messages queued for an earlier one.
+    return instance_env(
+        database_url,
+        mosquitto.url,  # type: ignore[attr-defined]
+        f"test-{uuid.uuid4().hex[:8]}",
+        LOG_LEVEL="info",
+    )
 
 
 @pytest.fixture

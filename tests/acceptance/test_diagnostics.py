@@ -23,7 +23,6 @@ import pytest
 
 from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.lab.localcluster import (
-    FAST_TIMINGS,
     InstanceProcess,
     fetch,
     generic_messages,
@@ -34,6 +33,7 @@ from aupus_ha.lab.localcluster import (
     wait_until,
 )
 from tests.conftest import _admin, run_async
+from tests.helpers import instance_env
 
 TOKEN = "diag-token-0123456789abcdef"
 BASE = "/api/v1/mqtt/diagnostico"
@@ -101,15 +101,13 @@ async def _seed(dsn: str) -> None:
 async def _start(
     dsn: str, mqtt_url: str, log_dir: Path, cluster_name: str
 ) -> tuple[InstanceProcess, InstanceProcess]:
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mqtt_url,
-        "CLUSTER_NAME": cluster_name,
-        "LOG_FORMAT": "json",
-        "ADMIN_TOKEN": TOKEN,
-        **FAST_TIMINGS,
-        "FLUSH_INTERVAL_S": "120",  # only forcar-processamento (or a full batch) writes
-    }
+    env = instance_env(
+        dsn,
+        mqtt_url,
+        cluster_name,
+        ADMIN_TOKEN=TOKEN,
+        FLUSH_INTERVAL_S="120",  # only forcar-processamento (or a full batch) writes
+    )
     await _seed(dsn)
     leader = InstanceProcess("node-a", env, log_dir).start()
     await wait_single_leader([leader])

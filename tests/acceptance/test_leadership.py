@@ -30,7 +30,7 @@ from aupus_ha.lab.localcluster import (
 )
 from aupus_ha.names import notify_channel
 from tests.acceptance.conftest import ClusterFactory
-from tests.helpers import standby_ready
+from tests.helpers import instance_env, standby_ready
 
 ADMIN = "tok-leadership"
 LONG_CLUSTER = "plant-" + "x" * 94  # 100 characters
@@ -159,13 +159,7 @@ async def test_no_two_leaders_across_postgres_restarts(
     from different instances ever overlap in time, and a leader is back after each."""
     dsn = own_postgres.dsn()
     equipment = await seed_equipment(dsn, 5)
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mosquitto.url,  # type: ignore[attr-defined]
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "restarts",
-        **FAST_TIMINGS,
-    }
+    env = instance_env(dsn, mosquitto.url, "restarts")  # type: ignore[attr-defined]
     nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]  # type: ignore[arg-type]
     polls: list[Poll] = []
     stop = asyncio.Event()

@@ -6,7 +6,6 @@ import asyncio
 
 from aupus_ha.lab.embedded import EmbeddedPostgres
 from aupus_ha.lab.localcluster import (
-    FAST_TIMINGS,
     InstanceProcess,
     generic_messages,
     publish,
@@ -15,6 +14,7 @@ from aupus_ha.lab.localcluster import (
     wait_all_stored,
     wait_single_leader,
 )
+from tests.helpers import instance_env
 
 
 async def test_database_restart_loses_nothing(
@@ -24,13 +24,7 @@ async def test_database_restart_loses_nothing(
     running, buffer, re-elect when it is back, and every reading is stored once."""
     dsn = own_postgres.dsn()
     equipment = await seed_equipment(dsn, 5)
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mosquitto.url,  # type: ignore[attr-defined]
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "outage",
-        **FAST_TIMINGS,
-    }
+    env = instance_env(dsn, mosquitto.url, "outage")  # type: ignore[attr-defined]
     nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]  # type: ignore[arg-type]
     try:
         await wait_single_leader(nodes)

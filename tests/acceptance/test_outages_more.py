@@ -36,7 +36,7 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from tests.helpers import BrokerFactory
+from tests.helpers import BrokerFactory, instance_env
 from tests.netfaults import NetNamespace, TcpForwarder, netns_unavailable
 
 RENEW_DEADLINE_S = float(FAST_TIMINGS["RENEW_DEADLINE_S"])
@@ -61,14 +61,8 @@ def start(tmp_path: Path) -> Iterator[Starter]:
 
 
 def _env(dsn: str, mqtt_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mqtt_url,
-        "CLUSTER_NAME": f"outage-{uuid.uuid4().hex[:8]}",  # fresh MQTT sessions
-        "LOG_FORMAT": "json",
-        **FAST_TIMINGS,
-        **extra,
-    }
+    # A cluster name per call: fresh MQTT sessions.
+    return instance_env(dsn, mqtt_url, f"outage-{uuid.uuid4().hex[:8]}", **extra)
 
 
 async def _check(inst: InstanceProcess, route: str, code: int, **fields: Any) -> bool:

@@ -16,7 +16,6 @@ import aiohttp
 
 from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.lab.localcluster import (
-    FAST_TIMINGS,
     InstanceProcess,
     generic_messages,
     publish,
@@ -26,7 +25,7 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from tests.helpers import metric, standby_ready
+from tests.helpers import instance_env, metric, standby_ready
 
 TOKEN = "spool-test-token"
 
@@ -55,15 +54,13 @@ async def test_acknowledged_readings_survive_kill_9_of_every_instance(
 ) -> None:
     dsn = own_postgres.dsn()
     equipment = await seed_equipment(dsn, 5)
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mosquitto.url,  # type: ignore[attr-defined]
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "spool-kill",
-        "BUFFER_MAX_MESSAGES": "100",  # 600 readings: most of them spill to disk
-        "ADMIN_TOKEN": TOKEN,
-        **FAST_TIMINGS,
-    }
+    env = instance_env(
+        dsn,
+        mosquitto.url,  # type: ignore[attr-defined]
+        "spool-kill",
+        BUFFER_MAX_MESSAGES="100",  # 600 readings: most of them spill to disk
+        ADMIN_TOKEN=TOKEN,
+    )
     nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]
     try:
         leader = await wait_single_leader(nodes)
@@ -118,15 +115,13 @@ async def test_a_full_spool_stops_acknowledging_and_loses_nothing(
     in the instance's session queue, and everything is stored once writing resumes."""
     dsn = own_postgres.dsn()
     equipment = await seed_equipment(dsn, 10)
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mosquitto.url,
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "spool-full",
-        "BUFFER_MAX_MESSAGES": "100",
-        "SPOOL_MAX_BYTES": str(1024**2),  # about 3,000 records of these readings
-        **FAST_TIMINGS,
-    }
+    env = instance_env(
+        dsn,
+        mosquitto.url,
+        "spool-full",
+        BUFFER_MAX_MESSAGES="100",
+        SPOOL_MAX_BYTES=str(1024**2),  # about 3,000 records of these readings
+    )
     node = InstanceProcess("node-a", env, tmp_path).start()
     try:
         await wait_single_leader([node])

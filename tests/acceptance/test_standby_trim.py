@@ -21,7 +21,6 @@ from pathlib import Path
 
 from aupus_ha.lab.embedded import EmbeddedMosquitto, EmbeddedPostgres
 from aupus_ha.lab.localcluster import (
-    FAST_TIMINGS,
     InstanceProcess,
     fetch,
     generic_messages,
@@ -31,7 +30,7 @@ from aupus_ha.lab.localcluster import (
     wait_single_leader,
     wait_until,
 )
-from tests.helpers import standby_ready
+from tests.helpers import instance_env, standby_ready
 
 
 async def pending(node: InstanceProcess) -> int:
@@ -60,13 +59,7 @@ async def test_a_clockless_burst_does_not_stall_the_standby(
     """6,000 readings without a timestamp, then ordinary traffic: the standby's pending
     count comes back to near zero (before the fix it kept ~16,000 for good)."""
     equipment = await seed_equipment(database_url, 10)
-    env = {
-        "DATABASE_URL": database_url,
-        "MQTT_URL": mosquitto.url,
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "trim-clockless",
-        **FAST_TIMINGS,
-    }
+    env = instance_env(database_url, mosquitto.url, "trim-clockless")
     nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]
     try:
         leader = await wait_single_leader(nodes, timeout=30)
@@ -104,13 +97,7 @@ async def test_clockless_readings_are_stored_once_across_a_failover(
     kill -9 of the leader after they were written adds no second copy (before, the
     standby kept them for 60 s and its promotion wrote every one again)."""
     equipment = await seed_equipment(database_url, 10)
-    env = {
-        "DATABASE_URL": database_url,
-        "MQTT_URL": mosquitto.url,
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "trim-clockless-failover",
-        **FAST_TIMINGS,
-    }
+    env = instance_env(database_url, mosquitto.url, "trim-clockless-failover")
     nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]
     try:
         leader = await wait_single_leader(nodes, timeout=30)
@@ -167,15 +154,7 @@ async def test_standby_keeps_what_the_leader_has_not_written(
     equipment = await seed_equipment(dsn, 10)
     for statement in SLOW_INSERTS:
         await fetch(dsn, statement)
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mosquitto.url,
-        "LOG_FORMAT": "json",
-        "CLUSTER_NAME": "trim-backlog",
-        "BATCH_MAX": "10",
-        "STANDBY_HORIZON_S": "3",
-        **FAST_TIMINGS,
-    }
+    env = instance_env(dsn, mosquitto.url, "trim-backlog", BATCH_MAX="10", STANDBY_HORIZON_S="3")
     nodes = [InstanceProcess(n, env, tmp_path).start() for n in ("node-a", "node-b")]
     try:
         first = await wait_single_leader(nodes, timeout=30)

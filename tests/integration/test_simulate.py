@@ -20,7 +20,7 @@ import pytest
 
 from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.lab.embedded import EmbeddedMosquitto
-from aupus_ha.lab.localcluster import FAST_TIMINGS, InstanceProcess, wait_until
+from aupus_ha.lab.localcluster import InstanceProcess, wait_until
 from aupus_ha.lab.simulate import (
     FAMILIES,
     FAMILY_GATEWAY,
@@ -33,7 +33,7 @@ from aupus_ha.lab.simulate import (
     register_equipment,
     run_simulation,
 )
-from tests.helpers import Inbox, async_wait_for
+from tests.helpers import Inbox, async_wait_for, instance_env
 
 START = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)  # 15:00 in Brasília, in the past
 
@@ -256,13 +256,7 @@ async def test_every_family_is_stored_as_domain_v2_says(
     )  # fmt: skip
     registered = _cli("--register", dsn, "--count", "0", *fleet_args)
     assert registered.returncode == 0, registered.stderr
-    env = {
-        "DATABASE_URL": dsn,
-        "MQTT_URL": mosquitto.url,
-        "CLUSTER_NAME": f"sim-{uuid.uuid4().hex[:8]}",
-        "LOG_FORMAT": "json",
-        **FAST_TIMINGS,
-    }
+    env = instance_env(dsn, mosquitto.url, f"sim-{uuid.uuid4().hex[:8]}")
     instance = InstanceProcess("sim-1", env, tmp_path).start()
     try:
 
