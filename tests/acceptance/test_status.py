@@ -27,6 +27,7 @@ from aupus_ha.lab.localcluster import (
 )
 from aupus_ha.operations.status import render_status
 from tests.acceptance.conftest import ClusterFactory
+from tests.helpers import status_instance, status_rows
 
 COLUMNS = ["instance", "role", "heartbeat", "epoch", "version", "last flush"]
 
@@ -42,20 +43,6 @@ def _status(env: dict[str, str], *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def _rows(table: str) -> dict[str, dict[str, str]]:
-    """The instance table as {instance: {column: cell}} (columns split on 2+ spaces)."""
-    lines = table.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("instance "))
-    header = re.split(r"\s{2,}", lines[start].strip())
-    rows: dict[str, dict[str, str]] = {}
-    for line in lines[start + 2 :]:
-        if not line.strip():
-            break
-        cells = re.split(r"\s{2,}", line.strip())
-        rows[cells[0]] = dict(zip(header, cells, strict=True))
-    return rows
 
 
 async def _flushing_cluster(
@@ -87,7 +74,7 @@ async def test_status_table_shows_every_column_and_the_handovers(
     await _flushing_cluster(spawn, database_url, base_env["MQTT_URL"])
     out = _status(base_env)
     assert out.startswith("leader: node-a   epoch: 1"), out
-    rows = _rows(out)
+    rows = status_rows(out)
     assert set(rows) == {"node-a", "node-b"}, out
     a, b = rows["node-a"], rows["node-b"]
     assert list(a)[: len(COLUMNS)] == COLUMNS
@@ -133,14 +120,14 @@ async def test_a_killed_leader_is_shown_gone_never_leader(
 
     def gone() -> bool:
         seen.append(_status(base_env))
-        return _rows(seen[-1])["node-a"]["role"] == "gone (evicted)"
+        return status_rows(seen[-1])["node-a"]["role"] == "gone (evicted)"
 
     await wait_until(gone, 20, "node-a never shown gone")
-    rows = _rows(seen[-1])
+    rows = status_rows(seen[-1])
     assert rows["node-a"]["epoch"] == "1" and rows["node-a"]["last flush"] == "-", seen[-1]
     assert rows["node-b"]["role"] == "leader" and rows["node-b"]["epoch"] == "2", seen[-1]
     assert seen[-1].startswith("leader: node-b   epoch: 2"), seen[-1]
-    assert all(not _rows(out)["node-a"]["role"].startswith("leader") for out in seen), seen
+    assert all(not status_rows(out)["node-a"]["role"].startswith("leader") for out in seen), seen
     judged = {
         i["instance_id"]: i["state"] for i in json.loads(_status(base_env, "--json"))["instances"]
     }
@@ -152,34 +139,18 @@ def test_last_flush_age_is_on_the_database_clock() -> None:
     view: dict[str, Any] = {
         "leadership": {"epoch": 4, "leader_instance_id": "a", "last_flush_at": _ts(10.0)},
         "instances": [
-            _inst("a", "leader", 4, heartbeat_at=_ts(11.0), age=7.5),
-            _inst("b", "standby", None, heartbeat_at=_ts(18.0), age=0.5),
+            status_instance("a", "leader", 4, heartbeat_at=_ts(11.0), age=7.5),
+            status_instance("b", "standby", None, heartbeat_at=_ts(18.0), age=0.5),
         ],
         "handovers": [],
     }
-    rows = _rows(render_status(view, lease_ttl_s=5.0))
+    rows = status_rows(render_status(view, lease_ttl_s=5.0))
     assert rows["a"]["last flush"] == "8.5s ago"  # (11.0 + 7.5) - 10.0
     assert rows["a"]["role"] == "leader (silent)"
     assert rows["b"]["last flush"] == "-"
     view["leadership"]["last_flush_at"] = None
-    assert _rows(render_status(view, lease_ttl_s=5.0))["a"]["last flush"] == "never"
+    assert status_rows(render_status(view, lease_ttl_s=5.0))["a"]["last flush"] == "never"
 
 
 def _ts(seconds: float) -> str:
     return f"2026-11-29T06:00:{seconds:06.3f}+00:00"
-
-
-def _inst(
-    name: str, role: str, epoch: int | None, *, heartbeat_at: str, age: float
-) -> dict[str, Any]:
-    return {
-        "instance_id": name,
-        "role": role,
-        "heartbeat_at": heartbeat_at,
-        "heartbeat_age_s": age,
-        "leader_epoch": epoch,
-        "version": "0.1.0",
-        "host": "h",
-        "pid": 1,
-        "stats": {"pending": 0},
-    }
