@@ -44,7 +44,9 @@ CHROMIUM: Final = "chromium"
 SCREENSHOT_TIMEOUT_S: Final = 60.0
 # Real milliseconds the page may run (its fetches included) before the picture is taken.
 SCREENSHOT_BUDGET_MS: Final = 6000
-CHROMIUM_FLAGS: Final = (
+# A headless browser that talks to nothing but the page (tests/acceptance/test_console.py
+# drives the same one).
+CHROMIUM_HEADLESS_FLAGS: Final = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -53,8 +55,8 @@ CHROMIUM_FLAGS: Final = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--hide-scrollbars",
 )
+CHROMIUM_FLAGS: Final = (*CHROMIUM_HEADLESS_FLAGS, "--hide-scrollbars")
 SCREEN_WIDTH: Final = 1280
 SCREEN_HEIGHT_BASE: Final = 900  # the cards above the equipment table...
 SCREEN_HEIGHT_ROW: Final = 44  # ...and one table row per device

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from aupus_ha.lab.democonsole import CHROMIUM_HEADLESS_FLAGS
 from aupus_ha.lab.localcluster import (
     InstanceProcess,
     fetch,
@@ -34,17 +35,7 @@ from tests.helpers import standby_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1500",
-)
+CHROMIUM_FLAGS = (*CHROMIUM_HEADLESS_FLAGS, "--window-size=1280,1500")
 TOKEN = "console-test-token-1234"
 PAGE_WAIT_S = 15.0
 MARKUP_NAME = '<img src=x onerror="document.title=1"> Medidor & "sala"'
