@@ -1,8 +1,9 @@
 """Helpers for tests: wait for a condition with a deadline (never a blind sleep), the
-in-process instance pieces (settings, a migrated database, a store), a process's
-environment, a running instance's readiness and metrics, the `status` view's instances
-and table rows, a webhook receiver and aged readings for the alert tests, a small tmpfs
-that can be filled up, the JSON fixture files and a decoder family with a bug."""
+in-process instance pieces (settings, a variable's loaded value, a migrated database, a
+store), a process's environment, a running instance's readiness and metrics, the
+`status` view's instances and table rows, a webhook receiver and aged readings for the
+alert tests, a small tmpfs that can be filled up, the JSON fixture files and a decoder
+family with a bug."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from aupus_ha.config import Settings, load_settings
+from aupus_ha.config import MqttEndpoint, Settings, load_settings
 from aupus_ha.database.connection import create_pool
 from aupus_ha.database.migrate import apply_migrations
 from aupus_ha.database.queries import Queries
@@ -110,6 +111,25 @@ def ha_settings(dsn: str, name: str) -> Settings:
             "RENEW_DEADLINE_S": "1.4",
         }
     )
+
+
+# Variables that are parts of the broker endpoint (`Settings.mqtt`), not fields of their own.
+ENDPOINT_PARTS = {
+    "MQTT_HOST": "host",
+    "MQTT_PORT": "port",
+    "MQTT_USERNAME": "username",
+    "MQTT_PASSWORD": "password",
+    "MQTT_TLS": "tls",
+}
+
+
+def setting_value(settings: Settings, name: str) -> object:
+    """The loaded value of the variable `name` (a `Settings` field or a part of the
+    broker endpoint)."""
+    if name in ENDPOINT_PARTS:
+        assert isinstance(settings.mqtt, MqttEndpoint)
+        return getattr(settings.mqtt, ENDPOINT_PARTS[name])
+    return getattr(settings, name.lower())
 
 
 def instance_env(dsn: str, mqtt_url: str, cluster_name: str, **extra: str) -> dict[str, str]:

@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 
 from aupus_ha.config import (
     ConfigError,
-    MqttEndpoint,
     Secret,
     Settings,
     default_renew_deadline,
     default_value,
     load_settings,
 )
+from tests.helpers import setting_value
 from tests.unit.test_compose_and_docs import CONFIG_DOC, documented_variables
 
 BASE = {"DATABASE_URL": "postgresql://u@db/aupus", "MQTT_URL": "mqtt://broker:1883"}
@@ -347,20 +347,6 @@ REQUIRED = {"DATABASE_URL", "MQTT_URL", "MQTT_HOST"}
 # The minimal environment the defaults are read from: the broker in its legacy form so
 # that MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD and MQTT_TLS keep their defaults.
 MINIMAL = {"DATABASE_URL": BASE["DATABASE_URL"], "MQTT_HOST": "broker"}
-ENDPOINT_PARTS = {
-    "MQTT_HOST": "host",
-    "MQTT_PORT": "port",
-    "MQTT_USERNAME": "username",
-    "MQTT_PASSWORD": "password",
-    "MQTT_TLS": "tls",
-}
-
-
-def _loaded(settings: Settings, name: str) -> object:
-    if name in ENDPOINT_PARTS:
-        assert isinstance(settings.mqtt, MqttEndpoint)
-        return getattr(settings.mqtt, ENDPOINT_PARTS[name])
-    return getattr(settings, name.lower())
 
 
 def _expected_default(name: str, cell: str, loaded: object) -> object:
@@ -394,7 +380,7 @@ def test_every_documented_default_applies() -> None:
     rows = _documented_rows()
     for name in sorted(set(rows) - REQUIRED):
         cell = rows[name][0]
-        loaded = _loaded(settings, name)
+        loaded = setting_value(settings, name)
         expected = _expected_default(name, cell, loaded)
         assert loaded == expected, (name, cell, loaded)
         if not cell.startswith("none"):
@@ -420,7 +406,7 @@ def test_unset_optional_variables_stay_unset() -> None:
     assert {"SMTP_HOST", "ADMIN_TOKEN", "MQTT_TLS_CA"} <= set(optional)
     settings = load_settings({**MINIMAL, **dict.fromkeys(optional, "")}, dotenv=None)
     for name in optional:
-        assert not _loaded(settings, name), name
+        assert not setting_value(settings, name), name
 
 
 def test_the_dataclass_defaults_are_the_loaded_defaults() -> None:
@@ -502,4 +488,4 @@ def test_every_variable_reaches_its_field(tmp_path: Path) -> None:
         {name: raw for name, (raw, _) in {**values, **broker}.items()}, dotenv=None
     )
     for name, (_, expected) in {**values, **broker}.items():
-        assert _loaded(settings, name) == expected, name
+        assert setting_value(settings, name) == expected, name

@@ -21,7 +21,6 @@ import pytest
 from aupus_ha.config import (
     SETTING,
     SETTINGS,
-    MqttEndpoint,
     Setting,
     Settings,
     default_renew_deadline,
@@ -29,6 +28,7 @@ from aupus_ha.config import (
     default_value,
     load_settings,
 )
+from tests.helpers import setting_value
 from tests.unit.test_compose_and_docs import CONFIG_DOC, documented_variables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +36,6 @@ CONFIG_PY = ROOT / "aupus_ha" / "config.py"
 # The loader's readers (config._Env): each takes the variable's name, nothing else but
 # `derived=` for a row whose default is computed from other values.
 READERS = {"text", "integer", "real", "flag", "choice", "optional", "secret"}
-# Variables that are parts of the broker endpoint, not fields of their own.
-ENDPOINT_PARTS = {
-    "MQTT_HOST": "host",
-    "MQTT_PORT": "port",
-    "MQTT_USERNAME": "username",
-    "MQTT_PASSWORD": "password",
-    "MQTT_TLS": "tls",
-}
 MINIMAL = {"DATABASE_URL": "postgresql://u@db/aupus", "MQTT_HOST": "broker"}
 NAME = operator.attrgetter("name")  # pytest ids: the variable
 
@@ -140,13 +132,6 @@ def test_the_loader_reads_the_environment_only_through_the_table() -> None:
     assert not re.search(r"""\benv\[\s*["']""", source)
 
 
-def _field_value(settings: Settings, name: str) -> object:
-    if name in ENDPOINT_PARTS:
-        assert isinstance(settings.mqtt, MqttEndpoint)
-        return getattr(settings.mqtt, ENDPOINT_PARTS[name])
-    return getattr(settings, name.lower())
-
-
 def test_an_empty_environment_loads_the_tables_defaults() -> None:
     settings = load_settings(MINIMAL, dotenv=None)
     derived = {
@@ -158,7 +143,7 @@ def test_an_empty_environment_loads_the_tables_defaults() -> None:
         if s.name in MINIMAL or s.name == "MQTT_URL":
             continue
         expected = derived.get(s.name, s.value)
-        loaded = _field_value(settings, s.name)
+        loaded = setting_value(settings, s.name)
         assert loaded == expected and type(loaded) is type(expected), (s.name, loaded)
 
 
