@@ -86,7 +86,7 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
-    "$VENV/bin/pytest" "$@"
+    "$VENV/bin/pytest" --durations=30 "$@"
     # The unit suite again with a local zone that is not UTC: nothing an instance stores
     # (rollup sample keys and minutes, reading times) may depend on where it runs.
     TZ=America/Sao_Paulo exec "$VENV/bin/pytest" -q tests/unit
