@@ -150,6 +150,8 @@ def test_the_last_flush_never_happened_or_has_no_clock() -> None:
     for inst in clockless["instances"]:
         inst["heartbeat_age_s"] = None
     assert _leader_cell(clockless) == "2026-11-30T09:59:58+00:00"
+    line = next(x for x in render_status(clockless, TTL).splitlines() if x.startswith("node-b "))
+    assert line.split()[:3] == ["node-b", "leader", "-"]  # no age: no heartbeat column
     ahead = _cluster()
     ahead["leadership"]["last_flush_at"] = "2026-11-30T10:00:00.800000+00:00"
     assert _leader_cell(ahead) == "0.0s ago"
