@@ -159,7 +159,7 @@ def test_the_last_flush_never_happened_or_has_no_clock() -> None:
 
 def test_the_database_clock_is_the_first_complete_heartbeat_plus_its_age() -> None:
     at = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
-    instances = [
+    instances: list[dict[str, Any]] = [
         {"heartbeat_at": None, "heartbeat_age_s": 5.0},
         {"heartbeat_at": at.isoformat(), "heartbeat_age_s": None},
         {"heartbeat_at": at.isoformat(), "heartbeat_age_s": 1.5},
