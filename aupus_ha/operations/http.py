@@ -30,7 +30,7 @@ from aupus_ha.database.connection import DatabaseUnavailable
 from aupus_ha.logs import get_logger
 from aupus_ha.operations import admin, console, diagnostics, gaps
 from aupus_ha.operations.health import HealthViews, redact_cluster
-from aupus_ha.operations.httpguard import ConnectionGuard, http_connection_limit
+from aupus_ha.operations.httpguard import ConnectionGuard, http_connection_limit, serve_guarded
 from aupus_ha.operations.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aupus_ha.operations.verdicts import db_error
 from aupus_ha.operations.view import HttpView
@@ -159,11 +159,8 @@ class HttpServer:
             max_connections=http_connection_limit(settings.http_max_connections),
             header_timeout_s=settings.http_header_timeout_s,
         )
-        loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(
-                self.guard, settings.http_host, settings.http_port, reuse_address=True
-            )
+            self._server = await serve_guarded(self.guard, settings.http_host, settings.http_port)
         except OSError as exc:
             raise ConfigError(
                 f"HTTP_PORT={settings.http_port} cannot be bound on {settings.http_host} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from aupus_ha.lab.embedded import free_port
 from aupus_ha.operations import notify
 from aupus_ha.operations.admin import post_admin, sends_token_in_clear
 from aupus_ha.operations.health import DbGate
-from aupus_ha.operations.httpguard import ConnectionGuard
+from aupus_ha.operations.httpguard import ConnectionGuard, close_now
 from aupus_ha.operations.security import warn_weak_transports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,6 +252,23 @@ async def test_the_guard_evicts_the_oldest_silent_connection() -> None:
     finally:
         server.close()
         await runner.cleanup()
+
+
+async def test_a_connection_closed_with_unread_bytes_ends_its_stream() -> None:
+    """Under load the guard may close a connection whose first bytes arrived after its
+    last read (a burst evicts it): its client must read an end of stream, not get a
+    reset (the kernel resets a socket closed with unread bytes)."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        reader, writer = await asyncio.open_connection(*listening.getsockname())
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        accepted, _ = listening.accept()  # already queued: returns at once
+        assert select.select([accepted], [], [], 5)[0], "the bytes never arrived"
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+        close_now(transport)  # before the transport's first read
+        assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+        writer.close()
 
 
 async def _pong(request: web.Request) -> web.Response:
