@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
-import pytest
 
 from aupus_ha.lab.localcluster import InstanceProcess, fetch, wait_single_leader, wait_until
 from aupus_ha.lab.publisher import Publisher
@@ -170,12 +169,6 @@ async def settle(
         report.check(False, str(exc))
 
 
-# The legacy variant runs behind `-m slow` (a minute of the default run's CI budget): the
-# legacy schema through a failover stays in the default run with the clockless failover
-# test, and every decoded shape on it with the integration tests.
-@pytest.mark.parametrize(
-    "v2_schema", ["fresh", pytest.param("legacy", marks=pytest.mark.slow)], indirect=True
-)
 async def test_every_fixture_through_a_failover_lands_once(
     spawn: ClusterFactory, v2_schema: tuple[str, str], mosquitto: object
 ) -> None:
