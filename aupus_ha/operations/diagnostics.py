@@ -36,8 +36,9 @@ from aupus_ha.database.queries import Queries
 from aupus_ha.decoding.timestamps import from_legacy_wall, to_legacy_wall
 from aupus_ha.logs import get_logger
 from aupus_ha.operations import admin
-from aupus_ha.operations.verdicts import DbGate, db_error, reported_role
+from aupus_ha.operations.verdicts import DbGate, db_error, percent, reported_role
 from aupus_ha.operations.view import HttpView
+from aupus_ha.pipeline.store import read_convention
 
 log = get_logger(__name__)
 
@@ -102,10 +103,6 @@ def status_for(minutes_without_data: int | None) -> tuple[str, str]:
     return "ok", "Sistema operando normalmente"
 
 
-def _percent(part: int, whole: int) -> float:
-    return round(100.0 * part / whole, 2) if whole else 0.0
-
-
 def summarize_window(rows: Iterable[Mapping[str, Any]]) -> tuple[Body, list[Body]]:
     """The original `stats` and `qualidade` from per (equipment, label) rows."""
     equipment: set[str] = set()
@@ -138,7 +135,7 @@ def summarize_window(rows: Iterable[Mapping[str, Any]]) -> tuple[Body, list[Body
             "classe": quality_class(label),
             "registros": count,
             "equipamentos": len(eqs),
-            "percentual": _percent(count, total),
+            "percentual": percent(count, total, digits=2),  # the platform's rounding
         }
         for label, (count, eqs) in sorted(by_label.items(), key=lambda kv: (-kv[1][0], kv[0]))
     ]
@@ -183,16 +180,11 @@ class DiagnosticsReader:
         self._columns: _Columns | None = None
 
     async def _learn_columns(self, pool: asyncpg.Pool) -> _Columns:
-        """The key columns' types, by the rule of `pipeline.store.detect_convention`."""
+        """The key columns' convention, read once (the store's rule)."""
         if self._columns is None:
-            rows = await pool.fetch(Queries()["column_types"])
-            types = {r["column_name"]: r["data_type"] for r in rows}
-            legacy = types.get("timestamp_dados") == "timestamp without time zone"
-            queries = Queries(
-                id_type="bpchar" if types.get("equipamento_id") == "character" else "text",
-                ts_type="timestamp" if legacy else "timestamptz",
-            )
-            self._columns = _Columns(queries, legacy, self._view.settings.legacy_zone)
+            zone = self._view.settings.legacy_zone
+            convention, _ = await read_convention(pool, Queries()["column_types"], zone)
+            self._columns = _Columns(convention.queries(), convention.legacy_timestamps, zone)
         return self._columns
 
     async def fetch(
@@ -440,28 +432,30 @@ class Diagnostics:
             }
             return body, 409
         stats = flusher.stats
-        done_before = stats.rows + stats.duplicates + stats.merged + stats.rejects
-        failed_before = stats.failures + stats.refused
-        rounds_before = stats.flushes + stats.failures + stats.fenced
+
+        def done() -> int:
+            return stats.rows + stats.duplicates + stats.merged + stats.rejects
+
+        def failed() -> int:
+            return stats.failures + stats.refused
+
+        def rounds() -> int:
+            return stats.flushes + stats.failures + stats.fenced
+
+        done_before, failed_before, rounds_before = done(), failed(), rounds()
         if pending and await view.request_flush():
             # The flusher's own task does the work and publishes only counters: poll
             # them until one round (written, failed or fenced) ended, within a bound.
             for _ in range(int(FLUSH_WAIT_S / FLUSH_POLL_S)):
-                if not len(view.buffer) or (
-                    stats.flushes + stats.failures + stats.fenced != rounds_before
-                ):
+                if not len(view.buffer) or rounds() != rounds_before:
                     break
                 await asyncio.sleep(FLUSH_POLL_S)
         log.info("diagnostics.force_flush", pending_before=pending, pending=len(view.buffer))
         return {
             "message": "Processamento forçado com sucesso",
-            "processados": stats.rows
-            + stats.duplicates
-            + stats.merged
-            + stats.rejects
-            - done_before,
+            "processados": done() - done_before,
             "pendentes": len(view.buffer),
-            "falhas": stats.failures + stats.refused - failed_before,
+            "falhas": failed() - failed_before,
         }, 200
 
 

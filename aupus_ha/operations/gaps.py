@@ -53,6 +53,7 @@ from aupus_ha.database.connection import (
     describe_error,
 )
 from aupus_ha.database.queries import Queries
+from aupus_ha.pipeline.store import read_convention
 
 if TYPE_CHECKING:
     from aupus_ha.operations.health import DbGate
@@ -346,13 +347,8 @@ async def fetch_report(
 async def typed_queries(pool: asyncpg.Pool | asyncpg.Connection) -> Queries:
     """The named queries typed for this table's key columns (a legacy table's `timestamp`
     and `char(26)`): compared in their own type, the natural key serves the ranges."""
-    rows = await pool.fetch(Queries()["column_types"])
-    types = {r["column_name"]: r["data_type"] for r in rows}
-    legacy = types.get("timestamp_dados") == "timestamp without time zone"
-    return Queries(
-        id_type="bpchar" if types.get("equipamento_id") == "character" else "text",
-        ts_type="timestamp" if legacy else "timestamptz",
-    )
+    convention, _ = await read_convention(pool, Queries()["column_types"])
+    return convention.queries()
 
 
 def _equipment_gaps(row: Mapping[str, Any], start: datetime, until: datetime) -> EquipmentGaps:

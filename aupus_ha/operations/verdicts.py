@@ -72,8 +72,8 @@ def db_error(prefix: str, exc: Exception, details: bool) -> str:
     return f"{prefix}: {exc}" if details else prefix
 
 
-def percent(part: int, whole: int) -> float:
-    return round(100.0 * part / whole, 1) if whole else 0.0
+def percent(part: int, whole: int, digits: int = 1) -> float:
+    return round(100.0 * part / whole, digits) if whole else 0.0
 
 
 def duration(seconds: float) -> str:

@@ -151,19 +151,29 @@ class KeyConvention:
         return replace(reading, timestamp_dados=ts or reading.timestamp_dados, timestamp_fim=fim)
 
 
-async def detect_convention(
-    conn: asyncpg.Connection, queries_sql: str, zone: tzinfo = UTC
-) -> KeyConvention:
+async def read_convention(
+    conn: asyncpg.Pool | asyncpg.Connection, queries_sql: str, zone: tzinfo = UTC
+) -> tuple[KeyConvention, bool]:
+    """The key columns' convention, and whether `equipamentos_dados` exists at all (a
+    missing table reads as the fresh convention: the caller decides if that is fatal)."""
     rows = await conn.fetch(queries_sql)
     types = {r["column_name"]: r["data_type"] for r in rows}
-    if "timestamp_dados" not in types:
-        raise RuntimeError("table equipamentos_dados is missing: run `aupus-ha migrate` first")
-    return KeyConvention(
-        legacy_timestamps=types["timestamp_dados"] == "timestamp without time zone",
+    convention = KeyConvention(
+        legacy_timestamps=types.get("timestamp_dados") == "timestamp without time zone",
         legacy_fim=types.get("timestamp_fim") == "timestamp without time zone",
         id_type="bpchar" if types.get("equipamento_id") == "character" else "text",
         zone=zone,
     )
+    return convention, "timestamp_dados" in types
+
+
+async def detect_convention(
+    conn: asyncpg.Connection, queries_sql: str, zone: tzinfo = UTC
+) -> KeyConvention:
+    convention, table_exists = await read_convention(conn, queries_sql, zone)
+    if not table_exists:
+        raise RuntimeError("table equipamentos_dados is missing: run `aupus-ha migrate` first")
+    return convention
 
 
 class Store:
